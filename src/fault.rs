@@ -1,0 +1,100 @@
+//! The fault service a driver calls from its device page-fault handler (SPEC §9).
+//!
+//! This version serves faults from system memory; device-memory placement (policy and
+//! migration) plugs in here in later stages.
+
+use crate::error::{Error, Result};
+use crate::pages::{PageEntry, PagesCtx};
+use crate::platform::{AddressSpace, Platform};
+use crate::range::Range;
+use crate::stats::Stats;
+use crate::svm::{Svm, Window};
+use alloc::sync::Arc;
+
+/// The kind of device access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// A read.
+    Read,
+    /// A write.
+    Write,
+    /// An atomic read-modify-write.
+    Atomic,
+}
+
+impl Access {
+    /// Whether the access writes.
+    pub fn writes(self) -> bool {
+        !matches!(self, Access::Read)
+    }
+}
+
+/// How many times a fault is retried after its range went away under it.
+const FAULT_RETRIES: u32 = 8;
+
+impl<P: Platform> Svm<P> {
+    /// Service a device fault at `addr` (SPEC §9): run the garbage collector, find or create the
+    /// range, and make its pages valid for the device. The driver then binds them with
+    /// [`Svm::bind`] (or uses [`Svm::handle_fault_and_bind`]).
+    ///
+    /// Pages are collected writable when the VMA is writable, read-only otherwise.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Invalid`] (outside the mirrored interval or the
+    /// window); [`Error::Fault`] (no VMA); [`Error::Perm`] (write or atomic access to a read-only
+    /// VMA); [`Error::Busy`] (retry budget exhausted); platform errors. A failed fault leaves no
+    /// mapping behind.
+    pub fn handle_fault(&self, addr: u64, access: Access, window: Window) -> Result<Arc<Range>> {
+        self.check_open()?;
+        Stats::inc(&self.stats.faults);
+        Stats::inc(match access {
+            Access::Read => &self.stats.faults_read,
+            Access::Write => &self.stats.faults_write,
+            Access::Atomic => &self.stats.faults_atomic,
+        });
+        self.gc_run();
+        let mut attempts = 0u32;
+        loop {
+            let vma = self.platform().mm().find_vma(addr).ok_or(Error::Fault)?;
+            if access.writes() && !vma.writable() {
+                return Err(Error::Perm);
+            }
+            let ctx = PagesCtx {
+                read_only: !vma.writable(),
+                owner: self.config().owner,
+                ..PagesCtx::default()
+            };
+            let range = self.find_or_insert(addr, window, &ctx)?;
+            match self.get_pages(&range, &ctx) {
+                Ok(()) => return Ok(range),
+                Err(Error::Again) if attempts < FAULT_RETRIES => {
+                    attempts = attempts.saturating_add(1);
+                    Stats::inc(&self.stats.retries);
+                    self.gc_run();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// [`handle_fault`](Self::handle_fault) followed by [`bind`](Self::bind), retried while an
+    /// invalidation slips in between. Returns the range and what `bind_fn` returned.
+    pub fn handle_fault_and_bind<R>(
+        &self,
+        addr: u64,
+        access: Access,
+        window: Window,
+        mut bind_fn: impl FnMut(&Range, &[PageEntry]) -> R,
+    ) -> Result<(Arc<Range>, R)> {
+        let mut attempts = 0u32;
+        loop {
+            let range = self.handle_fault(addr, access, window)?;
+            match self.bind(&range, &mut bind_fn) {
+                Ok(r) => return Ok((range, r)),
+                Err(Error::Again) if attempts < FAULT_RETRIES => {
+                    attempts = attempts.saturating_add(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Page state of a range or of a userptr mapping (SPEC §3): collect the CPU pages, DMA-map them,
+//! commit the result unless an invalidation raced, and unmap/free them again.
+//!
+//! The state is a list of [`PageEntry`]s, one per CPU mapping chunk (a 2 MiB huge page backing a
+//! range is one entry), each packed into 8 bytes.
+
+use crate::error::{Error, Result};
+use crate::platform::{
+    AddressSpace, CollectRequest, CpuPage, DmaDirection, DmaMapper, OwnerId, PagemapId, Platform,
+    MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
+};
+use crate::range::SeqCounter;
+use crate::sync::RwLock;
+use alloc::vec::Vec;
+use bitflags::bitflags;
+
+/// How the device reaches the memory behind a [`PageEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Protocol(pub u8);
+
+impl Protocol {
+    /// A system page reached through a DMA (IOMMU) mapping; the address is a bus address.
+    pub const SYSTEM: Protocol = Protocol(0);
+    /// A page of the device's own memory; the address is a device physical address.
+    pub const DEVICE_LOCAL: Protocol = Protocol(1);
+    /// Largest protocol value that fits an entry (values above `DEVICE_LOCAL` are peer-to-peer
+    /// protocols chosen by the owning pagemap).
+    pub const MAX: u8 = 7;
+}
+
+/// One packed page-state entry: a page-aligned address plus order, direction and protocol in
+/// the low bits (8 bytes).
+///
+/// ```
+/// use gpusvm::pages::{PageEntry, Protocol};
+/// use gpusvm::platform::DmaDirection;
+/// let e = PageEntry::new(0x20_0000, 9, DmaDirection::Bidirectional, Protocol::SYSTEM).unwrap();
+/// assert_eq!((e.addr(), e.order(), e.size()), (0x20_0000, 9, 2 << 20));
+/// assert_eq!(e.dir(), DmaDirection::Bidirectional);
+/// assert!(PageEntry::new(0x20_0001, 0, DmaDirection::ToDevice, Protocol::SYSTEM).is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageEntry(u64);
+
+static_assertions::assert_eq_size!(PageEntry, u64);
+
+const ORDER_BITS: u64 = 0x1f;
+const DIR_SHIFT: u32 = 5;
+const PROTO_SHIFT: u32 = 7;
+const ADDR_MASK: u64 = !(PAGE_SIZE - 1);
+
+impl PageEntry {
+    /// Pack an entry. Errors: [`Error::Invalid`] if `addr` is not page aligned, `order` exceeds
+    /// [`MAX_ORDER`], or the protocol does not fit.
+    pub fn new(addr: u64, order: u8, dir: DmaDirection, proto: Protocol) -> Result<PageEntry> {
+        if addr & !ADDR_MASK != 0 || order > MAX_ORDER || proto.0 > Protocol::MAX {
+            return Err(Error::Invalid);
+        }
+        let d: u64 = match dir {
+            DmaDirection::ToDevice => 0,
+            DmaDirection::FromDevice => 1,
+            DmaDirection::Bidirectional => 2,
+        };
+        Ok(PageEntry(
+            addr | u64::from(order) | (d << DIR_SHIFT) | (u64::from(proto.0) << PROTO_SHIFT),
+        ))
+    }
+    /// The page-aligned address (bus address, device address, or peer address).
+    pub fn addr(self) -> u64 {
+        self.0 & ADDR_MASK
+    }
+    /// The page order of the entry.
+    pub fn order(self) -> u8 {
+        // Masked to 5 bits: the cast cannot truncate.
+        (self.0 & ORDER_BITS) as u8
+    }
+    /// Number of base pages the entry covers.
+    pub fn npages(self) -> u64 {
+        1u64 << self.order()
+    }
+    /// Size in bytes.
+    pub fn size(self) -> u64 {
+        PAGE_SIZE << self.order()
+    }
+    /// The DMA direction.
+    pub fn dir(self) -> DmaDirection {
+        match (self.0 >> DIR_SHIFT) & 3 {
+            0 => DmaDirection::ToDevice,
+            1 => DmaDirection::FromDevice,
+            _ => DmaDirection::Bidirectional,
+        }
+    }
+    /// Whether the device may write through this entry.
+    pub fn writable(self) -> bool {
+        self.dir() != DmaDirection::ToDevice
+    }
+    /// The protocol.
+    pub fn protocol(self) -> Protocol {
+        // Masked to 3 bits.
+        Protocol(((self.0 >> PROTO_SHIFT) & 7) as u8)
+    }
+}
+
+impl core::fmt::Debug for PageEntry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "PageEntry({:#x}, order {}, {:?}, proto {})",
+            self.addr(),
+            self.order(),
+            self.dir(),
+            self.protocol().0
+        )
+    }
+}
+
+bitflags! {
+    /// Flags of a [`PageState`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct PageFlags: u32 {
+        /// Some entries are live DMA mappings of system pages.
+        const HAS_DMA_MAPPING = 1;
+        /// Some entries are device-memory pages.
+        const HAS_DEVMEM_PAGES = 2;
+        /// The pages were collected writable.
+        const WRITABLE = 4;
+        /// Every entry is a device-memory page.
+        const ALL_DEVMEM = 8;
+    }
+}
+
+/// What a page collection wants (SPEC §3, Linux `drm_gpusvm_ctx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PagesCtx {
+    /// Collect read-only (the device will not write).
+    pub read_only: bool,
+    /// Fail with [`Error::Fault`] unless every page is in device memory.
+    pub devmem_only: bool,
+    /// Accept system and device pages mixed in one range.
+    pub allow_mixed: bool,
+    /// Device-private pages of this owner are used in place; others are migrated to RAM.
+    pub owner: Option<OwnerId>,
+}
+
+/// How long a collection may keep retrying after invalidation races.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Give up with [`Error::Busy`] once this much platform time has passed [1 s].
+    pub deadline_ns: u64,
+    /// Give up with [`Error::Busy`] after this many attempts [1000] (guards a frozen clock).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            deadline_ns: 1_000_000_000,
+            max_attempts: 1000,
+        }
+    }
+}
+
+/// The page state of one range or userptr.
+#[derive(Debug, Default)]
+pub struct PageState {
+    entries: Vec<PageEntry>,
+    flags: PageFlags,
+    pagemap: Option<PagemapId>,
+}
+
+/// A freshly collected and mapped set of pages, not yet committed.
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    entries: Vec<PageEntry>,
+    flags: PageFlags,
+    pagemap: Option<PagemapId>,
+}
+
+impl PageState {
+    /// An empty state (nothing collected).
+    pub const fn new() -> Self {
+        PageState {
+            entries: Vec::new(),
+            flags: PageFlags::empty(),
+            pagemap: None,
+        }
+    }
+
+    /// The flags.
+    pub fn flags(&self) -> PageFlags {
+        self.flags
+    }
+
+    /// SPEC `pages_valid`: the pages are usable by the device (DMA-mapped or in device memory).
+    pub fn valid(&self) -> bool {
+        self.flags
+            .intersects(PageFlags::HAS_DMA_MAPPING | PageFlags::HAS_DEVMEM_PAGES)
+    }
+
+    /// Whether the committed state satisfies `ctx` (valid, writable if needed, all in device
+    /// memory if required).
+    pub fn satisfies(&self, ctx: &PagesCtx) -> bool {
+        self.valid()
+            && (ctx.read_only || self.flags.contains(PageFlags::WRITABLE))
+            && (!ctx.devmem_only || self.flags.contains(PageFlags::ALL_DEVMEM))
+    }
+
+    /// The committed entries (meaningful only while [`valid`](Self::valid)).
+    pub fn entries(&self) -> &[PageEntry] {
+        if self.valid() {
+            &self.entries
+        } else {
+            &[]
+        }
+    }
+
+    /// The pagemap of the device pages, if any.
+    pub fn pagemap(&self) -> Option<PagemapId> {
+        self.pagemap
+    }
+
+    /// Number of entries allocated (also after unmap, until [`free`](Self::free)).
+    pub fn capacity_entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// DMA-unmap every entry and clear the flags; idempotent. Allocates nothing (invalidation
+    /// context).
+    pub fn unmap<D: DmaMapper>(&mut self, dma: &D) {
+        if self.flags.contains(PageFlags::HAS_DMA_MAPPING) {
+            unmap_entries(dma, &self.entries);
+        }
+        self.flags = PageFlags::empty();
+        self.pagemap = None;
+    }
+
+    /// Unmap, then release the entry array (SPEC `free_pages`).
+    pub fn free<D: DmaMapper>(&mut self, dma: &D) {
+        self.unmap(dma);
+        self.entries = Vec::new();
+    }
+
+    /// Replace the state by a committed collection, unmapping the old one.
+    pub(crate) fn commit<D: DmaMapper>(&mut self, dma: &D, m: Mapped) {
+        self.unmap(dma);
+        self.entries = m.entries;
+        self.flags = m.flags;
+        self.pagemap = m.pagemap;
+    }
+}
+
+fn unmap_entries<D: DmaMapper>(dma: &D, entries: &[PageEntry]) {
+    for e in entries {
+        if e.protocol() == Protocol::SYSTEM {
+            dma.unmap_page(e.addr(), e.order(), e.dir());
+        }
+    }
+}
+
+impl Mapped {
+    /// Undo the DMA mappings of an uncommitted collection.
+    pub(crate) fn unmap<D: DmaMapper>(self, dma: &D) {
+        if self.flags.contains(PageFlags::HAS_DMA_MAPPING) {
+            unmap_entries(dma, &self.entries);
+        }
+    }
+}
+
+/// Largest order `<= max` such that the chunk starting at page index `va_page` (and frame
+/// `frame`) is aligned to it and does not run past `remaining` pages.
+fn clamp_order(max: u8, va_page: u64, frame: u64, remaining: u64) -> u8 {
+    let mut o = max.min(MAX_ORDER);
+    loop {
+        let n = 1u64 << o;
+        let mask = n.wrapping_sub(1);
+        if o == 0 || (va_page & mask == 0 && frame & mask == 0 && n <= remaining) {
+            return o;
+        }
+        o = o.saturating_sub(1);
+    }
+}
+
+/// Collect the CPU pages of `[start, end)` and map them for the device. Nothing is committed;
+/// on error every mapping made so far is undone.
+pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
+    mm: &M,
+    dma: &D,
+    start: u64,
+    end: u64,
+    ctx: &PagesCtx,
+) -> Result<Mapped> {
+    if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+        return Err(Error::Invalid);
+    }
+    let npages =
+        usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
+    let mut cpu: Vec<CpuPage> = Vec::new();
+    cpu.try_reserve_exact(npages).map_err(|_| Error::NoMem)?;
+    cpu.resize(npages, CpuPage::Absent);
+    let req = CollectRequest {
+        start,
+        end,
+        fault: true,
+        write: !ctx.read_only,
+        owner: ctx.owner,
+    };
+    mm.collect_pages(&req, &mut cpu)?;
+
+    // Classify first, so that refusals happen before any DMA mapping.
+    let mut n_sys = 0usize;
+    let mut pagemap: Option<PagemapId> = None;
+    for p in &cpu {
+        match *p {
+            CpuPage::Absent => return Err(Error::Fault),
+            CpuPage::System { writable, .. } => {
+                if !ctx.read_only && !writable {
+                    return Err(Error::Perm);
+                }
+                n_sys = n_sys.saturating_add(1);
+            }
+            CpuPage::Device {
+                pagemap: pm, owner, ..
+            } => {
+                if Some(owner) != ctx.owner {
+                    // The platform should have migrated foreign pages to RAM.
+                    return Err(Error::Busy);
+                }
+                match pagemap {
+                    None => pagemap = Some(pm),
+                    Some(q) if q == pm => {}
+                    Some(_) if ctx.allow_mixed => {}
+                    Some(_) => return Err(Error::NotSupported),
+                }
+            }
+        }
+    }
+    let n_dev = npages.saturating_sub(n_sys);
+    if n_dev > 0 && n_sys > 0 && !ctx.allow_mixed {
+        return Err(Error::NotSupported);
+    }
+    if ctx.devmem_only && n_sys > 0 {
+        return Err(Error::Fault);
+    }
+
+    let dir = if ctx.read_only {
+        DmaDirection::ToDevice
+    } else {
+        DmaDirection::Bidirectional
+    };
+    let mut m = Mapped {
+        entries: Vec::new(),
+        flags: PageFlags::empty(),
+        pagemap,
+    };
+    if !ctx.read_only {
+        m.flags |= PageFlags::WRITABLE;
+    }
+    let first_page = start >> PAGE_SHIFT;
+    let mut i = 0usize;
+    while let Some(p) = cpu.get(i) {
+        let remaining = npages.saturating_sub(i) as u64;
+        let va_page = first_page.wrapping_add(i as u64);
+        let (entry, step) = match *p {
+            CpuPage::System { pfn, order, .. } => {
+                let o = clamp_order(order, va_page, pfn, remaining);
+                let addr = match dma.map_page(pfn, o, dir) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        m.unmap(dma);
+                        return Err(e);
+                    }
+                };
+                // Count it as mapped before anything else can fail, so it gets unmapped.
+                m.flags |= PageFlags::HAS_DMA_MAPPING;
+                match PageEntry::new(addr, o, dir, Protocol::SYSTEM) {
+                    Ok(e) => (e, o),
+                    Err(err) => {
+                        dma.unmap_page(addr & ADDR_MASK, o, dir);
+                        m.unmap(dma);
+                        return Err(err);
+                    }
+                }
+            }
+            CpuPage::Device { dpfn, order, .. } => {
+                let o = clamp_order(order, va_page, dpfn, remaining);
+                let addr = dpfn.checked_shl(PAGE_SHIFT).unwrap_or(u64::MAX);
+                m.flags |= PageFlags::HAS_DEVMEM_PAGES;
+                match PageEntry::new(addr, o, dir, Protocol::DEVICE_LOCAL) {
+                    Ok(e) => (e, o),
+                    Err(err) => {
+                        m.unmap(dma);
+                        return Err(err);
+                    }
+                }
+            }
+            CpuPage::Absent => {
+                m.unmap(dma);
+                return Err(Error::Fault);
+            }
+        };
+        if m.entries.try_reserve(1).is_err() {
+            if entry.protocol() == Protocol::SYSTEM {
+                dma.unmap_page(entry.addr(), entry.order(), entry.dir());
+            }
+            m.unmap(dma);
+            return Err(Error::NoMem);
+        }
+        m.entries.push(entry);
+        i = i.saturating_add(1usize << step);
+    }
+    if n_sys == 0 && n_dev > 0 {
+        m.flags |= PageFlags::ALL_DEVMEM;
+    }
+    Ok(m)
+}
+
+/// Outcome of one commit attempt.
+pub(crate) enum Commit {
+    /// Committed.
+    Done,
+    /// The sequence moved (or the target went away and the caller wants a retry): here is the
+    /// collection back.
+    Retry(Mapped),
+}
+
+/// The retry loop shared by ranges and userptrs: `begin` returns the sequence to collect under
+/// (`Ok(None)`: an invalidation is running), `commit` takes the notifier lock and either commits
+/// or hands the collection back.
+pub(crate) fn get_pages_loop<P: Platform>(
+    p: &P,
+    policy: &RetryPolicy,
+    (start, end): (u64, u64),
+    ctx: &PagesCtx,
+    mut begin: impl FnMut() -> Result<Option<usize>>,
+    mut commit: impl FnMut(usize, Mapped) -> Result<Commit>,
+    mut on_retry: impl FnMut(),
+) -> Result<()> {
+    let deadline = p.now_ns().saturating_add(policy.deadline_ns);
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        if attempts > policy.max_attempts || p.now_ns() > deadline {
+            return Err(Error::Busy);
+        }
+        let Some(seq) = begin()? else {
+            on_retry();
+            crate::sync::spin_hint();
+            continue;
+        };
+        let m = collect_and_map(p.mm(), p.dma(), start, end, ctx)?;
+        match commit(seq, m)? {
+            Commit::Done => return Ok(()),
+            Commit::Retry(m) => {
+                m.unmap(p.dma());
+                on_retry();
+            }
+        }
+    }
+}
+
+/// Page state for a userptr mapping: pages of `[start, end)` mirrored without a range tree.
+///
+/// The driver registers its own interval notifier for the userptr with the platform and
+/// forwards its callbacks to [`invalidate_begin`](Self::invalidate_begin) and
+/// [`invalidate_end`](Self::invalidate_end).
+#[derive(Debug)]
+pub struct Userptr {
+    start: u64,
+    end: u64,
+    seq: SeqCounter,
+    state: RwLock<PageState>,
+}
+
+impl Userptr {
+    /// A userptr over `[start, end)`. Errors: [`Error::Invalid`] unless page aligned and
+    /// non-empty.
+    pub fn new(start: u64, end: u64) -> Result<Userptr> {
+        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(Error::Invalid);
+        }
+        Ok(Userptr {
+            start,
+            end,
+            seq: SeqCounter::new(),
+            state: RwLock::new(PageState::new()),
+        })
+    }
+
+    /// First byte.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Collect and map the pages (SPEC §3 `get_pages`); a still-valid state that satisfies
+    /// `ctx` is reused. Errors as [`Svm::get_pages`](crate::Svm::get_pages).
+    pub fn get_pages<P: Platform>(
+        &self,
+        p: &P,
+        ctx: &PagesCtx,
+        policy: &RetryPolicy,
+    ) -> Result<()> {
+        if self.state.read().satisfies(ctx) {
+            return Ok(());
+        }
+        get_pages_loop(
+            p,
+            policy,
+            (self.start, self.end),
+            ctx,
+            || Ok(self.seq.read_begin()),
+            |seq, m| {
+                let mut st = self.state.write();
+                if self.seq.read_retry(seq) {
+                    return Ok(Commit::Retry(m));
+                }
+                st.commit(p.dma(), m);
+                Ok(Commit::Done)
+            },
+            || {},
+        )
+    }
+
+    /// Whether the pages are usable by the device.
+    pub fn pages_valid(&self) -> bool {
+        self.state.read().valid()
+    }
+
+    /// Run `f` over the committed entries with the lock held shared, so no invalidation can
+    /// complete meanwhile. Errors: [`Error::Again`] if the pages are not valid.
+    pub fn bind<R>(&self, f: impl FnOnce(u64, &[PageEntry]) -> R) -> Result<R> {
+        let st = self.state.read();
+        if !st.valid() {
+            return Err(Error::Again);
+        }
+        Ok(f(self.start, st.entries()))
+    }
+
+    /// Invalidation begins over `[start, end)`: the caller zaps the device mappings; this bumps
+    /// the sequence and unmaps the pages if the interval overlaps. Allocates nothing.
+    pub fn invalidate_begin<D: DmaMapper>(&self, dma: &D, start: u64, end: u64) {
+        let mut st = self.state.write();
+        self.seq.begin();
+        if start < self.end && self.start < end {
+            st.unmap(dma);
+        }
+    }
+
+    /// Invalidation ends.
+    pub fn invalidate_end(&self) {
+        let _st = self.state.write();
+        self.seq.end();
+    }
+
+    /// Unmap the pages (idempotent).
+    pub fn unmap_pages<D: DmaMapper>(&self, dma: &D) {
+        self.state.write().unmap(dma);
+    }
+
+    /// Unmap and release the page array.
+    pub fn free_pages<D: DmaMapper>(&self, dma: &D) {
+        self.state.write().free(dma);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamp_order_respects_alignment_and_range_end() {
+        assert_eq!(clamp_order(9, 512, 1024, 512), 9);
+        assert_eq!(clamp_order(9, 512, 1024, 16), 4);
+        assert_eq!(clamp_order(9, 16, 1024 + 16, 600), 4);
+        assert_eq!(clamp_order(9, 513, 1025, 600), 0);
+        assert_eq!(clamp_order(0, 0, 0, 1), 0);
+        assert_eq!(
+            clamp_order(9, 0, 8, 512),
+            3,
+            "frame alignment limits the order"
+        );
+        assert_eq!(clamp_order(40, 0, 0, u64::MAX), MAX_ORDER);
+    }
+
+    #[test]
+    fn entry_packing_roundtrips() {
+        for order in [0u8, 4, 9, MAX_ORDER] {
+            for dir in [
+                DmaDirection::ToDevice,
+                DmaDirection::FromDevice,
+                DmaDirection::Bidirectional,
+            ] {
+                for proto in 0..=Protocol::MAX {
+                    let a = 0xdead_b000u64 << 8;
+                    let e = PageEntry::new(a, order, dir, Protocol(proto)).unwrap();
+                    assert_eq!(e.addr(), a);
+                    assert_eq!(e.order(), order);
+                    assert_eq!(e.dir(), dir);
+                    assert_eq!(e.protocol(), Protocol(proto));
+                }
+            }
+        }
+        assert!(
+            PageEntry::new(0, MAX_ORDER + 1, DmaDirection::ToDevice, Protocol::SYSTEM).is_err()
+        );
+        assert!(PageEntry::new(0, 0, DmaDirection::ToDevice, Protocol(8)).is_err());
+    }
+}

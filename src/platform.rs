@@ -1,0 +1,248 @@
+//! The platform traits: what a driver (or the simulator) implements so that the crate can mirror
+//! a CPU address space on a device.
+//!
+//! One trait per hardware facet, each small, with associated types and no `dyn` requirement:
+//!
+//! | trait | Linux facility it wraps | called from |
+//! | --- | --- | --- |
+//! | [`AddressSpace`] | VMA lookup, `hmm_range_fault`, `mmu_interval_notifier_insert/remove` | process context, no crate lock held |
+//! | [`DmaMapper`] | `dma_map_page` / `dma_unmap_page` (IOMMU) | map: process context, no crate lock held; unmap: also from invalidation, under the notifier lock |
+//! | [`DevicePageTable`] | the driver's GPU page-table zap + TLB invalidation | invalidation, under the notifier lock |
+//! | [`Platform`] | bundles the three plus a monotonic clock | — |
+//!
+//! **Context rules.** Methods marked *invalidation context* run inside
+//! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) with the notifier lock held for write:
+//! they must not allocate, must not sleep, and must not call back into the crate or into the
+//! address space. Every other method runs with no crate lock held and may sleep.
+//!
+//! **Invalidation flows in.** The platform's MMU notifier calls
+//! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) *before* it changes CPU page tables of
+//! a registered interval and [`Svm::invalidate_end`](crate::Svm::invalidate_end) *after*.
+
+use crate::error::Result;
+use bitflags::bitflags;
+
+/// log2 of the base page size.
+pub const PAGE_SHIFT: u32 = 12;
+/// The base page size (4 KiB).
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+/// Page order of a 2 MiB huge page.
+pub const HUGE_ORDER: u8 = 9;
+/// The largest page order the crate accepts from a platform (1 GiB).
+pub const MAX_ORDER: u8 = 18;
+
+/// Identifies a pagemap: the device memory of one device or tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PagemapId(pub u32);
+
+/// Identifies an owner: a group of devices that share device-private pages over a fast
+/// interconnect (Linux: the `dev_private_owner` pointer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerId(pub u32);
+
+/// Identifies one notifier of one [`Svm`](crate::Svm): the platform passes it back to
+/// `invalidate_begin`/`invalidate_end`. It is the notifier's start address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NotifierId(pub u64);
+
+bitflags! {
+    /// Access rights of a VMA.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct VmaFlags: u32 {
+        /// Readable.
+        const READ = 1;
+        /// Writable.
+        const WRITE = 2;
+    }
+}
+
+/// A CPU virtual memory area: `[start, end)`, page aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vma {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Access rights.
+    pub flags: VmaFlags,
+}
+
+impl Vma {
+    /// Whether `addr` lies in the VMA.
+    pub const fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+    /// Whether the VMA is writable.
+    pub const fn writable(&self) -> bool {
+        self.flags.contains(VmaFlags::WRITE)
+    }
+}
+
+/// What the CPU page tables hold for one base page, as reported by
+/// [`AddressSpace::collect_pages`].
+///
+/// `order` is the order of the CPU mapping the page is part of (0 for a 4 KiB page, 9 for a
+/// 2 MiB huge page). The mapping is naturally aligned both in virtual address and in frame number,
+/// and `pfn`/`dpfn` is the frame of *this* base page (HMM reports huge pages the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CpuPage {
+    /// Not present (only reported when the request does not fault pages in).
+    #[default]
+    Absent,
+    /// A system-memory page.
+    System {
+        /// Page frame number of this base page.
+        pfn: u64,
+        /// Order of the CPU mapping it belongs to.
+        order: u8,
+        /// Whether the CPU mapping is writable.
+        writable: bool,
+    },
+    /// A device-private page of some pagemap.
+    Device {
+        /// The pagemap whose memory holds the page.
+        pagemap: PagemapId,
+        /// That pagemap's owner.
+        owner: OwnerId,
+        /// Device frame number of this base page.
+        dpfn: u64,
+        /// Order of the mapping it belongs to.
+        order: u8,
+    },
+}
+
+/// A request to [`AddressSpace::collect_pages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectRequest {
+    /// First byte (page aligned).
+    pub start: u64,
+    /// One past the last byte (page aligned, `> start`).
+    pub end: u64,
+    /// Fault absent pages in (like `HMM_PFN_REQ_FAULT`); when false, report them as
+    /// [`CpuPage::Absent`] without side effects (a snapshot).
+    pub fault: bool,
+    /// Require write access: fault pages in writable (breaking copy-on-write); a read-only VMA
+    /// then fails with [`Error::Perm`](crate::Error::Perm).
+    pub write: bool,
+    /// Device-private pages of this owner are reported as [`CpuPage::Device`]; device-private
+    /// pages of any other owner are first migrated to system memory by the platform (Linux:
+    /// `dev_private_owner`). `None`: every device page is migrated to system memory.
+    pub owner: Option<OwnerId>,
+}
+
+/// The CPU address space being mirrored (Linux: `mm_struct` + HMM + interval notifiers).
+///
+/// All methods run in process context with no crate lock held, and may sleep.
+pub trait AddressSpace {
+    /// What [`register_notifier`](Self::register_notifier) hands back; given back to
+    /// [`unregister_notifier`](Self::unregister_notifier).
+    type NotifierHandle;
+
+    /// The VMA containing `addr`, if any.
+    fn find_vma(&self, addr: u64) -> Option<Vma>;
+
+    /// Fill `out[i]` with the state of page `req.start + i * PAGE_SIZE`, for every page of
+    /// `[req.start, req.end)` (`out.len()` is exactly the number of pages).
+    ///
+    /// Errors: [`Fault`](crate::Error::Fault) if part of the interval has no VMA (when
+    /// faulting), [`Perm`](crate::Error::Perm) if `req.write` and the VMA is read-only,
+    /// [`Busy`](crate::Error::Busy)/[`Again`](crate::Error::Again) if the platform wants a
+    /// retry, [`NoMem`](crate::Error::NoMem). On error the content of `out` is unspecified.
+    fn collect_pages(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()>;
+
+    /// Register an interval notifier over `[start, end)`. From now until
+    /// [`unregister_notifier`](Self::unregister_notifier) returns, the platform calls
+    /// `invalidate_begin(id, ..)` before and `invalidate_end(id, ..)` after every change to the
+    /// CPU page tables in the interval, on the [`Svm`](crate::Svm) this platform belongs to.
+    ///
+    /// Errors: [`NoMem`](crate::Error::NoMem), [`Invalid`](crate::Error::Invalid).
+    fn register_notifier(
+        &self,
+        id: NotifierId,
+        start: u64,
+        end: u64,
+    ) -> Result<Self::NotifierHandle>;
+
+    /// Unregister a notifier. When it returns, no invalidation for it is running or will run.
+    fn unregister_notifier(&self, handle: Self::NotifierHandle);
+}
+
+/// Direction of a DMA mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DmaDirection {
+    /// The device only reads.
+    ToDevice,
+    /// The device only writes.
+    FromDevice,
+    /// The device reads and writes.
+    Bidirectional,
+}
+
+/// Maps system pages for the device (Linux: `dma_map_page` through the IOMMU).
+pub trait DmaMapper {
+    /// Map `2^order` pages starting at frame `pfn` (naturally aligned) for the device; returns
+    /// the page-aligned bus address. Process context, no crate lock held.
+    ///
+    /// Errors: [`NoMem`](crate::Error::NoMem) (no IOVA space), [`Fault`](crate::Error::Fault)
+    /// (mapping error).
+    fn map_page(&self, pfn: u64, order: u8, dir: DmaDirection) -> Result<u64>;
+
+    /// Unmap a mapping made by [`map_page`](Self::map_page), with the same order and direction.
+    /// The crate unmaps every mapping exactly once. *Invalidation context*: must not allocate
+    /// or sleep.
+    fn unmap_page(&self, addr: u64, order: u8, dir: DmaDirection);
+}
+
+/// The device's page tables (the driver's GPU page-table code).
+pub trait DevicePageTable {
+    /// Remove every device page-table entry in `[start, end)` and invalidate the device TLBs,
+    /// so that when it returns the device can no longer reach pages of the interval.
+    /// *Invalidation context*: must not allocate or sleep.
+    fn zap(&self, start: u64, end: u64);
+}
+
+/// Everything the crate needs from one device mirroring one CPU address space.
+///
+/// ```
+/// # use gpusvm::platform::*;
+/// # use gpusvm::Result;
+/// struct Mm; struct Iommu; struct Pt;
+/// impl AddressSpace for Mm {
+///     type NotifierHandle = ();
+///     fn find_vma(&self, _: u64) -> Option<Vma> { None }
+///     fn collect_pages(&self, _: &CollectRequest, _: &mut [CpuPage]) -> Result<()> {
+///         Err(gpusvm::Error::Fault)
+///     }
+///     fn register_notifier(&self, _: NotifierId, _: u64, _: u64) -> Result<()> { Ok(()) }
+///     fn unregister_notifier(&self, _: ()) {}
+/// }
+/// impl DmaMapper for Iommu {
+///     fn map_page(&self, pfn: u64, _: u8, _: DmaDirection) -> Result<u64> { Ok(pfn << PAGE_SHIFT) }
+///     fn unmap_page(&self, _: u64, _: u8, _: DmaDirection) {}
+/// }
+/// impl DevicePageTable for Pt { fn zap(&self, _: u64, _: u64) {} }
+/// struct MyGpu { mm: Mm, iommu: Iommu, pt: Pt }
+/// impl Platform for MyGpu {
+///     type Mm = Mm; type Dma = Iommu; type Pt = Pt;
+///     fn mm(&self) -> &Mm { &self.mm }
+///     fn dma(&self) -> &Iommu { &self.iommu }
+///     fn page_table(&self) -> &Pt { &self.pt }
+///     fn now_ns(&self) -> u64 { 0 }
+/// }
+/// ```
+pub trait Platform {
+    /// The CPU address space.
+    type Mm: AddressSpace;
+    /// The device's DMA mapper.
+    type Dma: DmaMapper;
+    /// The device's page tables.
+    type Pt: DevicePageTable;
+    /// The CPU address space.
+    fn mm(&self) -> &Self::Mm;
+    /// The device's DMA mapper.
+    fn dma(&self) -> &Self::Dma;
+    /// The device's page tables.
+    fn page_table(&self) -> &Self::Pt;
+    /// A monotonic clock in nanoseconds (used for retry deadlines and timeslices).
+    fn now_ns(&self) -> u64;
+}

@@ -1,0 +1,87 @@
+//! Notifiers: fixed-size aligned intervals of the mirrored address space, each registered with
+//! the platform and each holding the ranges that lie inside it.
+
+use super::{RangeTree, SeqCounter};
+use alloc::collections::BTreeMap;
+
+/// One notifier `[start, end)`.
+pub(crate) struct Notifier<H> {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) seq: SeqCounter,
+    pub(crate) ranges: RangeTree,
+    /// `None` while registration is in flight or after it was undone.
+    pub(crate) handle: Option<H>,
+}
+
+impl<H> Notifier<H> {
+    pub(crate) fn new(start: u64, end: u64) -> Self {
+        Notifier {
+            start,
+            end,
+            seq: SeqCounter::new(),
+            ranges: RangeTree::new(),
+            handle: None,
+        }
+    }
+}
+
+/// The notifiers of one `Svm`, ordered by start address (they never overlap). Lookup by address
+/// is O(log n). Kept under the notifier lock.
+pub(crate) struct NotifierTree<H> {
+    map: BTreeMap<u64, Notifier<H>>,
+}
+
+impl<H> Default for NotifierTree<H> {
+    fn default() -> Self {
+        NotifierTree {
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl<H> NotifierTree<H> {
+    /// The notifier containing `addr`.
+    pub(crate) fn find(&self, addr: u64) -> Option<&Notifier<H>> {
+        self.map
+            .range(..=addr)
+            .next_back()
+            .map(|(_, n)| n)
+            .filter(|n| addr < n.end)
+    }
+
+    /// The notifier containing `addr`, mutably.
+    pub(crate) fn find_mut(&mut self, addr: u64) -> Option<&mut Notifier<H>> {
+        self.map
+            .range_mut(..=addr)
+            .next_back()
+            .map(|(_, n)| n)
+            .filter(|n| addr < n.end)
+    }
+
+    /// The notifier that starts exactly at `start`.
+    pub(crate) fn get(&self, start: u64) -> Option<&Notifier<H>> {
+        self.map.get(&start)
+    }
+
+    pub(crate) fn insert(&mut self, n: Notifier<H>) {
+        self.map.insert(n.start, n);
+    }
+
+    pub(crate) fn remove(&mut self, start: u64) -> Option<Notifier<H>> {
+        self.map.remove(&start)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Notifier<H>> {
+        self.map.values()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Take every notifier out.
+    pub(crate) fn take_all(&mut self) -> BTreeMap<u64, Notifier<H>> {
+        core::mem::take(&mut self.map)
+    }
+}

@@ -1,0 +1,666 @@
+//! The [`Svm`] instance: one device mirroring one CPU address space (SPEC §1, §2, §3, §4).
+
+use crate::error::{Error, Result};
+use crate::pages::{get_pages_loop, Commit, PageEntry, PagesCtx, RetryPolicy};
+use crate::platform::{
+    AddressSpace, CollectRequest, CpuPage, DevicePageTable, NotifierId, OwnerId, Platform,
+    PAGE_SIZE,
+};
+use crate::range::{
+    select_chunk, ChunkQuery, GcAdapter, Notifier, NotifierTree, Range, RangeFlags,
+};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::sync::{AtomicBool, Mutex, Ordering, RwLock};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use intrusive_collections::LinkedList;
+
+/// Largest number of chunk sizes an [`SvmConfig`] holds.
+pub const MAX_CHUNK_SIZES: usize = 8;
+
+/// Configuration of an [`Svm`] (SPEC §1). Build it with [`SvmConfig::new`] and adjust fields;
+/// [`Svm::new`] validates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvmConfig {
+    /// Start of the mirrored interval (page aligned).
+    pub mm_start: u64,
+    /// Length of the mirrored interval (page aligned, non-zero, not overflowing).
+    pub mm_range: u64,
+    /// Size of one notifier: a power of two, at least the largest chunk size [512 MiB].
+    pub notifier_size: u64,
+    /// Chunk sizes for new ranges, strictly descending powers of two, the last one `PAGE_SIZE`
+    /// [2 MiB, 64 KiB, 4 KiB].
+    pub chunk_sizes: heapless::Vec<u64, MAX_CHUNK_SIZES>,
+    /// Candidate chunks larger than a page and at most this size need all their CPU pages
+    /// present [64 KiB].
+    pub check_pages_threshold: u64,
+    /// Retry budget of page collections raced by invalidations.
+    pub retry: RetryPolicy,
+    /// The owner (interconnect group) of this device: device-private pages of this owner are
+    /// used in place. `None` until the device joins an owner.
+    pub owner: Option<OwnerId>,
+}
+
+/// 2 MiB.
+const SZ_2M: u64 = 2 << 20;
+/// 64 KiB.
+const SZ_64K: u64 = 64 << 10;
+
+impl SvmConfig {
+    /// A configuration with the SPEC defaults for the interval `[mm_start, mm_start+mm_range)`.
+    ///
+    /// ```
+    /// let c = gpusvm::SvmConfig::new(0, 1 << 47);
+    /// assert_eq!(c.notifier_size, 512 << 20);
+    /// assert_eq!(&c.chunk_sizes[..], &[2 << 20, 64 << 10, 4096]);
+    /// ```
+    pub fn new(mm_start: u64, mm_range: u64) -> Self {
+        let mut chunk_sizes = heapless::Vec::new();
+        for s in [SZ_2M, SZ_64K, PAGE_SIZE] {
+            // Capacity 8 > 3: cannot fail.
+            let _ = chunk_sizes.push(s);
+        }
+        SvmConfig {
+            mm_start,
+            mm_range,
+            notifier_size: 512 << 20,
+            chunk_sizes,
+            check_pages_threshold: SZ_64K,
+            retry: RetryPolicy::default(),
+            owner: None,
+        }
+    }
+
+    /// Replace the chunk sizes. Errors: [`Error::Invalid`] if more than [`MAX_CHUNK_SIZES`].
+    pub fn with_chunk_sizes(mut self, sizes: &[u64]) -> Result<Self> {
+        self.chunk_sizes = heapless::Vec::from_slice(sizes).map_err(|_| Error::Invalid)?;
+        Ok(self)
+    }
+
+    /// End of the mirrored interval (exclusive).
+    pub fn mm_end(&self) -> u64 {
+        self.mm_start.saturating_add(self.mm_range)
+    }
+
+    /// Check the configuration. Errors: [`Error::Invalid`] for a misaligned, empty or
+    /// overflowing interval, a malformed chunk list (empty, unsorted, not powers of two, not
+    /// ending with `PAGE_SIZE`), or a notifier size that is not a power of two or is smaller
+    /// than the largest chunk.
+    pub fn validate(&self) -> Result<()> {
+        let bad = self.mm_range == 0
+            || self.mm_start % PAGE_SIZE != 0
+            || self.mm_range % PAGE_SIZE != 0
+            || self.mm_start.checked_add(self.mm_range).is_none();
+        if bad {
+            return Err(Error::Invalid);
+        }
+        let (Some(&first), Some(&last)) = (self.chunk_sizes.first(), self.chunk_sizes.last())
+        else {
+            return Err(Error::Invalid);
+        };
+        if last != PAGE_SIZE {
+            return Err(Error::Invalid);
+        }
+        let mut prev: Option<u64> = None;
+        for &s in &self.chunk_sizes {
+            if !s.is_power_of_two() || s < PAGE_SIZE || prev.is_some_and(|p| s >= p) {
+                return Err(Error::Invalid);
+            }
+            prev = Some(s);
+        }
+        if !self.notifier_size.is_power_of_two() || self.notifier_size < first {
+            return Err(Error::Invalid);
+        }
+        Ok(())
+    }
+}
+
+/// A window of device virtual addresses a fault may create a range in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl Window {
+    /// No restriction.
+    pub const ALL: Window = Window {
+        start: 0,
+        end: u64::MAX,
+    };
+    /// Whether `addr` lies in the window.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+}
+
+/// Why the CPU page tables of an interval are changing (Linux `mmu_notifier_event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The interval is unmapped (munmap): ranges are marked unmapped and garbage-collected.
+    Unmap,
+    /// Pages are being cleared (MADV_DONTNEED, reclaim, copy-on-write break).
+    Clear,
+    /// Protection is changing (mprotect, write-protection for fork).
+    Protection,
+    /// Pages are being migrated by the owner given (this crate, or another driver).
+    Migrate {
+        /// The owner performing the migration, if a device owner.
+        owner: Option<OwnerId>,
+    },
+    /// The address space is being torn down: like `Unmap`.
+    Release,
+}
+
+type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandle;
+
+/// One device mirroring one CPU address space.
+///
+/// ```text
+///  driver fault ──► handle_fault ──► gc_run ─► find_or_insert ─► get_pages ─► bind (driver)
+///  CPU change  ──► invalidate_begin (zap, unmap DMA, queue GC) ... invalidate_end
+/// ```
+///
+/// Locks, outermost first: the structure lock (range creation/removal), the notifier lock (read:
+/// bind, commit checks; write: invalidation and commit), a range's page-state lock, the GC queue
+/// lock. All are spin locks from [`sync`](crate::sync); none is held across a call into the
+/// platform's [`AddressSpace`] methods.
+pub struct Svm<P: Platform> {
+    platform: P,
+    config: SvmConfig,
+    structure: Mutex<()>,
+    notifiers: RwLock<NotifierTree<Handle<P>>>,
+    gc: Mutex<LinkedList<GcAdapter>>,
+    closed: AtomicBool,
+    pub(crate) stats: Stats,
+}
+
+impl<P: Platform> core::fmt::Debug for Svm<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Svm")
+            .field("config", &self.config)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Svm<P> {
+    /// Create an instance. Errors: [`Error::Invalid`] if the configuration is bad
+    /// (see [`SvmConfig::validate`]).
+    pub fn new(platform: P, config: SvmConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Svm {
+            platform,
+            config,
+            structure: Mutex::new(()),
+            notifiers: RwLock::new(NotifierTree::default()),
+            gc: Mutex::new(LinkedList::new(GcAdapter::new())),
+            closed: AtomicBool::new(false),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SvmConfig {
+        &self.config
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn in_mm(&self, addr: u64) -> bool {
+        self.config.mm_start <= addr && addr < self.config.mm_end()
+    }
+
+    /// The range containing `addr`, if any.
+    pub fn find(&self, addr: u64) -> Option<Arc<Range>> {
+        let t = self.notifiers.read();
+        t.find(addr).and_then(|n| n.ranges.find_arc(addr))
+    }
+
+    /// Call `f` for every notifier interval and every range in it, in address order, under the
+    /// notifier lock (shared). For diagnostics and invariant checkers; `f` must not call back
+    /// into this `Svm`.
+    pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range)) {
+        let t = self.notifiers.read();
+        for n in t.iter() {
+            for r in n.ranges.iter() {
+                f((n.start, n.end), r);
+            }
+        }
+    }
+
+    /// Number of notifiers and ranges.
+    pub fn counts(&self) -> (usize, usize) {
+        let t = self.notifiers.read();
+        let ranges = t
+            .iter()
+            .map(|n| n.ranges.len())
+            .fold(0usize, usize::saturating_add);
+        (t.len(), ranges)
+    }
+
+    /// The notifier interval for `addr`: the notifier-size-aligned block, clipped to the
+    /// mirrored interval.
+    fn notifier_interval(&self, addr: u64) -> (u64, u64) {
+        let size = self.config.notifier_size;
+        let start = addr & !size.wrapping_sub(1);
+        let end = start.saturating_add(size);
+        (
+            start.max(self.config.mm_start),
+            end.min(self.config.mm_end()),
+        )
+    }
+
+    /// Whether every CPU page of `[start, end)` is present (snapshot, no faulting); device pages
+    /// count only if they belong to `owner`.
+    fn all_present(&self, start: u64, end: u64, owner: Option<OwnerId>) -> bool {
+        let Ok(n) = usize::try_from(end.saturating_sub(start) / PAGE_SIZE) else {
+            return false;
+        };
+        let mut pages: Vec<CpuPage> = Vec::new();
+        if pages.try_reserve_exact(n).is_err() {
+            return false;
+        }
+        pages.resize(n, CpuPage::Absent);
+        let req = CollectRequest {
+            start,
+            end,
+            fault: false,
+            write: false,
+            owner,
+        };
+        if self.platform.mm().collect_pages(&req, &mut pages).is_err() {
+            return false;
+        }
+        pages.iter().all(|p| match *p {
+            CpuPage::Absent => false,
+            CpuPage::System { .. } => true,
+            CpuPage::Device { owner: o, .. } => Some(o) == owner,
+        })
+    }
+
+    /// Return the range containing `addr`, or create one (SPEC §2).
+    ///
+    /// The new range is chosen by [`select_chunk`](crate::range::select_chunk) from the VMA at
+    /// `addr`, its notifier (registered with the platform on first use), `window`, and the
+    /// existing ranges. Takes the structure lock, then the notifier lock briefly.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Invalid`] if `addr` is outside the mirrored interval
+    /// or the window, or the window is empty, or no chunk fits; [`Error::Fault`] if no VMA
+    /// contains `addr`; errors of `register_notifier`. On error nothing is created.
+    pub fn find_or_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Arc<Range>> {
+        self.check_open()?;
+        if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
+            return Err(Error::Invalid);
+        }
+        let _s = self.structure.lock();
+        if let Some(r) = self.find(addr) {
+            return Ok(r);
+        }
+        let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
+        let notifier = self.notifier_interval(addr);
+        let q = ChunkQuery {
+            addr,
+            vma: (vma.start, vma.end),
+            notifier,
+            window: (window.start, window.end),
+            chunk_sizes: &self.config.chunk_sizes,
+            check_pages_threshold: self.config.check_pages_threshold,
+        };
+        let (start, end) = select_chunk(
+            &q,
+            |s, e| {
+                let t = self.notifiers.read();
+                t.find(addr).is_some_and(|n| n.ranges.any_overlap(s, e))
+            },
+            |s, e| self.all_present(s, e, ctx.owner),
+        )?;
+        let range = Range::new(start, end)?;
+
+        let exists = self.notifiers.read().get(notifier.0).is_some();
+        if !exists {
+            let handle = self.platform.mm().register_notifier(
+                NotifierId(notifier.0),
+                notifier.0,
+                notifier.1,
+            )?;
+            let mut n = Notifier::new(notifier.0, notifier.1);
+            n.handle = Some(handle);
+            self.notifiers.write().insert(n);
+        }
+        let inserted = {
+            let mut t = self.notifiers.write();
+            match t.find_mut(addr) {
+                Some(n) => n.ranges.insert(range.clone()),
+                None => Err(Error::Invalid),
+            }
+        };
+        if let Err(e) = inserted {
+            if !exists {
+                self.drop_notifier_if_empty(notifier.0);
+            }
+            return Err(e);
+        }
+        Stats::inc(&self.stats.ranges_created);
+        Ok(range)
+    }
+
+    fn drop_notifier_if_empty(&self, start: u64) {
+        let handle = {
+            let mut t = self.notifiers.write();
+            match t.get(start) {
+                Some(n) if n.ranges.is_empty() => t.remove(start).and_then(|mut n| n.handle.take()),
+                _ => None,
+            }
+        };
+        if let Some(h) = handle {
+            self.platform.mm().unregister_notifier(h);
+        }
+    }
+
+    /// Check that `range` is live in this instance (under the notifier lock).
+    fn check_range(&self, t: &NotifierTree<Handle<P>>, range: &Range) -> Result<()> {
+        let f = range.flags();
+        if f.contains(RangeFlags::REMOVED) {
+            return Err(Error::Again);
+        }
+        let here = t
+            .find(range.start())
+            .and_then(|n| n.ranges.find(range.start()))
+            .is_some_and(|r| core::ptr::eq(r, range));
+        if !here {
+            return Err(Error::Invalid);
+        }
+        if f.contains(RangeFlags::UNMAPPED) {
+            return Err(Error::Again);
+        }
+        Ok(())
+    }
+
+    /// Remove a range (SPEC §2 `remove`): zap its device mappings, unmap and free its pages,
+    /// unlink it, and drop its notifier if it was the last range. Takes the structure lock.
+    ///
+    /// Errors: [`Error::Invalid`] if the range is not in this instance (already removed, or
+    /// another instance's).
+    pub fn remove(&self, range: &Range) -> Result<()> {
+        let _s = self.structure.lock();
+        self.remove_locked(range)
+    }
+
+    fn remove_locked(&self, range: &Range) -> Result<()> {
+        let (handle, _unlinked) = {
+            let mut t = self.notifiers.write();
+            let n = t.find_mut(range.start()).ok_or(Error::Invalid)?;
+            let unlinked = n.ranges.remove(range).ok_or(Error::Invalid)?;
+            self.platform.page_table().zap(range.start(), range.end());
+            range.pages.lock().free(self.platform.dma());
+            range.set_flags(RangeFlags::REMOVED);
+            let handle = if n.ranges.is_empty() {
+                let start = n.start;
+                t.remove(start).and_then(|mut n| n.handle.take())
+            } else {
+                None
+            };
+            (handle, unlinked)
+        };
+        Stats::inc(&self.stats.ranges_removed);
+        if let Some(h) = handle {
+            self.platform.mm().unregister_notifier(h);
+        }
+        Ok(())
+    }
+
+    /// Collect and map the pages of `range` for the device (SPEC §3).
+    ///
+    /// Reuses a still-valid page state that satisfies `ctx`. Otherwise reads the notifier
+    /// sequence, collects the CPU pages (faulting them in), DMA-maps them, and commits under the
+    /// notifier lock unless an invalidation raced (then it unmaps and retries within
+    /// `config.retry`). No lock is held while collecting.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Invalid`] if the range is not in this instance;
+    /// [`Error::Again`] if the range was removed or unmapped meanwhile (find it again);
+    /// [`Error::Busy`] when the retry budget runs out; [`Error::NotSupported`] for mixed pages
+    /// without `ctx.allow_mixed`; [`Error::Fault`] (no VMA, or `ctx.devmem_only` with system
+    /// pages); [`Error::Perm`]; and the platform's errors. On error nothing stays mapped that was
+    /// not mapped before.
+    pub fn get_pages(&self, range: &Range, ctx: &PagesCtx) -> Result<()> {
+        self.check_open()?;
+        {
+            let t = self.notifiers.read();
+            self.check_range(&t, range)?;
+            if range.pages.lock().satisfies(ctx) {
+                return Ok(());
+            }
+        }
+        get_pages_loop(
+            &self.platform,
+            &self.config.retry,
+            (range.start(), range.end()),
+            ctx,
+            || {
+                let t = self.notifiers.read();
+                self.check_range(&t, range)?;
+                Ok(t.find(range.start()).and_then(|n| n.seq.read_begin()))
+            },
+            |seq, m| {
+                let t = self.notifiers.write();
+                if let Err(e) = self.check_open().and_then(|()| self.check_range(&t, range)) {
+                    m.unmap(self.platform.dma());
+                    return Err(e);
+                }
+                match t.find(range.start()) {
+                    Some(n) if !n.seq.read_retry(seq) => {
+                        range.pages.lock().commit(self.platform.dma(), m);
+                        Stats::inc(&self.stats.pages_committed);
+                        Ok(Commit::Done)
+                    }
+                    _ => Ok(Commit::Retry(m)),
+                }
+            },
+            || Stats::inc(&self.stats.retries),
+        )
+    }
+
+    /// SPEC `pages_valid`: whether the range's pages are usable by the device right now.
+    pub fn pages_valid(&self, range: &Range) -> bool {
+        let _t = self.notifiers.read();
+        range.pages.lock().valid()
+    }
+
+    /// Run `f` with the committed page entries of `range` while holding the notifier lock
+    /// (shared), so no invalidation can complete meanwhile: this is where the driver writes its
+    /// device page-table entries. `f` gets the range and its entries in address order, each
+    /// covering `entry.size()` bytes from where the previous one ended; it must not sleep or
+    /// call back into this `Svm`.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Again`] if the pages are no longer valid (an
+    /// invalidation ran: fault again); [`Error::Invalid`] if the range is not in this instance.
+    pub fn bind<R>(&self, range: &Range, f: impl FnOnce(&Range, &[PageEntry]) -> R) -> Result<R> {
+        self.check_open()?;
+        let t = self.notifiers.read();
+        self.check_range(&t, range)?;
+        let st = range.pages.lock();
+        if !st.valid() {
+            return Err(Error::Again);
+        }
+        Ok(f(range, st.entries()))
+    }
+
+    /// SPEC `unmap_pages`: DMA-unmap the range's pages and clear its flags (idempotent). The
+    /// caller zaps the device mappings first if it bound them.
+    pub fn unmap_pages(&self, range: &Range) {
+        let _t = self.notifiers.write();
+        range.pages.lock().unmap(self.platform.dma());
+    }
+
+    /// SPEC `free_pages`: unmap, then release the range's page array.
+    pub fn free_pages(&self, range: &Range) {
+        let _t = self.notifiers.write();
+        range.pages.lock().free(self.platform.dma());
+    }
+
+    /// The platform calls this before it changes CPU page tables in `[start, end)` of the
+    /// notifier `id` (SPEC §4).
+    ///
+    /// Takes the notifier lock for write, makes the sequence odd, zaps the device page tables
+    /// over the ranges overlapping the interval, DMA-unmaps their pages, and on
+    /// [`Event::Unmap`]/[`Event::Release`] marks them unmapped (and partially unmapped when the
+    /// event covers only part) and queues them for the garbage collector. Allocates nothing,
+    /// sleeps nowhere, and calls only [`DevicePageTable::zap`] and
+    /// [`DmaMapper::unmap_page`](crate::platform::DmaMapper::unmap_page). An unknown `id` is
+    /// ignored.
+    pub fn invalidate_begin(&self, id: NotifierId, start: u64, end: u64, event: Event) {
+        let t = self.notifiers.write();
+        let Some(n) = t.get(id.0) else {
+            return;
+        };
+        n.seq.begin();
+        Stats::inc(&self.stats.invalidations);
+        let s = start.max(n.start);
+        let e = end.min(n.end);
+        if s >= e {
+            return;
+        }
+        // Zap once over the span of the ranges hit, before any DMA mapping goes away.
+        let mut span: Option<(u64, u64)> = None;
+        for r in n.ranges.overlapping(s, e) {
+            span = Some(match span {
+                None => (r.start(), r.end()),
+                Some((a, _)) => (a, r.end()),
+            });
+        }
+        let Some((zs, ze)) = span else {
+            return;
+        };
+        self.platform.page_table().zap(zs, ze);
+        let unmap = matches!(event, Event::Unmap | Event::Release);
+        let mut it = n.ranges.overlapping(s, e);
+        loop {
+            let queued = if unmap { it.peek_arc() } else { None };
+            let Some(r) = it.next() else {
+                break;
+            };
+            r.pages.lock().unmap(self.platform.dma());
+            if unmap {
+                let mut f = RangeFlags::UNMAPPED;
+                if s > r.start() || e < r.end() {
+                    f |= RangeFlags::PARTIAL_UNMAP;
+                }
+                r.set_flags(f);
+                if let Some(a) = queued {
+                    self.gc_queue(a);
+                }
+            }
+        }
+    }
+
+    /// The platform calls this after it changed the CPU page tables (SPEC §4): the sequence
+    /// becomes even again once the last nested invalidation ends. An unknown `id` is ignored.
+    pub fn invalidate_end(&self, id: NotifierId, _start: u64, _end: u64) {
+        let t = self.notifiers.read();
+        if let Some(n) = t.get(id.0) {
+            n.seq.end();
+        }
+    }
+
+    fn gc_queue(&self, r: Arc<Range>) {
+        if self.is_closed() || r.set_flags(RangeFlags::IN_GC).contains(RangeFlags::IN_GC) {
+            return;
+        }
+        self.gc.lock().push_back(r);
+    }
+
+    /// Number of ranges waiting for the garbage collector.
+    pub fn gc_pending(&self) -> usize {
+        self.gc.lock().iter().count()
+    }
+
+    /// Run the garbage collector (SPEC §5): remove every queued range. Returns how many ranges
+    /// it removed. Called at the start of every fault; a driver may also call it from a worker.
+    pub fn gc_run(&self) -> usize {
+        let mut done = 0usize;
+        loop {
+            let next = self.gc.lock().pop_front();
+            let Some(r) = next else {
+                break;
+            };
+            r.clear_flags(RangeFlags::IN_GC);
+            if r.flags().contains(RangeFlags::REMOVED) {
+                continue;
+            }
+            if self.remove(&r).is_ok() {
+                done = done.saturating_add(1);
+            }
+        }
+        if done > 0 {
+            Stats::inc(&self.stats.gc_runs);
+            self.stats.gc_ranges.fetch_add(done, Ordering::Relaxed);
+        }
+        done
+    }
+
+    /// Close the instance (SPEC §1): zap and unmap every range, drop them, drain the garbage
+    /// collector, and unregister every notifier. Idempotent; later calls that need the
+    /// instance return [`Error::Closed`]. Also run on drop.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _s = self.structure.lock();
+        let all = {
+            let mut t = self.notifiers.write();
+            for n in t.iter() {
+                for r in n.ranges.iter() {
+                    self.platform.page_table().zap(r.start(), r.end());
+                    r.pages.lock().free(self.platform.dma());
+                    r.set_flags(RangeFlags::REMOVED);
+                }
+            }
+            t.take_all()
+        };
+        {
+            let mut q = self.gc.lock();
+            while let Some(r) = q.pop_front() {
+                r.clear_flags(RangeFlags::IN_GC);
+            }
+        }
+        for (_, mut n) in all {
+            while let Some(r) = n.ranges.pop_front() {
+                drop(r);
+                Stats::inc(&self.stats.ranges_removed);
+            }
+            if let Some(h) = n.handle.take() {
+                self.platform.mm().unregister_notifier(h);
+            }
+        }
+    }
+}
+
+impl<P: Platform> Drop for Svm<P> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
