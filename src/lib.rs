@@ -50,6 +50,8 @@ pub mod pages;
 pub mod platform;
 pub mod range;
 pub mod stats;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod svm;
 pub mod sync;
 
