@@ -1,0 +1,163 @@
+//! The simulated machine: system RAM frames with real contents and a deterministic clock.
+
+use super::lock;
+use crate::error::{Error, Result};
+use crate::platform::PAGE_SIZE;
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::vec;
+use std::vec::Vec;
+
+/// Base page size as a `usize`.
+pub(crate) const PAGE: usize = PAGE_SIZE as usize;
+
+/// One 4 KiB frame of system RAM.
+#[derive(Debug, Default)]
+pub(crate) struct Frame {
+    /// Contents; `None` reads as zeroes.
+    pub(crate) data: Option<Box<[u8]>>,
+    /// Number of CPU page-table entries (over all address spaces) that map it.
+    pub(crate) refs: u32,
+}
+
+/// The system RAM of the simulated machine.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    pub(crate) map: HashMap<u64, Frame>,
+    next_pfn: u64,
+    /// Frames ever allocated / freed.
+    pub(crate) allocated: u64,
+    pub(crate) freed: u64,
+    /// Capacity in frames (`None`: unlimited).
+    pub(crate) limit: Option<usize>,
+}
+
+impl Frames {
+    /// Allocate `2^order` naturally aligned, contiguous, zeroed frames; returns the first pfn.
+    pub(crate) fn alloc(&mut self, order: u8) -> Result<u64> {
+        let n = 1u64 << order;
+        if let Some(limit) = self.limit {
+            if self.map.len() + n as usize > limit {
+                return Err(Error::NoMem);
+            }
+        }
+        let base = self.next_pfn.max(1).next_multiple_of(n);
+        self.next_pfn = base + n;
+        for pfn in base..base + n {
+            self.map.insert(pfn, Frame::default());
+        }
+        self.allocated += n;
+        Ok(base)
+    }
+
+    /// Drop one CPU reference to `pfn`; frees the frame when none is left.
+    pub(crate) fn put(&mut self, pfn: u64) {
+        if let Some(f) = self.map.get_mut(&pfn) {
+            f.refs = f.refs.saturating_sub(1);
+            if f.refs == 0 {
+                self.map.remove(&pfn);
+                self.freed += 1;
+            }
+        }
+    }
+
+    /// Take one more CPU reference.
+    pub(crate) fn get(&mut self, pfn: u64) {
+        if let Some(f) = self.map.get_mut(&pfn) {
+            f.refs += 1;
+        }
+    }
+
+    pub(crate) fn read(&self, pfn: u64, off: usize, buf: &mut [u8]) -> Result<()> {
+        let f = self.map.get(&pfn).ok_or(Error::Fault)?;
+        match &f.data {
+            Some(d) => buf.copy_from_slice(d.get(off..off + buf.len()).ok_or(Error::Invalid)?),
+            None => buf.fill(0),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write(&mut self, pfn: u64, off: usize, buf: &[u8]) -> Result<()> {
+        let f = self.map.get_mut(&pfn).ok_or(Error::Fault)?;
+        let d = f
+            .data
+            .get_or_insert_with(|| vec![0u8; PAGE].into_boxed_slice());
+        d.get_mut(off..off + buf.len())
+            .ok_or(Error::Invalid)?
+            .copy_from_slice(buf);
+        Ok(())
+    }
+
+    /// Copy a whole frame's contents onto another.
+    pub(crate) fn copy(&mut self, from: u64, to: u64) -> Result<()> {
+        let data = self.map.get(&from).ok_or(Error::Fault)?.data.clone();
+        self.map.get_mut(&to).ok_or(Error::Fault)?.data = data;
+        Ok(())
+    }
+
+    /// Whether every frame of `[pfn, pfn + 2^order)` exists.
+    pub(crate) fn all_live(&self, pfn: u64, order: u8) -> bool {
+        (pfn..pfn + (1u64 << order)).all(|p| self.map.contains_key(&p))
+    }
+}
+
+/// The simulated machine: RAM and a clock. Address spaces ([`SimMm`](super::SimMm)) and
+/// devices ([`SimDevice`](super::SimDevice)) hang off it.
+#[derive(Debug)]
+pub struct SimWorld {
+    pub(crate) frames: Mutex<Frames>,
+    clock: AtomicU64,
+    clock_step: AtomicU64,
+}
+
+impl SimWorld {
+    /// A new machine with unlimited RAM and a clock that advances 1 µs per reading.
+    pub fn new() -> Arc<SimWorld> {
+        Arc::new(SimWorld {
+            frames: Mutex::new(Frames::default()),
+            clock: AtomicU64::new(0),
+            clock_step: AtomicU64::new(1_000),
+        })
+    }
+
+    /// Read the clock (advances it by the step).
+    pub fn now_ns(&self) -> u64 {
+        self.clock
+            .fetch_add(self.clock_step.load(Ordering::Relaxed), Ordering::Relaxed)
+    }
+
+    /// Move the clock forward.
+    pub fn advance(&self, ns: u64) {
+        self.clock.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Set how far the clock advances per reading (0 freezes it).
+    pub fn set_clock_step(&self, ns: u64) {
+        self.clock_step.store(ns, Ordering::Relaxed);
+    }
+
+    /// Limit system RAM to `frames` base frames (`None`: unlimited).
+    pub fn set_ram_limit(&self, frames: Option<usize>) {
+        lock(&self.frames).limit = frames;
+    }
+
+    /// Number of live system frames.
+    pub fn live_frames(&self) -> usize {
+        lock(&self.frames).map.len()
+    }
+
+    /// Frames of system RAM allocated and freed so far.
+    pub fn frame_counts(&self) -> (u64, u64) {
+        let f = lock(&self.frames);
+        (f.allocated, f.freed)
+    }
+
+    /// The live pfns (sorted), for checks.
+    pub fn live_pfns(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = lock(&self.frames).map.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
