@@ -7,7 +7,8 @@ use crate::platform::{
     PAGE_SIZE,
 };
 use crate::range::{
-    select_chunk, ChunkQuery, GcAdapter, Notifier, NotifierTree, Range, RangeFlags,
+    check_chunk_sizes, select_chunk, ChunkQuery, GcAdapter, Notifier, NotifierTree, Range,
+    RangeFlags,
 };
 use crate::stats::{Stats, StatsSnapshot};
 use crate::sync::{AtomicBool, Mutex, Ordering, RwLock};
@@ -94,20 +95,10 @@ impl SvmConfig {
         if bad {
             return Err(Error::Invalid);
         }
-        let (Some(&first), Some(&last)) = (self.chunk_sizes.first(), self.chunk_sizes.last())
-        else {
+        check_chunk_sizes(&self.chunk_sizes)?;
+        let Some(&first) = self.chunk_sizes.first() else {
             return Err(Error::Invalid);
         };
-        if last != PAGE_SIZE {
-            return Err(Error::Invalid);
-        }
-        let mut prev: Option<u64> = None;
-        for &s in &self.chunk_sizes {
-            if !s.is_power_of_two() || s < PAGE_SIZE || prev.is_some_and(|p| s >= p) {
-                return Err(Error::Invalid);
-            }
-            prev = Some(s);
-        }
         if !self.notifier_size.is_power_of_two() || self.notifier_size < first {
             return Err(Error::Invalid);
         }

@@ -14,6 +14,7 @@ mod notifier;
 mod seq;
 mod tree;
 
+pub(crate) use chunk::check_chunk_sizes;
 pub use chunk::{select_chunk, ChunkQuery};
 pub(crate) use notifier::{Notifier, NotifierTree};
 pub use seq::SeqCounter;
