@@ -1,0 +1,272 @@
+//! Property test of the range tree against a `BTreeMap` model, on the stable toolchain.
+//!
+//! Drives the same harness as the cargo-fuzz target `fuzz/fuzz_targets/range_tree.rs`
+//! (`gpusvm::sim::harness::range_tree::run`) in three ways:
+//! - random byte vectors decoded with `arbitrary` exactly as libFuzzer's `fuzz_target!` decodes
+//!   them (so a fuzz crash file replays here: `GPUSVM_REPLAY=path cargo test --all-features
+//!   --test prop_range_tree replay`);
+//! - a direct proptest strategy of operations (which shrinks to a minimal failing sequence);
+//! - the committed seed corpus `fuzz/corpus/range_tree/` and hand-written regression cases.
+#![cfg(feature = "sim")]
+
+use arbitrary::{Arbitrary, Unstructured};
+use gpusvm::sim::harness::range_tree::{
+    run, Addr, Page, RangeTreeOp, MAX_NPAGES, QUERY_PAGES, START_PAGES,
+};
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Decode bytes the way `libfuzzer_sys::fuzz_target!(|ops: Vec<RangeTreeOp>| ..)` does.
+fn decode(bytes: &[u8]) -> Vec<RangeTreeOp> {
+    Vec::<RangeTreeOp>::arbitrary_take_rest(Unstructured::new(bytes)).unwrap_or_default()
+}
+
+fn page() -> impl Strategy<Value = Page> {
+    (any::<bool>(), 0..START_PAGES).prop_map(|(high, page)| Page { high, page })
+}
+
+fn addr() -> impl Strategy<Value = Addr> {
+    prop_oneof![
+        1 => Just(Addr::Zero),
+        1 => Just(Addr::Max),
+        12 => (any::<bool>(), 0..QUERY_PAGES, prop_oneof![Just(0u16), Just(4095u16), 0u16..4096])
+            .prop_map(|(high, page, offset)| Addr::At { high, page, offset }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = RangeTreeOp> {
+    prop_oneof![
+        8 => (page(), 0..=MAX_NPAGES).prop_map(|(at, npages)| RangeTreeOp::Insert { at, npages }),
+        1 => (any::<u64>(), any::<u64>())
+            .prop_map(|(start, end)| RangeTreeOp::InsertRaw { start, end }),
+        1 => (0u64..0x60, 0u64..0x60).prop_map(|(s, e)| RangeTreeOp::InsertRaw {
+            start: s << 11,
+            end: e << 11,
+        }),
+        1 => any::<u8>().prop_map(|index| RangeTreeOp::InsertLinked { index }),
+        2 => any::<u8>().prop_map(|index| RangeTreeOp::Reinsert { index }),
+        4 => page().prop_map(|at| RangeTreeOp::Remove { at }),
+        1 => (page(), 1..=MAX_NPAGES)
+            .prop_map(|(at, npages)| RangeTreeOp::RemoveForeign { at, npages }),
+        1 => any::<u8>().prop_map(|index| RangeTreeOp::RemoveStale { index }),
+        4 => addr().prop_map(|addr| RangeTreeOp::Find { addr }),
+        4 => (addr(), addr()).prop_map(|(start, end)| RangeTreeOp::Overlapping { start, end }),
+        1 => Just(RangeTreeOp::PopFront),
+        1 => Just(RangeTreeOp::Len),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ops_from_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let ops = decode(&bytes);
+        if let Err(e) = run(&ops) {
+            prop_assert!(false, "{e}\nops: {ops:?}");
+        }
+    }
+
+    #[test]
+    fn ops_from_strategy(ops in proptest::collection::vec(op(), 0..300)) {
+        if let Err(e) = run(&ops) {
+            prop_assert!(false, "{e}\nops: {ops:?}");
+        }
+    }
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/range_tree")
+}
+
+/// Every committed seed (and, when present, every crash libFuzzer left in
+/// `fuzz/artifacts/range_tree/`) runs cleanly. `GPUSVM_REPLAY=<file>` replays one file.
+#[test]
+fn replay() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("GPUSVM_REPLAY") {
+        files.push(PathBuf::from(p));
+    } else {
+        let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/artifacts/range_tree");
+        for dir in [corpus_dir(), artifacts] {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+        assert!(
+            files.len() >= 4,
+            "seed corpus {} is missing",
+            corpus_dir().display()
+        );
+    }
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let ops = decode(&bytes);
+        if let Err(e) = run(&ops) {
+            panic!("{}: {e}\nops: {ops:?}", f.display());
+        }
+    }
+}
+
+fn lo(page: u8) -> Page {
+    Page { high: false, page }
+}
+fn hi(page: u8) -> Page {
+    Page { high: true, page }
+}
+fn at(high: bool, page: u8, offset: u16) -> Addr {
+    Addr::At { high, page, offset }
+}
+fn ins(at: Page, npages: u8) -> RangeTreeOp {
+    RangeTreeOp::Insert { at, npages }
+}
+fn ov(start: Addr, end: Addr) -> RangeTreeOp {
+    RangeTreeOp::Overlapping { start, end }
+}
+fn find(addr: Addr) -> RangeTreeOp {
+    RangeTreeOp::Find { addr }
+}
+
+fn check(ops: &[RangeTreeOp]) {
+    if let Err(e) = run(ops) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn adjacent_ranges_and_collisions() {
+    check(&[
+        ins(lo(1), 1),
+        ins(lo(2), 1), // adjacent on the right: accepted
+        ins(lo(0), 1), // adjacent on the left: accepted
+        ins(lo(1), 1), // same bounds: refused
+        ins(lo(0), 3), // covers all three: refused
+        ins(lo(2), 4), // overlaps the last: refused
+        ins(lo(3), 0), // empty: Range::new refuses
+        find(at(false, 0, 4095)),
+        find(at(false, 3, 0)),
+        RangeTreeOp::Len,
+        RangeTreeOp::PopFront,
+        RangeTreeOp::PopFront,
+        RangeTreeOp::PopFront,
+        RangeTreeOp::PopFront,
+        RangeTreeOp::Len,
+    ]);
+}
+
+#[test]
+fn overlapping_edges() {
+    check(&[
+        ins(lo(4), 4), // [4, 8)
+        ins(lo(10), 2),
+        ov(at(false, 8, 0), at(false, 10, 0)), // the gap between: nothing
+        ov(at(false, 7, 4095), at(false, 10, 1)), // the last byte of one, first of the other
+        ov(at(false, 5, 0), at(false, 5, 0)),  // empty
+        ov(at(false, 9, 0), at(false, 5, 0)),  // reversed
+        ov(Addr::Max, Addr::Zero),             // reversed, whole space
+        ov(Addr::Zero, Addr::Max),             // everything
+        ov(at(false, 0, 0), at(false, 4, 0)),  // ends exactly at a start
+        ov(at(false, 8, 0), Addr::Max),        // starts exactly at an end
+        find(at(false, 8, 0)),
+        find(at(false, 7, 4095)),
+        find(Addr::Zero),
+        find(Addr::Max),
+    ]);
+}
+
+#[test]
+fn top_of_address_space() {
+    check(&[
+        ins(hi(63), 8), // ends at the last page-aligned address
+        ins(hi(60), 3),
+        ins(lo(0), 8),
+        find(Addr::Max),
+        find(at(true, 70, 4095)),
+        find(at(true, 79, 4095)),
+        ov(at(true, 62, 17), Addr::Max),
+        ov(Addr::Max, Addr::Max),
+        RangeTreeOp::InsertRaw {
+            start: !0xfff,
+            end: u64::MAX,
+        },
+        RangeTreeOp::InsertRaw {
+            start: 0,
+            end: !0xfff,
+        },
+    ]);
+}
+
+#[test]
+fn remove_only_the_very_object() {
+    check(&[
+        ins(lo(3), 2),
+        RangeTreeOp::RemoveForeign {
+            at: lo(3),
+            npages: 1,
+        }, // same start, other object
+        RangeTreeOp::RemoveForeign {
+            at: lo(3),
+            npages: 2,
+        }, // same bounds, other object
+        RangeTreeOp::Remove { at: lo(4) }, // no range starts there
+        RangeTreeOp::InsertLinked { index: 0 },
+        RangeTreeOp::Remove { at: lo(3) },
+        RangeTreeOp::RemoveStale { index: 0 }, // already removed
+        RangeTreeOp::Reinsert { index: 0 },    // unlinked again: can go back
+        RangeTreeOp::Reinsert { index: 0 },    // now linked: refused
+        RangeTreeOp::RemoveStale { index: 0 }, // linked again: removed normally
+        ins(lo(2), 4),
+        RangeTreeOp::Reinsert { index: 0 }, // overlaps: refused
+        RangeTreeOp::PopFront,
+        RangeTreeOp::Reinsert { index: 0 },
+    ]);
+}
+
+#[test]
+fn raw_bounds_are_validated() {
+    check(&[
+        RangeTreeOp::InsertRaw { start: 0, end: 0 },
+        RangeTreeOp::InsertRaw {
+            start: 0x2000,
+            end: 0x1000,
+        },
+        RangeTreeOp::InsertRaw {
+            start: 0x1001,
+            end: 0x3000,
+        },
+        RangeTreeOp::InsertRaw {
+            start: 0x1000,
+            end: 0x3001,
+        },
+        RangeTreeOp::InsertRaw {
+            start: 0x1000,
+            end: 0x3000,
+        },
+        RangeTreeOp::InsertRaw {
+            start: 0,
+            end: u64::MAX,
+        },
+    ]);
+}
+
+/// Many ranges, then lookups and overlap queries everywhere.
+#[test]
+fn dense_tree() {
+    let mut ops = Vec::new();
+    for p in 0..START_PAGES {
+        ops.push(ins(lo(p), 1 + p % 3));
+        ops.push(ins(hi(p), 1));
+    }
+    for p in 0..QUERY_PAGES {
+        for high in [false, true] {
+            ops.push(find(at(high, p, 7)));
+            ops.push(ov(at(high, p, 0), at(high, p.saturating_add(5), 1)));
+        }
+    }
+    for p in (0..START_PAGES).step_by(3) {
+        ops.push(RangeTreeOp::Remove { at: lo(p) });
+    }
+    ops.push(ov(Addr::Zero, Addr::Max));
+    check(&ops);
+}
