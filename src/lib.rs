@@ -46,12 +46,13 @@ extern crate std;
 
 pub mod error;
 pub mod fault;
+mod gc;
 pub mod pages;
 pub mod platform;
 pub mod range;
-pub mod stats;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stats;
 mod svm;
 pub mod sync;
 

@@ -163,7 +163,7 @@ pub struct Svm<P: Platform> {
     config: SvmConfig,
     structure: Mutex<()>,
     notifiers: RwLock<NotifierTree<Handle<P>>>,
-    gc: Mutex<LinkedList<GcAdapter>>,
+    pub(crate) gc: Mutex<LinkedList<GcAdapter>>,
     closed: AtomicBool,
     pub(crate) stats: Stats,
 }
@@ -575,42 +575,6 @@ impl<P: Platform> Svm<P> {
         if let Some(n) = t.get(id.0) {
             n.seq.end();
         }
-    }
-
-    fn gc_queue(&self, r: Arc<Range>) {
-        if self.is_closed() || r.set_flags(RangeFlags::IN_GC).contains(RangeFlags::IN_GC) {
-            return;
-        }
-        self.gc.lock().push_back(r);
-    }
-
-    /// Number of ranges waiting for the garbage collector.
-    pub fn gc_pending(&self) -> usize {
-        self.gc.lock().iter().count()
-    }
-
-    /// Run the garbage collector (SPEC §5): remove every queued range. Returns how many ranges
-    /// it removed. Called at the start of every fault; a driver may also call it from a worker.
-    pub fn gc_run(&self) -> usize {
-        let mut done = 0usize;
-        loop {
-            let next = self.gc.lock().pop_front();
-            let Some(r) = next else {
-                break;
-            };
-            r.clear_flags(RangeFlags::IN_GC);
-            if r.flags().contains(RangeFlags::REMOVED) {
-                continue;
-            }
-            if self.remove(&r).is_ok() {
-                done = done.saturating_add(1);
-            }
-        }
-        if done > 0 {
-            Stats::inc(&self.stats.gc_runs);
-            self.stats.gc_ranges.fetch_add(done, Ordering::Relaxed);
-        }
-        done
     }
 
     /// Close the instance (SPEC §1): zap and unmap every range, drop them, drain the garbage

@@ -1,0 +1,52 @@
+//! The garbage collector (SPEC §5): ranges the CPU unmapped are queued by the invalidation
+//! path (through the intrusive link embedded in each range, so queueing allocates nothing) and
+//! destroyed here, outside the notifier, at the start of every fault or from a driver worker.
+//!
+//! Locking: the queue has its own spin lock, taken inside the notifier lock by the invalidation
+//! path and alone by [`Svm::gc_run`]; a range is queued at most once (`RangeFlags::IN_GC`), and
+//! closing the instance stops queueing and drains the queue.
+
+use crate::platform::Platform;
+use crate::range::{Range, RangeFlags};
+use crate::stats::Stats;
+use crate::svm::Svm;
+use crate::sync::Ordering;
+use alloc::sync::Arc;
+
+impl<P: Platform> Svm<P> {
+    pub(crate) fn gc_queue(&self, r: Arc<Range>) {
+        if self.is_closed() || r.set_flags(RangeFlags::IN_GC).contains(RangeFlags::IN_GC) {
+            return;
+        }
+        self.gc.lock().push_back(r);
+    }
+
+    /// Number of ranges waiting for the garbage collector.
+    pub fn gc_pending(&self) -> usize {
+        self.gc.lock().iter().count()
+    }
+
+    /// Run the garbage collector (SPEC §5): remove every queued range. Returns how many ranges
+    /// it removed. Called at the start of every fault; a driver may also call it from a worker.
+    pub fn gc_run(&self) -> usize {
+        let mut done = 0usize;
+        loop {
+            let next = self.gc.lock().pop_front();
+            let Some(r) = next else {
+                break;
+            };
+            r.clear_flags(RangeFlags::IN_GC);
+            if r.flags().contains(RangeFlags::REMOVED) {
+                continue;
+            }
+            if self.remove(&r).is_ok() {
+                done = done.saturating_add(1);
+            }
+        }
+        if done > 0 {
+            Stats::inc(&self.stats.gc_runs);
+            self.stats.gc_ranges.fetch_add(done, Ordering::Relaxed);
+        }
+        done
+    }
+}
