@@ -40,11 +40,17 @@ impl<P: Platform> Svm<P> {
     /// Pages are collected writable when the VMA is writable, read-only otherwise.
     ///
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] (outside the mirrored interval or the
-    /// window); [`Error::Fault`] (no VMA); [`Error::Perm`] (write or atomic access to a read-only
+    /// window, or an empty window — checked first, before anything is counted or collected);
+    /// [`Error::Fault`] (no VMA); [`Error::Perm`] (write or atomic access to a read-only
     /// VMA); [`Error::Busy`] (retry budget exhausted); platform errors. A failed fault leaves no
     /// mapping behind.
     pub fn handle_fault(&self, addr: u64, access: Access, window: Window) -> Result<Arc<Range>> {
         self.check_open()?;
+        // Same precedence as `find_or_insert`: a malformed request is `Invalid` whether or not
+        // a VMA happens to lie there, and it changes nothing (no count, no GC run).
+        if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
+            return Err(Error::Invalid);
+        }
         Stats::inc(&self.stats.faults);
         Stats::inc(match access {
             Access::Read => &self.stats.faults_read,

@@ -375,7 +375,9 @@ pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
                 match PageEntry::new(addr, o, dir, Protocol::SYSTEM) {
                     Ok(e) => (e, o),
                     Err(err) => {
-                        dma.unmap_page(addr & ADDR_MASK, o, dir);
+                        // A misaligned bus address breaks the DmaMapper contract; undo the
+                        // mapping with exactly what map_page returned.
+                        dma.unmap_page(addr, o, dir);
                         m.unmap(dma);
                         return Err(err);
                     }

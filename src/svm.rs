@@ -221,7 +221,7 @@ impl<P: Platform> Svm<P> {
         }
     }
 
-    fn in_mm(&self, addr: u64) -> bool {
+    pub(crate) fn in_mm(&self, addr: u64) -> bool {
         self.config.mm_start <= addr && addr < self.config.mm_end()
     }
 
@@ -372,17 +372,21 @@ impl<P: Platform> Svm<P> {
         }
     }
 
+    /// Whether `range` (the very object) is linked into a notifier of this instance. Call
+    /// with the notifier lock held.
+    fn owns(t: &NotifierTree<Handle<P>>, range: &Range) -> bool {
+        t.find(range.start())
+            .and_then(|n| n.ranges.find(range.start()))
+            .is_some_and(|r| core::ptr::eq(r, range))
+    }
+
     /// Check that `range` is live in this instance (under the notifier lock).
     fn check_range(&self, t: &NotifierTree<Handle<P>>, range: &Range) -> Result<()> {
         let f = range.flags();
         if f.contains(RangeFlags::REMOVED) {
             return Err(Error::Again);
         }
-        let here = t
-            .find(range.start())
-            .and_then(|n| n.ranges.find(range.start()))
-            .is_some_and(|r| core::ptr::eq(r, range));
-        if !here {
+        if !Self::owns(t, range) {
             return Err(Error::Invalid);
         }
         if f.contains(RangeFlags::UNMAPPED) {
@@ -394,9 +398,11 @@ impl<P: Platform> Svm<P> {
     /// Remove a range (SPEC §2 `remove`): zap its device mappings, unmap and free its pages,
     /// unlink it, and drop its notifier if it was the last range. Takes the structure lock.
     ///
-    /// Errors: [`Error::Invalid`] if the range is not in this instance (already removed, or
-    /// another instance's).
+    /// Errors: [`Error::Closed`] after [`close`](Self::close); [`Error::Invalid`] if the range
+    /// is not in this instance (already removed, or another instance's). On error nothing
+    /// changes.
     pub fn remove(&self, range: &Range) -> Result<()> {
+        self.check_open()?;
         let _s = self.structure.lock();
         self.remove_locked(range)
     }
@@ -476,9 +482,10 @@ impl<P: Platform> Svm<P> {
     }
 
     /// SPEC `pages_valid`: whether the range's pages are usable by the device right now.
+    /// `false` for a range that is not in this instance (removed, or another instance's).
     pub fn pages_valid(&self, range: &Range) -> bool {
-        let _t = self.notifiers.read();
-        range.pages.lock().valid()
+        let t = self.notifiers.read();
+        Self::owns(&t, range) && range.pages.lock().valid()
     }
 
     /// Run `f` with the committed page entries of `range` while holding the notifier lock
@@ -502,15 +509,32 @@ impl<P: Platform> Svm<P> {
 
     /// SPEC `unmap_pages`: DMA-unmap the range's pages and clear its flags (idempotent). The
     /// caller zaps the device mappings first if it bound them.
-    pub fn unmap_pages(&self, range: &Range) {
-        let _t = self.notifiers.write();
+    ///
+    /// Errors: [`Error::Closed`] after [`close`](Self::close) (which freed every page);
+    /// [`Error::Invalid`] if the range is not in this instance (removed — its pages are already
+    /// freed — or another instance's, whose mappings this instance's DMA mapper must not
+    /// touch); nothing is unmapped then.
+    pub fn unmap_pages(&self, range: &Range) -> Result<()> {
+        self.check_open()?;
+        let t = self.notifiers.write();
+        if !Self::owns(&t, range) {
+            return Err(Error::Invalid);
+        }
         range.pages.lock().unmap(self.platform.dma());
+        Ok(())
     }
 
     /// SPEC `free_pages`: unmap, then release the range's page array.
-    pub fn free_pages(&self, range: &Range) {
-        let _t = self.notifiers.write();
+    ///
+    /// Errors: as [`unmap_pages`](Self::unmap_pages).
+    pub fn free_pages(&self, range: &Range) -> Result<()> {
+        self.check_open()?;
+        let t = self.notifiers.write();
+        if !Self::owns(&t, range) {
+            return Err(Error::Invalid);
+        }
         range.pages.lock().free(self.platform.dma());
+        Ok(())
     }
 
     /// The platform calls this before it changes CPU page tables in `[start, end)` of the
