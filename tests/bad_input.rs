@@ -282,6 +282,13 @@ fn find_or_insert_hostile_leaves_state_unchanged() {
         // A window not reaching the page of the address: no chunk fits.
         (20 * M + P - 1, w(20 * M + 8, 20 * M + P), Error::Invalid),
     ];
+    // Lookups of hostile addresses find nothing and change nothing.
+    for a in [u64::MAX, TOP, 4 * G, G, 6 * M, 2 * N512] {
+        assert!(svm.find(a).is_none(), "{a:#x}");
+    }
+    assert!(svm.find(0).is_none(), "no range at 0");
+    assert!(svm.find(4 * M - 1).is_some());
+    assert_unchanged(&svm, &before, "find");
     for (addr, win, want) in cases {
         assert_eq!(
             svm.find_or_insert(addr, win, &CTX).unwrap_err(),
