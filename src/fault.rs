@@ -1,7 +1,9 @@
 //! The fault service a driver calls from its device page-fault handler (SPEC §9).
 //!
-//! This version serves faults from system memory; device-memory placement (policy and
-//! migration) plugs in here in later stages.
+//! A fault runs the garbage collector, finds or creates the range, places it (migrating it to
+//! device memory when configured to, falling back to system memory), collects its pages (evicting
+//! and retrying on mixed pages, retrying on invalidation races) and hands them to the driver to
+//! bind.
 
 use crate::error::{Error, Result};
 use crate::pages::{PageEntry, PagesCtx};
@@ -66,11 +68,19 @@ impl<P: Platform> Svm<P> {
             }
             let ctx = PagesCtx {
                 read_only: !vma.writable(),
-                owner: self.config().owner,
+                owner: self.owner(),
                 ..PagesCtx::default()
             };
             let range = self.find_or_insert(addr, window, &ctx)?;
-            match self.get_pages(&range, &ctx) {
+            self.place(&range, access);
+            let mut got = self.get_pages(&range, &ctx);
+            if got == Err(Error::NotSupported) {
+                // Mixed pages: evict the range to system memory and collect once more.
+                if self.evict(&range).is_ok() {
+                    got = self.get_pages(&range, &ctx);
+                }
+            }
+            match got {
                 Ok(()) => return Ok(range),
                 Err(Error::Again) if attempts < FAULT_RETRIES => {
                     attempts = attempts.saturating_add(1);

@@ -39,6 +39,12 @@ impl<P: Platform> Svm<P> {
             if r.flags().contains(RangeFlags::REMOVED) {
                 continue;
             }
+            let f = r.flags();
+            if f.contains(RangeFlags::PARTIAL_UNMAP) && f.contains(RangeFlags::DEVMEM) {
+                // The surviving part goes back to system memory so that the device allocation
+                // can be released; a later fault there creates new, smaller ranges.
+                let _ = self.evict_interval(r.start(), r.end());
+            }
             if self.remove(&r).is_ok() {
                 done = done.saturating_add(1);
             }

@@ -47,7 +47,10 @@ extern crate std;
 pub mod error;
 pub mod fault;
 mod gc;
+pub mod migrate;
+pub mod pagemap;
 pub mod pages;
+mod placement;
 pub mod platform;
 pub mod range;
 #[cfg(feature = "sim")]
@@ -61,3 +64,8 @@ pub use fault::Access;
 pub use pages::{PageEntry, PagesCtx, Userptr};
 pub use range::Range;
 pub use svm::{Event, Svm, SvmConfig, Window, MAX_CHUNK_SIZES};
+
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

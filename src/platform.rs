@@ -165,6 +165,45 @@ pub trait AddressSpace {
 
     /// Unregister a notifier. When it returns, no invalidation for it is running or will run.
     fn unregister_notifier(&self, handle: Self::NotifierHandle);
+
+    // ---- Migration (Linux `migrate_vma_*`). The defaults describe an address space that
+    // ---- cannot migrate: nothing is ever isolated, so every migration stops with `Busy`.
+
+    /// Isolate the pages of `[req.start, req.end)` selected by `req` (`src.len()` is the number
+    /// of pages): each isolated page's CPU mapping is replaced by a migration entry, so neither
+    /// the CPU nor a device can reach it until [`migrate_finalize`](Self::migrate_finalize).
+    /// Before touching the page tables the platform invalidates the interval with
+    /// [`Event::Migrate`](crate::Event::Migrate)`{ owner: req.owner }`.
+    ///
+    /// Errors: [`Invalid`](crate::Error::Invalid) (bad interval or slice length). Pages outside
+    /// any VMA are reported as [`MigrateSrc::Skip`], not as an error. After an error nothing is
+    /// isolated.
+    fn migrate_isolate(&self, req: &MigrateRequest, src: &mut [MigrateSrc]) -> Result<()> {
+        let _ = req;
+        src.fill(MigrateSrc::Skip);
+        Ok(())
+    }
+
+    /// Finish a migration: every isolated page with a destination other than
+    /// [`MigrateDst::Keep`] gets it installed and its source released (a system frame is
+    /// freed; a device page is handed to its pagemap's [`page_free`](crate::pagemap::Pagemap::page_free));
+    /// every other isolated page is restored. Never fails.
+    fn migrate_finalize(&self, req: &MigrateRequest, src: &[MigrateSrc], dst: &[MigrateDst]) {
+        let _ = (req, src, dst);
+    }
+
+    /// Allocate `out.len()` system pages for a migration to RAM. Errors:
+    /// [`NoMem`](crate::Error::NoMem) (then nothing is allocated).
+    fn alloc_system_pages(&self, out: &mut [u64]) -> Result<()> {
+        let _ = out;
+        Err(crate::Error::NoMem)
+    }
+
+    /// Free system pages from [`alloc_system_pages`](Self::alloc_system_pages) that were not
+    /// installed.
+    fn free_system_pages(&self, pfns: &[u64]) {
+        let _ = pfns;
+    }
 }
 
 /// Direction of a DMA mapping.
@@ -223,7 +262,7 @@ pub trait DevicePageTable {
 /// impl DevicePageTable for Pt { fn zap(&self, _: u64, _: u64) {} }
 /// struct MyGpu { mm: Mm, iommu: Iommu, pt: Pt }
 /// impl Platform for MyGpu {
-///     type Mm = Mm; type Dma = Iommu; type Pt = Pt;
+///     type Mm = Mm; type Dma = Iommu; type Pt = Pt; type Mem = NoDeviceMemory;
 ///     fn mm(&self) -> &Mm { &self.mm }
 ///     fn dma(&self) -> &Iommu { &self.iommu }
 ///     fn page_table(&self) -> &Pt { &self.pt }
@@ -237,6 +276,8 @@ pub trait Platform {
     type Dma: DmaMapper;
     /// The device's page tables.
     type Pt: DevicePageTable;
+    /// The device memory of this device's pagemap ([`NoDeviceMemory`] if it has none).
+    type Mem: DeviceMemory;
     /// The CPU address space.
     fn mm(&self) -> &Self::Mm;
     /// The device's DMA mapper.
@@ -245,4 +286,186 @@ pub trait Platform {
     fn page_table(&self) -> &Self::Pt;
     /// A monotonic clock in nanoseconds (used for retry deadlines and timeslices).
     fn now_ns(&self) -> u64;
+}
+
+bitflags! {
+    /// Which pages [`AddressSpace::migrate_isolate`] selects.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct MigrateSelect: u32 {
+        /// System pages (and absent pages of anonymous memory).
+        const SYSTEM = 1;
+        /// Device-private pages (of `MigrateRequest::pagemap` if set, else of
+        /// `MigrateRequest::owner`).
+        const DEVICE_PRIVATE = 2;
+    }
+}
+
+/// A request to isolate pages for migration (Linux `struct migrate_vma`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateRequest {
+    /// First byte (page aligned).
+    pub start: u64,
+    /// One past the last byte (page aligned, `> start`).
+    pub end: u64,
+    /// Which pages to select.
+    pub select: MigrateSelect,
+    /// Select device-private pages of this pagemap only.
+    pub pagemap: Option<PagemapId>,
+    /// The owner performing the migration; device-private pages of this owner are selected when
+    /// `pagemap` is `None`. Passed on in the [`Event::Migrate`](crate::Event::Migrate)
+    /// invalidation.
+    pub owner: Option<OwnerId>,
+}
+
+/// One page as isolated by [`AddressSpace::migrate_isolate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MigrateSrc {
+    /// Not migrating: not selected, outside any VMA, or (if `busy`) selected but could not be
+    /// isolated (pinned, shared, under migration already).
+    #[default]
+    Skip,
+    /// Selected but could not be isolated.
+    Busy,
+    /// Not present in anonymous memory: migrates as a zero-filled page.
+    Absent,
+    /// A system page, isolated.
+    System {
+        /// Frame number.
+        pfn: u64,
+    },
+    /// A device-private page, isolated.
+    Device {
+        /// Its pagemap.
+        pagemap: PagemapId,
+        /// Device frame number.
+        dpfn: u64,
+    },
+}
+
+impl MigrateSrc {
+    /// Whether the page was isolated (it must then get a destination or be restored).
+    pub fn isolated(self) -> bool {
+        matches!(
+            self,
+            MigrateSrc::Absent | MigrateSrc::System { .. } | MigrateSrc::Device { .. }
+        )
+    }
+}
+
+/// Where an isolated page goes, for [`AddressSpace::migrate_finalize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MigrateDst {
+    /// Restore the source (the migration of this page failed or was not wanted).
+    #[default]
+    Keep,
+    /// A system page from [`AddressSpace::alloc_system_pages`].
+    System {
+        /// Frame number.
+        pfn: u64,
+    },
+    /// A device page.
+    Device {
+        /// Its pagemap.
+        pagemap: PagemapId,
+        /// That pagemap's owner.
+        owner: OwnerId,
+        /// Device frame number.
+        dpfn: u64,
+        /// Order of the mapping to install (naturally aligned in VA and frame).
+        order: u8,
+    },
+}
+
+/// What one copy-engine run moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CopyKind {
+    /// From system memory (bus address) to device memory (device physical address).
+    RamToDevice,
+    /// From device memory to system memory (bus address).
+    DeviceToRam,
+    /// From one device's memory to another's over the interconnect.
+    DeviceToDevice,
+    /// Zero-fill device memory (no source).
+    ZeroDevice,
+}
+
+/// One command for the copy engine: `npages` contiguous pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CopyRun {
+    /// What is copied.
+    pub kind: CopyKind,
+    /// Source address (bus address for system memory, device physical address for device
+    /// memory; unused for [`CopyKind::ZeroDevice`]).
+    pub src: u64,
+    /// Destination address (same conventions).
+    pub dst: u64,
+    /// Number of base pages.
+    pub npages: u64,
+}
+
+/// A copy that stopped part way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyError {
+    /// How many runs completed before the failure.
+    pub completed: usize,
+    /// The error.
+    pub error: crate::Error,
+}
+
+/// The device memory of one pagemap: allocation, copies, and the DMA mapper its copy engine
+/// uses for system memory. Process context, no crate lock held (except
+/// [`release`](Self::release), see there).
+pub trait DeviceMemory {
+    /// The DMA mapper of the device owning this memory (maps system pages for its copy engine).
+    type Dma: DmaMapper;
+    /// That DMA mapper.
+    fn dma(&self) -> &Self::Dma;
+    /// Allocate `out.len()` device pages (fill `out` with device frame numbers; contiguous,
+    /// naturally aligned runs make larger copies and mappings possible). Errors:
+    /// [`NoMem`](crate::Error::NoMem), and then nothing is allocated.
+    fn alloc(&self, out: &mut [u64]) -> Result<()>;
+    /// Release an allocation made by [`alloc`](Self::alloc) (all of its pages at once). Called
+    /// exactly once per allocation, possibly from the platform's page-free path with its page
+    /// table lock held: must not sleep or call back into the crate.
+    fn release(&self, dpfns: &[u64]);
+    /// Execute copy runs in order. On failure, report how many completed.
+    fn copy(&self, runs: &[CopyRun]) -> core::result::Result<(), CopyError>;
+    /// A monotonic clock in nanoseconds (timeslices).
+    fn now_ns(&self) -> u64;
+}
+
+/// A DMA mapper that maps nothing (every map fails with [`NoMem`](crate::Error::NoMem)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullDma;
+
+impl DmaMapper for NullDma {
+    fn map_page(&self, _pfn: u64, _order: u8, _dir: DmaDirection) -> Result<u64> {
+        Err(crate::Error::NoMem)
+    }
+    fn unmap_page(&self, _addr: u64, _order: u8, _dir: DmaDirection) {}
+}
+
+/// Device memory for devices that have none (`type Mem = NoDeviceMemory` in
+/// [`Platform`]): every allocation fails with [`NoMem`](crate::Error::NoMem).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDeviceMemory;
+
+impl DeviceMemory for NoDeviceMemory {
+    type Dma = NullDma;
+    fn dma(&self) -> &NullDma {
+        &NullDma
+    }
+    fn alloc(&self, _out: &mut [u64]) -> Result<()> {
+        Err(crate::Error::NoMem)
+    }
+    fn release(&self, _dpfns: &[u64]) {}
+    fn copy(&self, _runs: &[CopyRun]) -> core::result::Result<(), CopyError> {
+        Err(CopyError {
+            completed: 0,
+            error: crate::Error::NotSupported,
+        })
+    }
+    fn now_ns(&self) -> u64 {
+        0
+    }
 }

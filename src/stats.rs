@@ -45,10 +45,27 @@ counters! {
     gc_ranges,
     /// Page collections committed.
     pages_committed,
+    /// Migrations of a range into device memory.
+    migrations_to_devmem,
+    /// Bytes copied (or zero-filled) into device memory.
+    bytes_to_devmem,
+    /// Migrations back to system memory (evictions and CPU faults done through this `Svm`).
+    migrations_to_ram,
+    /// Bytes copied back to system memory.
+    bytes_to_ram,
+    /// Copy-engine commands issued.
+    copy_runs,
+    /// Ranges evicted from device memory.
+    evictions,
+    /// Migrations to device memory that failed (the range then stays in system memory).
+    migrate_failures,
 }
 
 impl Stats {
     pub(crate) fn inc(c: &AtomicUsize) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add(c: &AtomicUsize, n: u64) {
+        c.fetch_add(usize::try_from(n).unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 }

@@ -1,6 +1,7 @@
 //! The [`Svm`] instance: one device mirroring one CPU address space (SPEC §1, §2, §3, §4).
 
 use crate::error::{Error, Result};
+use crate::pagemap::Pagemap;
 use crate::pages::{get_pages_loop, Commit, PageEntry, PagesCtx, RetryPolicy};
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, NotifierId, OwnerId, Platform,
@@ -40,6 +41,12 @@ pub struct SvmConfig {
     /// The owner (interconnect group) of this device: device-private pages of this owner are
     /// used in place. `None` until the device joins an owner.
     pub owner: Option<OwnerId>,
+    /// Place faulting ranges in this device's memory when it has a pagemap (the plain
+    /// "prefer device memory" switch; the policy engine refines it) [false].
+    pub prefer_devmem: bool,
+    /// Minimum residency in device memory after a migration caused by an atomic fault, before
+    /// a CPU fault may pull the pages back [5 ms].
+    pub atomic_timeslice_ns: u64,
 }
 
 /// 2 MiB.
@@ -69,6 +76,8 @@ impl SvmConfig {
             check_pages_threshold: SZ_64K,
             retry: RetryPolicy::default(),
             owner: None,
+            prefer_devmem: false,
+            atomic_timeslice_ns: 5_000_000,
         }
     }
 
@@ -166,6 +175,8 @@ pub struct Svm<P: Platform> {
     pub(crate) gc: Mutex<LinkedList<GcAdapter>>,
     closed: AtomicBool,
     pub(crate) stats: Stats,
+    /// This device's own device memory, if any.
+    pub(crate) pagemap: RwLock<Option<Arc<Pagemap<P::Mem>>>>,
 }
 
 impl<P: Platform> core::fmt::Debug for Svm<P> {
@@ -190,6 +201,7 @@ impl<P: Platform> Svm<P> {
             gc: Mutex::new(LinkedList::new(GcAdapter::new())),
             closed: AtomicBool::new(false),
             stats: Stats::default(),
+            pagemap: RwLock::new(None),
         })
     }
 
@@ -393,6 +405,12 @@ impl<P: Platform> Svm<P> {
             return Err(Error::Again);
         }
         Ok(())
+    }
+
+    /// Check that `range` is live in this instance (takes the notifier lock shared).
+    pub(crate) fn check_live(&self, range: &Range) -> Result<()> {
+        let t = self.notifiers.read();
+        self.check_range(&t, range)
     }
 
     /// Remove a range (SPEC §2 `remove`): zap its device mappings, unmap and free its pages,

@@ -42,6 +42,8 @@ bitflags! {
         const REMOVED = 8;
         /// A migration to device memory was tried for this range and failed ("migrate once").
         const MIGRATE_FAILED = 16;
+        /// The range was migrated to device memory (and not evicted since).
+        const DEVMEM = 32;
     }
 }
 

@@ -140,6 +140,21 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
         }
         // Coherence of every valid page with the CPU page table.
         for (vpn, (addr, proto, _)) in &valid_pages {
+            if *proto == Protocol::DEVICE_LOCAL {
+                let ok = st.ptes.get(vpn).is_some_and(|c| {
+                    !c.migrating && c.dev.is_some() && c.pfn == addr >> PAGE_SHIFT
+                });
+                if !ok {
+                    return Err(format!(
+                        "dev {}: page {:#x} valid as device frame {:#x} but the CPU maps {:?}",
+                        dev.id(),
+                        vpn << PAGE_SHIFT,
+                        addr >> PAGE_SHIFT,
+                        st.ptes.get(vpn)
+                    ));
+                }
+                continue;
+            }
             if *proto != Protocol::SYSTEM {
                 continue;
             }
@@ -194,8 +209,73 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
                 }
             }
         }
-        let _ = PAGE_SIZE;
+        drop(frames);
+        check_devmem(&st, g)?;
     }
+    Ok(())
+}
+
+/// Invariant 5 (and the device side of 4): every device page the CPU maps belongs to a live
+/// allocation of its pagemap and is live in it; every allocation's live count equals the pages
+/// the CPU still maps; device memory in use is exactly the live allocations (nothing released
+/// early, nothing leaked); the device never released a frame twice.
+fn check_devmem(st: &super::cpu::MmState, g: &SimGpu) -> Result<(), String> {
+    let dev = &g.dev;
+    if let Some(v) = dev.vram_violations().first() {
+        return Err(format!("dev {}: device-memory violation: {v}", dev.id()));
+    }
+    let Some(pm) = g.svm.pagemap() else {
+        return Ok(());
+    };
+    let allocs = pm.allocations();
+    let mut mapped: BTreeMap<u64, usize> = BTreeMap::new();
+    for (vpn, p) in &st.ptes {
+        let Some((pmid, _)) = p.dev else { continue };
+        if pmid != pm.id() {
+            continue;
+        }
+        let Some(k) = allocs.iter().position(|a| a.contains(p.pfn)) else {
+            return Err(format!(
+                "dev {}: CPU page {:#x} maps device frame {:#x} of no live allocation",
+                dev.id(),
+                vpn << PAGE_SHIFT,
+                p.pfn
+            ));
+        };
+        if !allocs[k].page_live(p.pfn) {
+            return Err(format!(
+                "dev {}: CPU page {:#x} maps device frame {:#x} already freed",
+                dev.id(),
+                vpn << PAGE_SHIFT,
+                p.pfn
+            ));
+        }
+        *mapped.entry(k as u64).or_default() += 1;
+    }
+    let mut live_frames: Vec<u64> = Vec::new();
+    for (k, a) in allocs.iter().enumerate() {
+        let m = mapped.get(&(k as u64)).copied().unwrap_or(0);
+        if m != a.live_pages() {
+            return Err(format!(
+                "dev {}: allocation at {:#x} counts {} live pages, the CPU maps {m}",
+                dev.id(),
+                a.va().0,
+                a.live_pages()
+            ));
+        }
+        live_frames.extend(a.dpfns());
+    }
+    live_frames.sort_unstable();
+    let used = dev.vram_used();
+    if used != live_frames {
+        return Err(format!(
+            "dev {}: {} device frames in use but live allocations hold {}",
+            dev.id(),
+            used.len(),
+            live_frames.len()
+        ));
+    }
+    let _ = PAGE_SIZE;
     Ok(())
 }
 

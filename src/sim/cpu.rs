@@ -4,8 +4,8 @@ use super::world::{SimWorld, PAGE};
 use super::{lock, Rng};
 use crate::error::{Error, Result};
 use crate::platform::{
-    AddressSpace, CollectRequest, CpuPage, NotifierId, Vma, VmaFlags, HUGE_ORDER, PAGE_SHIFT,
-    PAGE_SIZE,
+    AddressSpace, CollectRequest, CpuPage, MigrateDst, MigrateRequest, MigrateSelect, MigrateSrc,
+    NotifierId, OwnerId, PagemapId, Vma, VmaFlags, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::svm::Event;
 use std::boxed::Box;
@@ -24,6 +24,7 @@ pub trait InvalidationSink: Send + Sync {
 impl<P: crate::platform::Platform> InvalidationSink for crate::Svm<P>
 where
     P: Send + Sync,
+    P::Mem: Send + Sync,
     <P::Mm as AddressSpace>::NotifierHandle: Send + Sync,
 {
     fn invalidate_begin(&self, id: NotifierId, start: u64, end: u64, event: Event) {
@@ -58,9 +59,46 @@ pub struct CpuPte {
     pub writable: bool,
     /// Shared copy-on-write with another address space (writes copy first).
     pub cow: bool,
+    /// A device-private page: `pfn` is then a device frame of this pagemap/owner.
+    pub dev: Option<(PagemapId, OwnerId)>,
+    /// Isolated for migration (a migration entry): not accessible until the migration ends.
+    pub migrating: bool,
+    /// A placeholder for an absent page being migrated (no frame behind it).
+    pub placeholder: bool,
+}
+
+impl CpuPte {
+    fn system(pfn: u64, order: u8, writable: bool) -> CpuPte {
+        CpuPte {
+            pfn,
+            order,
+            writable,
+            cow: false,
+            dev: None,
+            migrating: false,
+            placeholder: false,
+        }
+    }
+}
+
+/// Why a CPU-side access could not complete under the mmap lock.
+enum Stop {
+    /// A real error.
+    Err(Error),
+    /// The page lives in device memory: migrate it back first (outside the lock).
+    Device(PagemapId, u64),
+    /// The page is being migrated: wait.
+    Migrating,
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Stop {
+        Stop::Err(e)
+    }
 }
 
 #[derive(Debug, Default)]
+/// The page tables and VMAs of a [`SimMm`] (for the checker).
 pub(crate) struct MmState {
     pub(crate) vmas: BTreeMap<u64, SimVma>,
     pub(crate) ptes: BTreeMap<u64, CpuPte>,
@@ -92,7 +130,7 @@ struct Regs {
     next_handle: u64,
 }
 
-type CollectHook = Box<dyn FnMut(&SimMm) + Send>;
+type CollectHook = Box<dyn FnMut(&Arc<SimMm>) + Send>;
 
 #[derive(Default)]
 struct MmInject {
@@ -342,16 +380,38 @@ impl SimMm {
         }
     }
 
-    fn drop_ptes(st: &mut MmState, world: &SimWorld, start: u64, end: u64) {
+    /// Remove the PTEs of `[start, end)`; returns the device pages to hand back to their
+    /// pagemaps (after the locks are dropped).
+    fn drop_ptes(
+        st: &mut MmState,
+        world: &SimWorld,
+        start: u64,
+        end: u64,
+    ) -> Vec<(PagemapId, u64)> {
         let vpns: Vec<u64> = st
             .ptes
             .range(start >> PAGE_SHIFT..end >> PAGE_SHIFT)
             .map(|(k, _)| *k)
             .collect();
         let mut frames = lock(&world.frames);
+        let mut dev = Vec::new();
         for vpn in vpns {
             if let Some(p) = st.ptes.remove(&vpn) {
-                frames.put(p.pfn);
+                match p.dev {
+                    _ if p.placeholder => {}
+                    Some((pm, _)) => dev.push((pm, p.pfn)),
+                    None => frames.put(p.pfn),
+                }
+            }
+        }
+        dev
+    }
+
+    /// Hand freed device pages back to their pagemaps.
+    fn free_device_pages(&self, pages: Vec<(PagemapId, u64)>) {
+        for (pm, dpfn) in pages {
+            if let Some(h) = self.world.pagemap_hooks(pm) {
+                h.page_free(dpfn);
             }
         }
     }
@@ -360,7 +420,7 @@ impl SimMm {
     pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
         let end = check_span(addr, len)?;
         let _m = lock(&self.mmap_lock);
-        self.with_invalidation(addr, end, Event::Unmap, |st, world| {
+        let freed = self.with_invalidation(addr, end, Event::Unmap, |st, world| {
             Self::split_vma_at(st, addr);
             Self::split_vma_at(st, end);
             let keys: Vec<u64> = st.vmas.range(addr..end).map(|(k, _)| *k).collect();
@@ -368,8 +428,9 @@ impl SimMm {
                 st.vmas.remove(&k);
             }
             Self::split_huge_around(st, addr, end);
-            Self::drop_ptes(st, world, addr, end);
+            Self::drop_ptes(st, world, addr, end)
         });
+        self.free_device_pages(freed);
         Ok(())
     }
 
@@ -377,10 +438,11 @@ impl SimMm {
     pub fn madvise_dontneed(&self, addr: u64, len: u64) -> Result<()> {
         let end = check_span(addr, len)?;
         let _m = lock(&self.mmap_lock);
-        self.with_invalidation(addr, end, Event::Clear, |st, world| {
+        let freed = self.with_invalidation(addr, end, Event::Clear, |st, world| {
             Self::split_huge_around(st, addr, end);
-            Self::drop_ptes(st, world, addr, end);
+            Self::drop_ptes(st, world, addr, end)
         });
+        self.free_device_pages(freed);
         Ok(())
     }
 
@@ -412,9 +474,20 @@ impl SimMm {
         Ok(())
     }
 
-    /// Fork: a new address space sharing every page copy-on-write. The parent's pages are
-    /// write-protected first (a `Protection` invalidation of everything mapped).
+    /// Fork: a new address space sharing every page copy-on-write. Device-private pages are
+    /// first migrated back to system memory; the parent's pages are then write-protected (a
+    /// `Protection` invalidation of everything mapped).
     pub fn fork(self: &Arc<Self>) -> Arc<SimMm> {
+        let devpages: Vec<(u64, PagemapId, u64)> = lock(&self.st)
+            .ptes
+            .iter()
+            .filter_map(|(v, p)| p.dev.map(|(pm, _)| (v << PAGE_SHIFT, pm, p.pfn)))
+            .collect();
+        for (addr, pm, dpfn) in devpages {
+            if let Some(h) = self.world.pagemap_hooks(pm) {
+                let _ = h.migrate_to_ram(self, addr, dpfn);
+            }
+        }
         let child = SimMm::new(&self.world);
         let _m = lock(&self.mmap_lock);
         let (lo, hi) = {
@@ -430,6 +503,10 @@ impl SimMm {
                 cst.vmas = st.vmas.clone();
                 cst.next_mmap = st.next_mmap;
                 for (vpn, p) in st.ptes.iter_mut() {
+                    if p.dev.is_some() || p.migrating {
+                        // Could not be migrated back: the child does not inherit it.
+                        continue;
+                    }
                     p.cow = true;
                     p.writable = false;
                     frames.get(p.pfn);
@@ -450,14 +527,20 @@ impl SimMm {
         lock(&self.st).ptes.get(&(addr >> PAGE_SHIFT)).copied()
     }
 
+    /// Every CPU page-table entry `(virtual page number, entry)`.
+    pub fn ptes(&self) -> Vec<(u64, CpuPte)> {
+        lock(&self.st).ptes.iter().map(|(v, p)| (*v, *p)).collect()
+    }
+
     /// Number of present CPU pages.
     pub fn resident_pages(&self) -> usize {
         lock(&self.st).ptes.len()
     }
 
     /// Make the page at `addr` present (and writable if `write`), as a CPU page fault does.
-    /// The caller holds the mmap lock. Copy-on-write breaks notify (`Clear`).
-    fn fault_in(&self, addr: u64, write: bool) -> Result<CpuPte> {
+    /// The caller holds the mmap lock. Copy-on-write breaks notify (`Clear`). A device page
+    /// or a page under migration stops the fault (see [`Stop`]).
+    fn fault_in(&self, addr: u64, write: bool) -> core::result::Result<CpuPte, Stop> {
         let vpn = addr >> PAGE_SHIFT;
         let (vma, pte) = {
             let st = lock(&self.st);
@@ -467,12 +550,17 @@ impl SimMm {
             )
         };
         if write && !vma.flags.contains(VmaFlags::WRITE) {
-            return Err(Error::Perm);
+            return Err(Stop::Err(Error::Perm));
         }
         if !vma.flags.intersects(VmaFlags::READ | VmaFlags::WRITE) {
-            return Err(Error::Fault);
+            return Err(Stop::Err(Error::Fault));
         }
         match pte {
+            Some(p) if p.migrating => Err(Stop::Migrating),
+            Some(p) if p.dev.is_some() => Err(Stop::Device(
+                p.dev.map(|(pm, _)| pm).unwrap_or(PagemapId(0)),
+                p.pfn,
+            )),
             Some(p) if !write || p.writable => Ok(p),
             Some(p) if p.cow => {
                 let page = vpn << PAGE_SHIFT;
@@ -490,17 +578,13 @@ impl SimMm {
                         frames.put(p.pfn);
                         n
                     };
-                    let np = CpuPte {
-                        pfn,
-                        order: 0,
-                        writable: true,
-                        cow: false,
-                    };
+                    let np = CpuPte::system(pfn, 0, true);
                     st.ptes.insert(vpn, np);
                     Ok(np)
                 })
+                .map_err(Stop::Err)
             }
-            Some(_) => Err(Error::Perm),
+            Some(_) => Err(Stop::Err(Error::Perm)),
             None => {
                 let mut st = lock(&self.st);
                 let mut frames = lock(&self.world.frames);
@@ -520,79 +604,120 @@ impl SimMm {
                     if let Ok(base) = frames.alloc(HUGE_ORDER) {
                         for i in 0..1u64 << HUGE_ORDER {
                             frames.get(base + i);
-                            st.ptes.insert(
-                                block + i,
-                                CpuPte {
-                                    pfn: base + i,
-                                    order: HUGE_ORDER,
-                                    writable,
-                                    cow: false,
-                                },
-                            );
+                            st.ptes
+                                .insert(block + i, CpuPte::system(base + i, HUGE_ORDER, writable));
                         }
-                        return st.ptes.get(&vpn).copied().ok_or(Error::Fault);
+                        return st.ptes.get(&vpn).copied().ok_or(Stop::Err(Error::Fault));
                     }
                 }
                 let pfn = frames.alloc(0)?;
                 frames.get(pfn);
-                let p = CpuPte {
-                    pfn,
-                    order: 0,
-                    writable,
-                    cow: false,
-                };
+                let p = CpuPte::system(pfn, 0, writable);
                 st.ptes.insert(vpn, p);
                 Ok(p)
             }
         }
     }
 
-    /// CPU read of `buf.len()` bytes at `addr` (faults pages in). Errors: `Fault` (no VMA).
-    pub fn cpu_read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let _m = lock(&self.mmap_lock);
+    /// Resolve a [`Stop`] outside the mmap lock: migrate a device page back to RAM (through its
+    /// pagemap, as the kernel's `migrate_to_ram` callback), or wait for a migration. Returns
+    /// the error to give up with, if any.
+    fn resolve(self: &Arc<Self>, stop: Stop, addr: u64, attempt: u32) -> Result<()> {
+        if attempt >= CPU_FAULT_ATTEMPTS {
+            return Err(Error::Busy);
+        }
+        match stop {
+            Stop::Err(e) => Err(e),
+            Stop::Migrating => {
+                std::thread::yield_now();
+                Ok(())
+            }
+            Stop::Device(pm, dpfn) => {
+                let h = self.world.pagemap_hooks(pm).ok_or(Error::Fault)?;
+                match h.migrate_to_ram(self, addr & !(PAGE_SIZE - 1), dpfn) {
+                    Ok(()) => Ok(()),
+                    Err(Error::Again) | Err(Error::Busy) => {
+                        // Inside the timeslice (or busy): let time pass, as a retried CPU
+                        // fault would.
+                        self.world.advance(1_000_000);
+                        std::thread::yield_now();
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Run `f(pfn)` on the system frame behind `addr`, faulting it in (and migrating it back
+    /// from device memory) first.
+    fn with_frame<R>(
+        self: &Arc<Self>,
+        addr: u64,
+        write: bool,
+        mut f: impl FnMut(u64) -> Result<R>,
+    ) -> Result<R> {
+        let mut attempt = 0u32;
+        loop {
+            let stop = {
+                let _m = lock(&self.mmap_lock);
+                match self.fault_in(addr, write) {
+                    Ok(p) => return f(p.pfn),
+                    Err(s) => s,
+                }
+            };
+            self.resolve(stop, addr, attempt)?;
+            attempt += 1;
+        }
+    }
+
+    /// CPU read of `buf.len()` bytes at `addr` (faults pages in, migrates device pages back).
+    /// Errors: `Fault` (no VMA).
+    pub fn cpu_read(self: &Arc<Self>, addr: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let a = addr.checked_add(done as u64).ok_or(Error::Fault)?;
             let off = (a % PAGE_SIZE) as usize;
             let n = (PAGE - off).min(buf.len() - done);
-            let p = self.fault_in(a, false)?;
-            let frames = lock(&self.world.frames);
-            frames.read(p.pfn, off, &mut buf[done..done + n])?;
+            let chunk = &mut buf[done..done + n];
+            self.with_frame(a, false, |pfn| {
+                lock(&self.world.frames).read(pfn, off, chunk)
+            })?;
             done += n;
         }
         Ok(())
     }
 
-    /// CPU write of `data` at `addr` (faults pages in, breaks copy-on-write). Errors: `Fault`
-    /// (no VMA), `Perm` (read-only).
-    pub fn cpu_write(&self, addr: u64, data: &[u8]) -> Result<()> {
-        let _m = lock(&self.mmap_lock);
+    /// CPU write of `data` at `addr` (faults pages in, breaks copy-on-write, migrates device
+    /// pages back). Errors: `Fault` (no VMA), `Perm` (read-only).
+    pub fn cpu_write(self: &Arc<Self>, addr: u64, data: &[u8]) -> Result<()> {
         let mut done = 0usize;
         while done < data.len() {
             let a = addr.checked_add(done as u64).ok_or(Error::Fault)?;
             let off = (a % PAGE_SIZE) as usize;
             let n = (PAGE - off).min(data.len() - done);
-            let p = self.fault_in(a, true)?;
-            let mut frames = lock(&self.world.frames);
-            frames.write(p.pfn, off, &data[done..done + n])?;
+            let chunk = &data[done..done + n];
+            self.with_frame(a, true, |pfn| {
+                lock(&self.world.frames).write(pfn, off, chunk)
+            })?;
             done += n;
         }
         Ok(())
     }
 
     /// CPU read of a little-endian `u64`.
-    pub fn read_u64(&self, addr: u64) -> Result<u64> {
+    pub fn read_u64(self: &Arc<Self>, addr: u64) -> Result<u64> {
         let mut b = [0u8; 8];
         self.cpu_read(addr, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
     /// CPU write of a little-endian `u64`.
-    pub fn write_u64(&self, addr: u64, v: u64) -> Result<()> {
+    pub fn write_u64(self: &Arc<Self>, addr: u64, v: u64) -> Result<()> {
         self.cpu_write(addr, &v.to_le_bytes())
     }
 
-    fn collect(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()> {
+    fn collect(self: &Arc<Self>, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()> {
         if req.start >= req.end || req.start % PAGE_SIZE != 0 || req.end % PAGE_SIZE != 0 {
             return Err(Error::Invalid);
         }
@@ -610,23 +735,63 @@ impl SimMm {
                 return Err(Error::Again);
             }
         }
-        {
-            let _m = lock(&self.mmap_lock);
-            for (i, slot) in out.iter_mut().enumerate() {
-                let addr = req.start + (i as u64) * PAGE_SIZE;
-                let p = if req.fault {
-                    Some(self.fault_in(addr, req.write)?)
-                } else {
-                    lock(&self.st).ptes.get(&(addr >> PAGE_SHIFT)).copied()
-                };
-                *slot = match p {
-                    None => CpuPage::Absent,
-                    Some(p) => CpuPage::System {
-                        pfn: p.pfn,
-                        order: p.order,
-                        writable: p.writable && !p.cow,
-                    },
-                };
+        let mut attempt = 0u32;
+        'restart: loop {
+            let stop = {
+                let _m = lock(&self.mmap_lock);
+                let mut stop = None;
+                for (i, slot) in out.iter_mut().enumerate() {
+                    let addr = req.start + (i as u64) * PAGE_SIZE;
+                    let vpn = addr >> PAGE_SHIFT;
+                    let cur = lock(&self.st).ptes.get(&vpn).copied();
+                    // Device pages of the requested owner are reported as they are; others
+                    // must come back to RAM first (when faulting).
+                    if let Some(p) = cur {
+                        if let Some((pm, owner)) = p.dev {
+                            if !p.migrating && (req.owner == Some(owner) || !req.fault) {
+                                *slot = CpuPage::Device {
+                                    pagemap: pm,
+                                    owner,
+                                    dpfn: p.pfn,
+                                    order: p.order,
+                                };
+                                continue;
+                            }
+                        }
+                        if p.migrating && !req.fault {
+                            *slot = CpuPage::Absent;
+                            continue;
+                        }
+                    }
+                    let p = if req.fault {
+                        match self.fault_in(addr, req.write) {
+                            Ok(p) => Some(p),
+                            Err(Stop::Migrating) => return Err(Error::Again),
+                            Err(s) => {
+                                stop = Some((s, addr));
+                                break;
+                            }
+                        }
+                    } else {
+                        cur
+                    };
+                    *slot = match p {
+                        None => CpuPage::Absent,
+                        Some(p) => CpuPage::System {
+                            pfn: p.pfn,
+                            order: p.order,
+                            writable: p.writable && !p.cow,
+                        },
+                    };
+                }
+                stop
+            };
+            match stop {
+                None => break 'restart,
+                Some((s, addr)) => {
+                    self.resolve(s, addr, attempt)?;
+                    attempt += 1;
+                }
             }
         }
         let hook = lock(&self.inject).hook.take();
@@ -639,7 +804,164 @@ impl SimMm {
         }
         Ok(())
     }
+
+    // ---- migration (Linux migrate_vma_*) ----
+
+    fn migrate_isolate(&self, req: &MigrateRequest, src: &mut [MigrateSrc]) -> Result<()> {
+        if req.start >= req.end || req.start % PAGE_SIZE != 0 || req.end % PAGE_SIZE != 0 {
+            return Err(Error::Invalid);
+        }
+        if src.len() as u64 != (req.end - req.start) / PAGE_SIZE {
+            return Err(Error::Invalid);
+        }
+        let _m = lock(&self.mmap_lock);
+        let event = Event::Migrate { owner: req.owner };
+        self.with_invalidation(req.start, req.end, event, |st, world| {
+            Self::split_huge_around(st, req.start, req.end);
+            let frames = lock(&world.frames);
+            for (i, slot) in src.iter_mut().enumerate() {
+                let addr = req.start + (i as u64) * PAGE_SIZE;
+                let vpn = addr >> PAGE_SHIFT;
+                *slot = MigrateSrc::Skip;
+                let Some(vma) = st.vma(addr) else {
+                    continue;
+                };
+                let _ = vma;
+                match st.ptes.get_mut(&vpn) {
+                    None => {
+                        if req.select.contains(MigrateSelect::SYSTEM) {
+                            let mut ph = CpuPte::system(0, 0, false);
+                            ph.migrating = true;
+                            ph.placeholder = true;
+                            st.ptes.insert(vpn, ph);
+                            *slot = MigrateSrc::Absent;
+                        }
+                    }
+                    Some(p) if p.migrating => *slot = MigrateSrc::Busy,
+                    Some(p) => match p.dev {
+                        None if req.select.contains(MigrateSelect::SYSTEM) => {
+                            let shared =
+                                p.cow || frames.map.get(&p.pfn).is_some_and(|f| f.refs > 1);
+                            if shared {
+                                *slot = MigrateSrc::Busy;
+                            } else {
+                                p.migrating = true;
+                                *slot = MigrateSrc::System { pfn: p.pfn };
+                            }
+                        }
+                        Some((pm, owner)) if req.select.contains(MigrateSelect::DEVICE_PRIVATE) => {
+                            let selected = match req.pagemap {
+                                Some(want) => want == pm,
+                                None => req.owner == Some(owner),
+                            };
+                            if selected {
+                                p.migrating = true;
+                                *slot = MigrateSrc::Device {
+                                    pagemap: pm,
+                                    dpfn: p.pfn,
+                                };
+                            }
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn migrate_finalize(&self, req: &MigrateRequest, src: &[MigrateSrc], dst: &[MigrateDst]) {
+        let mut freed_dev: Vec<(PagemapId, u64)> = Vec::new();
+        {
+            let _m = lock(&self.mmap_lock);
+            let mut st = lock(&self.st);
+            let mut frames = lock(&self.world.frames);
+            for (i, s) in src.iter().enumerate() {
+                if !s.isolated() {
+                    continue;
+                }
+                let d = dst.get(i).copied().unwrap_or(MigrateDst::Keep);
+                let addr = req.start + (i as u64) * PAGE_SIZE;
+                let vpn = addr >> PAGE_SHIFT;
+                let writable = st
+                    .vma(addr)
+                    .is_some_and(|v| v.flags.contains(VmaFlags::WRITE));
+                let still_isolated = st.ptes.get(&vpn).is_some_and(|p| p.migrating);
+                if !still_isolated {
+                    // The mapping went away meanwhile (munmap): the source was already
+                    // released; drop the destination.
+                    match d {
+                        MigrateDst::System { pfn } => {
+                            frames.map.remove(&pfn);
+                        }
+                        MigrateDst::Device { pagemap, dpfn, .. } => freed_dev.push((pagemap, dpfn)),
+                        MigrateDst::Keep => {}
+                    }
+                    continue;
+                }
+                match d {
+                    MigrateDst::Keep => {
+                        if let Some(p) = st.ptes.get_mut(&vpn) {
+                            if p.placeholder {
+                                st.ptes.remove(&vpn);
+                            } else {
+                                p.migrating = false;
+                            }
+                        }
+                    }
+                    MigrateDst::System { pfn } => {
+                        frames.get(pfn);
+                        st.ptes.insert(vpn, CpuPte::system(pfn, 0, writable));
+                    }
+                    MigrateDst::Device {
+                        pagemap,
+                        owner,
+                        dpfn,
+                        order,
+                    } => {
+                        let mut p = CpuPte::system(dpfn, order, writable);
+                        p.dev = Some((pagemap, owner));
+                        st.ptes.insert(vpn, p);
+                    }
+                }
+                if d != MigrateDst::Keep {
+                    match *s {
+                        MigrateSrc::System { pfn } => frames.put(pfn),
+                        MigrateSrc::Device { pagemap, dpfn } => freed_dev.push((pagemap, dpfn)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.free_device_pages(freed_dev);
+    }
+
+    fn alloc_system_pages(&self, out: &mut [u64]) -> Result<()> {
+        let mut frames = lock(&self.world.frames);
+        for i in 0..out.len() {
+            match frames.alloc(0) {
+                Ok(p) => out[i] = p,
+                Err(e) => {
+                    for p in &out[..i] {
+                        frames.map.remove(p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn free_system_pages(&self, pfns: &[u64]) {
+        let mut frames = lock(&self.world.frames);
+        for p in pfns {
+            frames.map.remove(p);
+        }
+    }
 }
+
+/// How many times a CPU access retries (migrations back to RAM, waits) before `Busy`.
+const CPU_FAULT_ATTEMPTS: u32 = 1000;
 
 /// One sink's view of a [`SimMm`]: the [`AddressSpace`] of one simulated device.
 #[derive(Debug, Clone)]
@@ -676,5 +998,21 @@ impl AddressSpace for SimMmView {
 
     fn unregister_notifier(&self, handle: u64) {
         self.mm.unregister(handle);
+    }
+
+    fn migrate_isolate(&self, req: &MigrateRequest, src: &mut [MigrateSrc]) -> Result<()> {
+        self.mm.migrate_isolate(req, src)
+    }
+
+    fn migrate_finalize(&self, req: &MigrateRequest, src: &[MigrateSrc], dst: &[MigrateDst]) {
+        self.mm.migrate_finalize(req, src, dst);
+    }
+
+    fn alloc_system_pages(&self, out: &mut [u64]) -> Result<()> {
+        self.mm.alloc_system_pages(out)
+    }
+
+    fn free_system_pages(&self, pfns: &[u64]) {
+        self.mm.free_system_pages(pfns);
     }
 }

@@ -3,16 +3,22 @@
 //! unmapped address into a call of the fault service.
 
 use super::cpu::{SimMm, SimMmView};
-use super::world::SimWorld;
+use super::world::{SimPagemapHooks, SimWorld, PAGE};
 use super::{lock, Rng};
 use crate::error::{Error, Result};
 use crate::fault::Access;
+use crate::pagemap::Pagemap;
 use crate::pages::Protocol;
-use crate::platform::{DevicePageTable, DmaDirection, DmaMapper, Platform, PAGE_SHIFT, PAGE_SIZE};
+use crate::platform::{
+    CopyError, CopyKind, CopyRun, DeviceMemory, DevicePageTable, DmaDirection, DmaMapper, OwnerId,
+    PagemapId, Platform, PAGE_SHIFT, PAGE_SIZE,
+};
 use crate::svm::{Svm, SvmConfig, Window};
-use std::collections::BTreeMap;
+use std::boxed::Box;
+use std::collections::{BTreeMap, HashMap};
 use std::string::{String, ToString};
 use std::sync::{Arc, Mutex};
+use std::vec;
 use std::vec::Vec;
 
 /// One live DMA mapping.
@@ -63,6 +69,128 @@ struct DevInject {
     dma_fail_at: u64,
     dma_fail_ppm: u32,
     rng: Rng,
+    /// The `n`-th copy call from now fails (1 = the next one); 0 = off.
+    copy_fail_at: u64,
+    /// ... after completing this many of its runs (partial completion).
+    copy_fail_after_runs: usize,
+    copy_fail_ppm: u32,
+    /// The `n`-th device-memory allocation from now fails; 0 = off.
+    alloc_fail_at: u64,
+}
+
+/// Device memory: frames with contents, a capacity, an allocator.
+#[derive(Debug, Default)]
+pub(crate) struct Vram {
+    base: u64,
+    capacity: u64,
+    /// `true` = in use.
+    used: Vec<bool>,
+    in_use: u64,
+    /// Contents of pages written so far (unwritten pages read as the poison pattern).
+    pub(crate) data: HashMap<u64, Box<[u8]>>,
+    pub(crate) allocs: u64,
+    pub(crate) releases: u64,
+    pub(crate) copy_calls: u64,
+    pub(crate) copy_runs: u64,
+    pub(crate) violations: Vec<String>,
+}
+
+/// What fresh device memory contains before anything is copied in: a migration that forgets to
+/// copy or zero a page shows up as this pattern.
+pub const VRAM_POISON: u8 = 0xA5;
+
+impl Vram {
+    fn slot(&self, dpfn: u64) -> Option<usize> {
+        let i = dpfn.checked_sub(self.base)?;
+        (i < self.capacity).then_some(i as usize)
+    }
+
+    fn alloc(&mut self, out: &mut [u64]) -> Result<()> {
+        let n = out.len() as u64;
+        if n == 0 || self.in_use + n > self.capacity {
+            return Err(Error::NoMem);
+        }
+        // Prefer one naturally aligned contiguous block (aligned to the largest power of two
+        // <= n, at most 2 MiB), so that migrations can use large pages and few copy runs.
+        let align = (1u64 << (63 - n.leading_zeros())).min(512);
+        let mut start = 0u64;
+        let mut found = None;
+        while start + n <= self.capacity {
+            if (start..start + n).all(|i| !self.used[i as usize]) {
+                found = Some(start);
+                break;
+            }
+            start += align;
+        }
+        let pages: Vec<u64> = match found {
+            Some(s) => (s..s + n).collect(),
+            None => (0..self.capacity)
+                .filter(|i| !self.used[*i as usize])
+                .take(n as usize)
+                .collect(),
+        };
+        if pages.len() as u64 != n {
+            return Err(Error::NoMem);
+        }
+        for (o, i) in out.iter_mut().zip(pages) {
+            self.used[i as usize] = true;
+            *o = self.base + i;
+        }
+        self.in_use += n;
+        self.allocs += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, dpfns: &[u64]) {
+        self.releases += 1;
+        for d in dpfns {
+            match self.slot(*d) {
+                Some(i) if self.used[i] => {
+                    self.used[i] = false;
+                    self.in_use -= 1;
+                    self.data.remove(d);
+                }
+                _ => self.violations.push(std::format!(
+                    "release of free or foreign device frame {d:#x}"
+                )),
+            }
+        }
+    }
+
+    pub(crate) fn read(&self, dpfn: u64, off: usize, buf: &mut [u8]) -> Result<()> {
+        let i = self.slot(dpfn).ok_or(Error::Fault)?;
+        if !self.used[i] {
+            return Err(Error::Fault);
+        }
+        match self.data.get(&dpfn) {
+            Some(d) => buf.copy_from_slice(d.get(off..off + buf.len()).ok_or(Error::Invalid)?),
+            None => buf.fill(VRAM_POISON),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write(&mut self, dpfn: u64, off: usize, buf: &[u8]) -> Result<()> {
+        let i = self.slot(dpfn).ok_or(Error::Fault)?;
+        if !self.used[i] {
+            return Err(Error::Fault);
+        }
+        let d = self
+            .data
+            .entry(dpfn)
+            .or_insert_with(|| vec![VRAM_POISON; PAGE].into_boxed_slice());
+        d.get_mut(off..off + buf.len())
+            .ok_or(Error::Invalid)?
+            .copy_from_slice(buf);
+        Ok(())
+    }
+
+    /// Device frames in use.
+    pub(crate) fn used_frames(&self) -> Vec<u64> {
+        (0..self.capacity)
+            .filter(|i| self.used[*i as usize])
+            .map(|i| self.base + i)
+            .collect()
+    }
 }
 
 /// A simulated device (GPU): IOMMU and page tables.
@@ -74,6 +202,7 @@ pub struct SimDevice {
     pub(crate) pt: Mutex<BTreeMap<u64, DevPte>>,
     zaps: std::sync::atomic::AtomicU64,
     inject: Mutex<DevInject>,
+    pub(crate) vram: Mutex<Vram>,
 }
 
 impl SimDevice {
@@ -89,7 +218,99 @@ impl SimDevice {
             pt: Mutex::new(BTreeMap::new()),
             zaps: std::sync::atomic::AtomicU64::new(0),
             inject: Mutex::new(DevInject::default()),
+            vram: Mutex::new(Vram {
+                base: (u64::from(id) + 1) << 32,
+                ..Vram::default()
+            }),
         })
+    }
+
+    /// Give the device `pages` base pages of device memory (replacing any it had; only before
+    /// first use).
+    pub fn set_vram_pages(&self, pages: u64) {
+        let mut v = lock(&self.vram);
+        v.capacity = pages;
+        v.used = vec![false; pages as usize];
+        v.in_use = 0;
+        v.data.clear();
+    }
+
+    /// Device frames in use.
+    pub fn vram_used(&self) -> Vec<u64> {
+        lock(&self.vram).used_frames()
+    }
+
+    /// Device-memory allocations and releases so far.
+    pub fn vram_counts(&self) -> (u64, u64) {
+        let v = lock(&self.vram);
+        (v.allocs, v.releases)
+    }
+
+    /// Copy-engine calls and runs so far.
+    pub fn copy_counts(&self) -> (u64, u64) {
+        let v = lock(&self.vram);
+        (v.copy_calls, v.copy_runs)
+    }
+
+    /// Misuses of device memory seen so far (double release, access to free frames).
+    pub fn vram_violations(&self) -> Vec<String> {
+        lock(&self.vram).violations.clone()
+    }
+
+    /// Read device memory directly (no fault), for checks.
+    pub fn vram_read_u64(&self, dpfn: u64, off: usize) -> Result<u64> {
+        let mut b = [0u8; 8];
+        lock(&self.vram).read(dpfn, off, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Fail the `n`-th copy call from now (1 = the next one) after `after_runs` of its runs
+    /// completed; 0 turns it off.
+    pub fn inject_copy_fail_at(&self, n: u64, after_runs: usize) {
+        let mut i = lock(&self.inject);
+        i.copy_fail_at = n;
+        i.copy_fail_after_runs = after_runs;
+    }
+
+    /// Fail copy calls at random (seeded), `ppm` in a million, after half their runs.
+    pub fn inject_copy_fail_rate(&self, ppm: u32, seed: u64) {
+        let mut i = lock(&self.inject);
+        i.copy_fail_ppm = ppm;
+        i.rng = Rng::new(seed);
+    }
+
+    /// Fail the `n`-th device-memory allocation from now with `NoMem`; 0 turns it off.
+    pub fn inject_alloc_fail_at(&self, n: u64) {
+        lock(&self.inject).alloc_fail_at = n;
+    }
+
+    /// Copy one page between system memory (through this device's IOMMU) and device memory.
+    fn copy_page(&self, kind: CopyKind, src: u64, dst: u64) -> Result<()> {
+        let mut page = vec![0u8; PAGE];
+        match kind {
+            CopyKind::RamToDevice => {
+                let pfn = self.bus_to_pfn(src)?;
+                lock(&self.world.frames).read(pfn, 0, &mut page)?;
+                lock(&self.vram).write(dst >> PAGE_SHIFT, 0, &page)
+            }
+            CopyKind::DeviceToRam => {
+                lock(&self.vram).read(src >> PAGE_SHIFT, 0, &mut page)?;
+                let pfn = self.bus_to_pfn(dst)?;
+                lock(&self.world.frames).write(pfn, 0, &page)
+            }
+            CopyKind::ZeroDevice => lock(&self.vram).write(dst >> PAGE_SHIFT, 0, &page),
+            CopyKind::DeviceToDevice => {
+                let mut v = lock(&self.vram);
+                v.read(src >> PAGE_SHIFT, 0, &mut page)?;
+                v.write(dst >> PAGE_SHIFT, 0, &page)
+            }
+        }
+    }
+
+    fn bus_to_pfn(&self, bus: u64) -> Result<u64> {
+        let io = lock(&self.iommu);
+        let (base, m) = io.lookup(bus).ok_or(Error::Fault)?;
+        Ok(m.pfn + ((bus - base) >> PAGE_SHIFT))
     }
 
     /// The device id.
@@ -144,9 +365,7 @@ impl SimDevice {
         if pte.proto != Protocol::SYSTEM {
             return Err(Error::NotSupported);
         }
-        let io = lock(&self.iommu);
-        let (base, m) = io.lookup(pte.addr).ok_or(Error::Fault)?;
-        Ok(m.pfn + ((pte.addr - base) >> PAGE_SHIFT))
+        self.bus_to_pfn(pte.addr)
     }
 }
 
@@ -213,6 +432,91 @@ impl DevicePageTable for SimDevice {
     }
 }
 
+/// The device memory of a [`SimDevice`] as the crate sees it (its [`DeviceMemory`]).
+#[derive(Debug, Clone)]
+pub struct SimDevmem(pub Arc<SimDevice>);
+
+impl DeviceMemory for SimDevmem {
+    type Dma = SimDevice;
+    fn dma(&self) -> &SimDevice {
+        &self.0
+    }
+    fn alloc(&self, out: &mut [u64]) -> Result<()> {
+        {
+            let mut i = lock(&self.0.inject);
+            if i.alloc_fail_at > 0 {
+                i.alloc_fail_at -= 1;
+                if i.alloc_fail_at == 0 {
+                    return Err(Error::NoMem);
+                }
+            }
+        }
+        lock(&self.0.vram).alloc(out)
+    }
+    fn release(&self, dpfns: &[u64]) {
+        lock(&self.0.vram).release(dpfns);
+    }
+    fn copy(&self, runs: &[CopyRun]) -> core::result::Result<(), CopyError> {
+        let fail_after = {
+            let mut i = lock(&self.0.inject);
+            let mut fail = None;
+            if i.copy_fail_at > 0 {
+                i.copy_fail_at -= 1;
+                if i.copy_fail_at == 0 {
+                    fail = Some(i.copy_fail_after_runs);
+                }
+            }
+            let ppm = i.copy_fail_ppm;
+            if fail.is_none() && ppm > 0 && i.rng.below(1_000_000) < u64::from(ppm) {
+                fail = Some(runs.len() / 2);
+            }
+            fail
+        };
+        {
+            let mut v = lock(&self.0.vram);
+            v.copy_calls += 1;
+        }
+        for (k, r) in runs.iter().enumerate() {
+            if fail_after == Some(k) {
+                return Err(CopyError {
+                    completed: k,
+                    error: Error::Fault,
+                });
+            }
+            lock(&self.0.vram).copy_runs += 1;
+            for p in 0..r.npages {
+                let off = p << PAGE_SHIFT;
+                if let Err(error) = self.0.copy_page(r.kind, r.src + off, r.dst + off) {
+                    return Err(CopyError {
+                        completed: k,
+                        error,
+                    });
+                }
+            }
+        }
+        if fail_after.is_some_and(|f| f >= runs.len()) {
+            return Err(CopyError {
+                completed: runs.len(),
+                error: Error::Fault,
+            });
+        }
+        Ok(())
+    }
+    fn now_ns(&self) -> u64 {
+        self.0.world.now_ns()
+    }
+}
+
+impl SimPagemapHooks for Pagemap<SimDevmem> {
+    fn page_free(&self, dpfn: u64) {
+        Pagemap::page_free(self, dpfn);
+    }
+    fn migrate_to_ram(&self, mm: &Arc<SimMm>, addr: u64, dpfn: u64) -> Result<()> {
+        let view = mm.view(usize::MAX);
+        Pagemap::migrate_to_ram(self, &view, addr, dpfn).map(|_| ())
+    }
+}
+
 /// The [`Platform`] of one simulated device mirroring one simulated address space.
 #[derive(Debug, Clone)]
 pub struct SimPlatform {
@@ -225,6 +529,7 @@ impl Platform for SimPlatform {
     type Mm = SimMmView;
     type Dma = SimDevice;
     type Pt = SimDevice;
+    type Mem = SimDevmem;
     fn mm(&self) -> &SimMmView {
         &self.mm
     }
@@ -276,6 +581,32 @@ impl SimGpu {
         })
     }
 
+    /// A device `id` with `vram_pages` pages of device memory in a pagemap of owner `owner`
+    /// (pagemap id = `id`), preferring device memory for faulting ranges.
+    pub fn with_devmem(mm: &Arc<SimMm>, id: u32, vram_pages: u64, owner: u32) -> Result<SimGpu> {
+        let mut cfg = SvmConfig::new(0, 1 << 47);
+        cfg.prefer_devmem = true;
+        let gpu = SimGpu::new(mm, id, cfg)?;
+        gpu.add_devmem(vram_pages, owner);
+        Ok(gpu)
+    }
+
+    /// Give the device `vram_pages` pages of device memory as pagemap `PagemapId(id)` of owner
+    /// `owner`, registered with the machine so CPU faults on its pages come back to it.
+    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Arc<Pagemap<SimDevmem>> {
+        self.dev.set_vram_pages(vram_pages);
+        let pm = Pagemap::new(
+            PagemapId(self.dev.id()),
+            OwnerId(owner),
+            SimDevmem(self.dev.clone()),
+        );
+        self.mm
+            .world()
+            .register_pagemap(pm.id(), pm.clone() as Arc<dyn SimPagemapHooks>);
+        self.svm.set_pagemap(Some(pm.clone()));
+        pm
+    }
+
     /// A device with the default configuration over the whole 47-bit user address space.
     pub fn with_defaults(mm: &Arc<SimMm>, id: u32) -> Result<SimGpu> {
         SimGpu::new(mm, id, SvmConfig::new(0, 1 << 47))
@@ -322,6 +653,22 @@ impl SimGpu {
             {
                 let pt = lock(&self.dev.pt);
                 if let Some(p) = pt.get(&vpn).copied() {
+                    if (access == Access::Read || p.writable) && p.proto == Protocol::DEVICE_LOCAL {
+                        let mut v = lock(&self.dev.vram);
+                        let dpfn = p.addr >> PAGE_SHIFT;
+                        let mut b = [0u8; 8];
+                        if v.read(dpfn, off, &mut b).is_err() {
+                            v.violations.push(std::format!(
+                                "device access through free device frame {dpfn:#x} at {addr:#x}"
+                            ));
+                            return Err(Error::Fault);
+                        }
+                        let old = u64::from_le_bytes(b);
+                        if let Some(new) = op(old) {
+                            v.write(dpfn, off, &new.to_le_bytes())?;
+                        }
+                        return Ok(old);
+                    }
                     if access == Access::Read || p.writable {
                         let pfn = match self.dev.frame_of(&p) {
                             Ok(pfn) => pfn,

@@ -29,8 +29,8 @@ mod world;
 
 pub use check::{check_closed, check_invariants};
 pub use cpu::{CpuPte, InvalidationSink, SimMm, SimMmView, SimVma};
-pub use device::{DevPte, DmaMapping, SimDevice, SimGpu, SimPlatform};
-pub use world::SimWorld;
+pub use device::{DevPte, DmaMapping, SimDevice, SimDevmem, SimGpu, SimPlatform, VRAM_POISON};
+pub use world::{SimPagemapHooks, SimWorld};
 
 use std::sync::{Mutex, MutexGuard};
 

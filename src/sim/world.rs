@@ -2,7 +2,7 @@
 
 use super::lock;
 use crate::error::{Error, Result};
-use crate::platform::PAGE_SIZE;
+use crate::platform::{PagemapId, PAGE_SIZE};
 use std::boxed::Box;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,11 +103,21 @@ impl Frames {
     }
 }
 
+/// The CPU-side callbacks of a pagemap (Linux `dev_pagemap_ops`): what the CPU page-table
+/// code calls when it frees a device-private page or faults on one.
+pub trait SimPagemapHooks: Send + Sync + core::fmt::Debug {
+    /// The device page `dpfn` is no longer mapped by the CPU.
+    fn page_free(&self, dpfn: u64);
+    /// The CPU faulted at `addr` on the device page `dpfn` of `mm`: bring it back to RAM.
+    fn migrate_to_ram(&self, mm: &Arc<super::SimMm>, addr: u64, dpfn: u64) -> Result<()>;
+}
+
 /// The simulated machine: RAM and a clock. Address spaces ([`SimMm`](super::SimMm)) and
 /// devices ([`SimDevice`](super::SimDevice)) hang off it.
 #[derive(Debug)]
 pub struct SimWorld {
     pub(crate) frames: Mutex<Frames>,
+    hooks: Mutex<HashMap<PagemapId, Arc<dyn SimPagemapHooks>>>,
     clock: AtomicU64,
     clock_step: AtomicU64,
 }
@@ -117,9 +127,24 @@ impl SimWorld {
     pub fn new() -> Arc<SimWorld> {
         Arc::new(SimWorld {
             frames: Mutex::new(Frames::default()),
+            hooks: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
             clock_step: AtomicU64::new(1_000),
         })
+    }
+
+    /// Register the CPU-side callbacks of a pagemap (what Linux's `dev_pagemap_ops` are).
+    pub fn register_pagemap(&self, id: PagemapId, hooks: Arc<dyn SimPagemapHooks>) {
+        lock(&self.hooks).insert(id, hooks);
+    }
+
+    /// Remove a pagemap's callbacks.
+    pub fn unregister_pagemap(&self, id: PagemapId) {
+        lock(&self.hooks).remove(&id);
+    }
+
+    pub(crate) fn pagemap_hooks(&self, id: PagemapId) -> Option<Arc<dyn SimPagemapHooks>> {
+        lock(&self.hooks).get(&id).cloned()
     }
 
     /// Read the clock (advances it by the step).

@@ -1,0 +1,204 @@
+//! Pure helpers of the migration state machine: DMA chunking, copy-run building and the page
+//! orders to install.
+
+use crate::error::{Error, Result};
+use crate::platform::{
+    CopyKind, CopyRun, DmaDirection, DmaMapper, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
+};
+use alloc::vec::Vec;
+
+/// Orders tried when chunking, largest first (2 MiB, 64 KiB, 4 KiB).
+pub(crate) const ORDERS: [u8; 3] = [HUGE_ORDER, 4, 0];
+
+/// A DMA mapping of slots `[first, first + 2^order)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DmaChunk {
+    pub(crate) first: usize,
+    pub(crate) order: u8,
+    pub(crate) bus: u64,
+}
+
+/// Whether slots `[i, i + 2^order)` hold frames `f, f+1, ...` with `f` aligned to the order.
+fn contiguous(frames: &[Option<u64>], i: usize, order: u8) -> bool {
+    let n = 1usize << order;
+    let Some(Some(first)) = frames.get(i).copied() else {
+        return false;
+    };
+    if first.trailing_zeros() < u32::from(order) {
+        return false;
+    }
+    let Some(end) = i.checked_add(n) else {
+        return false;
+    };
+    match frames.get(i..end) {
+        Some(s) => s
+            .iter()
+            .enumerate()
+            .all(|(k, f)| *f == first.checked_add(k as u64)),
+        None => false,
+    }
+}
+
+/// DMA-map the frames of every `Some` slot in naturally aligned chunks as large as contiguity
+/// allows. On error, everything mapped so far is unmapped and `out` is left empty.
+pub(crate) fn map_chunks<D: DmaMapper>(
+    dma: &D,
+    frames: &[Option<u64>],
+    dir: DmaDirection,
+    out: &mut Vec<DmaChunk>,
+) -> Result<()> {
+    let mut i = 0usize;
+    while let Some(slot) = frames.get(i).copied() {
+        let Some(pfn) = slot else {
+            i = i.saturating_add(1);
+            continue;
+        };
+        let order = ORDERS
+            .iter()
+            .copied()
+            .find(|&o| contiguous(frames, i, o))
+            .unwrap_or(0);
+        let bus = match dma.map_page(pfn, order, dir) {
+            Ok(b) => b,
+            Err(e) => {
+                unmap_chunks(dma, out, dir);
+                return Err(e);
+            }
+        };
+        if out.try_reserve(1).is_err() {
+            dma.unmap_page(bus, order, dir);
+            unmap_chunks(dma, out, dir);
+            return Err(Error::NoMem);
+        }
+        out.push(DmaChunk {
+            first: i,
+            order,
+            bus,
+        });
+        i = i.saturating_add(1usize << order);
+    }
+    Ok(())
+}
+
+/// Unmap and forget every chunk.
+pub(crate) fn unmap_chunks<D: DmaMapper>(dma: &D, chunks: &mut Vec<DmaChunk>, dir: DmaDirection) {
+    for c in chunks.drain(..) {
+        dma.unmap_page(c.bus, c.order, dir);
+    }
+}
+
+/// Bus address of slot `i` (chunks are sorted by `first`).
+pub(crate) fn bus_of(chunks: &[DmaChunk], i: usize) -> Option<u64> {
+    let k = chunks.partition_point(|c| c.first <= i);
+    let c = chunks.get(k.checked_sub(1)?)?;
+    let off = i.checked_sub(c.first)?;
+    (off < (1usize << c.order)).then(|| c.bus.wrapping_add((off as u64) << PAGE_SHIFT))
+}
+
+/// Build maximal copy runs from per-slot `(kind, src, dst)` (addresses page aligned; `None`
+/// slots are skipped and break runs).
+pub(crate) fn build_runs(
+    slots: impl Iterator<Item = Option<(CopyKind, u64, u64)>>,
+    out: &mut Vec<CopyRun>,
+) -> Result<()> {
+    let mut cur: Option<CopyRun> = None;
+    for s in slots {
+        match (s, cur.as_mut()) {
+            (Some((kind, src, dst)), Some(r))
+                if r.kind == kind
+                    && Some(dst) == r.dst.checked_add(r.npages.saturating_mul(PAGE_SIZE))
+                    && (kind == CopyKind::ZeroDevice
+                        || Some(src) == r.src.checked_add(r.npages.saturating_mul(PAGE_SIZE))) =>
+            {
+                r.npages = r.npages.saturating_add(1);
+            }
+            (s, _) => {
+                if let Some(r) = cur.take() {
+                    out.try_reserve(1).map_err(|_| Error::NoMem)?;
+                    out.push(r);
+                }
+                cur = s.map(|(kind, src, dst)| CopyRun {
+                    kind,
+                    src,
+                    dst,
+                    npages: 1,
+                });
+            }
+        }
+    }
+    if let Some(r) = cur {
+        out.try_reserve(1).map_err(|_| Error::NoMem)?;
+        out.push(r);
+    }
+    Ok(())
+}
+
+/// The order to install for each page of a migration to device memory starting at virtual
+/// page `va_page`: the largest of 2 MiB / 64 KiB / 4 KiB whose block is aligned in both virtual
+/// address and device frame and whose frames are contiguous.
+pub(crate) fn install_orders(va_page: u64, dpfns: &[u64], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    out.try_reserve_exact(dpfns.len())
+        .map_err(|_| Error::NoMem)?;
+    let frames: Vec<Option<u64>> = {
+        let mut v = Vec::new();
+        v.try_reserve_exact(dpfns.len()).map_err(|_| Error::NoMem)?;
+        v.extend(dpfns.iter().map(|d| Some(*d)));
+        v
+    };
+    let mut i = 0usize;
+    while i < dpfns.len() {
+        let va = va_page.wrapping_add(i as u64);
+        let order = ORDERS
+            .iter()
+            .copied()
+            .find(|&o| va.trailing_zeros() >= u32::from(o) && contiguous(&frames, i, o))
+            .unwrap_or(0);
+        let n = 1usize << order;
+        for _ in 0..n {
+            out.push(order);
+        }
+        i = i.saturating_add(n);
+    }
+    out.truncate(dpfns.len());
+    Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn runs_merge_contiguous_pages_only() {
+        let mut out = Vec::new();
+        let slots = [
+            Some((CopyKind::RamToDevice, 0x1000, 0x10000)),
+            Some((CopyKind::RamToDevice, 0x2000, 0x11000)),
+            Some((CopyKind::RamToDevice, 0x9000, 0x12000)),
+            None,
+            Some((CopyKind::ZeroDevice, 0, 0x14000)),
+            Some((CopyKind::ZeroDevice, 0, 0x15000)),
+        ];
+        build_runs(slots.into_iter(), &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].npages, 2);
+        assert_eq!(out[1].npages, 1);
+        assert_eq!(out[2].npages, 2);
+    }
+
+    #[test]
+    fn install_orders_follow_alignment() {
+        let mut o = Vec::new();
+        let d: Vec<u64> = (512..1024).collect();
+        install_orders(512, &d, &mut o).unwrap();
+        assert!(o.iter().all(|&x| x == 9));
+        install_orders(16, &d[..16], &mut o).unwrap();
+        assert!(o.iter().all(|&x| x == 4));
+        install_orders(17, &d[1..17], &mut o).unwrap();
+        assert!(o.iter().all(|&x| x == 0));
+        let scattered = vec![5, 9, 100];
+        install_orders(0, &scattered, &mut o).unwrap();
+        assert_eq!(o, vec![0, 0, 0]);
+    }
+}

@@ -1,0 +1,299 @@
+//! RAM (and peer device memory) → device memory, as an explicit state machine.
+
+use super::plan::{build_runs, bus_of, install_orders, map_chunks, unmap_chunks, DmaChunk};
+use super::{MigrateDetails, MigrateReport};
+use crate::error::{Error, Result};
+use crate::pagemap::{DevmemAlloc, Pagemap};
+use crate::platform::{
+    AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
+    MigrateSelect, MigrateSrc, PAGE_SHIFT, PAGE_SIZE,
+};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// The states of a migration to device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToDevmemState {
+    /// Isolate the source pages (CPU mappings replaced by migration entries).
+    Isolate,
+    /// Allocate destination device pages.
+    Allocate,
+    /// DMA-map the system source pages for the copy engine.
+    MapSources,
+    /// Copy (or zero-fill) into the destination.
+    Copy,
+    /// Install the destinations in the CPU page tables and release the sources.
+    Install,
+    /// Put every source back, free whatever was taken.
+    Restore,
+    /// Finished (successfully or not).
+    Done,
+}
+
+struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
+    mm: &'a A,
+    pm: &'a Pagemap<M>,
+    details: &'a MigrateDetails,
+    req: MigrateRequest,
+    src: Vec<MigrateSrc>,
+    dpfns: Vec<u64>,
+    allocated: bool,
+    chunks: Vec<DmaChunk>,
+    runs: Vec<CopyRun>,
+    error: Option<Error>,
+    report: MigrateReport,
+}
+
+/// Migrate every page of `[start, end)` into `pm` (SPEC §7 "To device memory").
+///
+/// System pages (and never-touched anonymous pages, which arrive zero-filled) are copied by
+/// `pm`'s copy engine. If every page already lives in `pm` nothing happens and the report says
+/// `already_there`. Pages of `pm` mixed with others fail with [`Error::Busy`] unless
+/// `details.can_migrate_same_pagemap`. All-or-nothing: on any error every page stays where it
+/// was, nothing leaks, and the error is returned.
+///
+/// Errors: [`Error::Invalid`] (bad interval); [`Error::Busy`] (a page could not be isolated,
+/// is outside a VMA, or is a device page this pagemap cannot copy directly); [`Error::NoMem`]
+/// (device memory or DMA space); copy errors.
+pub fn to_devmem<A: AddressSpace, M: DeviceMemory>(
+    mm: &A,
+    pm: &Pagemap<M>,
+    start: u64,
+    end: u64,
+    details: &MigrateDetails,
+) -> Result<MigrateReport> {
+    to_devmem_traced(mm, pm, start, end, details, None)
+}
+
+/// [`to_devmem`], reporting every state entered to `trace` (tests use it to prove that each
+/// failure path restores).
+pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
+    mm: &A,
+    pm: &Pagemap<M>,
+    start: u64,
+    end: u64,
+    details: &MigrateDetails,
+    mut trace: Option<&mut dyn FnMut(ToDevmemState)>,
+) -> Result<MigrateReport> {
+    if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+        return Err(Error::Invalid);
+    }
+    let n = usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
+    let mut src = Vec::new();
+    src.try_reserve_exact(n).map_err(|_| Error::NoMem)?;
+    src.resize(n, MigrateSrc::Skip);
+    let mut m = Machine {
+        mm,
+        pm,
+        details,
+        req: MigrateRequest {
+            start,
+            end,
+            select: MigrateSelect::SYSTEM | MigrateSelect::DEVICE_PRIVATE,
+            pagemap: None,
+            owner: Some(pm.owner()),
+        },
+        src,
+        dpfns: Vec::new(),
+        allocated: false,
+        chunks: Vec::new(),
+        runs: Vec::new(),
+        error: None,
+        report: MigrateReport::default(),
+    };
+    let mut state = ToDevmemState::Isolate;
+    while state != ToDevmemState::Done {
+        if let Some(t) = trace.as_mut() {
+            t(state);
+        }
+        state = match state {
+            ToDevmemState::Isolate => m.isolate(),
+            ToDevmemState::Allocate => m.allocate(),
+            ToDevmemState::MapSources => m.map_sources(),
+            ToDevmemState::Copy => m.copy(),
+            ToDevmemState::Install => m.install(),
+            ToDevmemState::Restore => m.restore(),
+            ToDevmemState::Done => ToDevmemState::Done,
+        };
+    }
+    match m.error {
+        Some(e) => Err(e),
+        None => Ok(m.report),
+    }
+}
+
+impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
+    fn fail(&mut self, e: Error) -> ToDevmemState {
+        self.error = Some(e);
+        ToDevmemState::Restore
+    }
+
+    fn isolate(&mut self) -> ToDevmemState {
+        if let Err(e) = self.mm.migrate_isolate(&self.req, &mut self.src) {
+            // Nothing is isolated after an error: no restore needed.
+            self.error = Some(e);
+            return ToDevmemState::Done;
+        }
+        let me = self.pm.id();
+        let (mut here, mut blocked) = (0usize, 0usize);
+        for s in &self.src {
+            match *s {
+                MigrateSrc::Device { pagemap, .. } if pagemap == me => {
+                    here = here.saturating_add(1)
+                }
+                MigrateSrc::System { .. } | MigrateSrc::Absent => {}
+                // Peer device pages, busy pages, holes: not migratable here.
+                _ => blocked = blocked.saturating_add(1),
+            }
+        }
+        if here == self.src.len() {
+            self.report.already_there = true;
+            return ToDevmemState::Restore;
+        }
+        if blocked > 0 || (here > 0 && !self.details.can_migrate_same_pagemap) {
+            return self.fail(Error::Busy);
+        }
+        ToDevmemState::Allocate
+    }
+
+    fn allocate(&mut self) -> ToDevmemState {
+        let n = self.src.len();
+        if self.dpfns.try_reserve_exact(n).is_err() {
+            return self.fail(Error::NoMem);
+        }
+        self.dpfns.resize(n, 0);
+        match self.pm.mem().alloc(&mut self.dpfns) {
+            Ok(()) => {
+                self.allocated = true;
+                ToDevmemState::MapSources
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn map_sources(&mut self) -> ToDevmemState {
+        let mut frames: Vec<Option<u64>> = Vec::new();
+        if frames.try_reserve_exact(self.src.len()).is_err() {
+            return self.fail(Error::NoMem);
+        }
+        frames.extend(self.src.iter().map(|s| match *s {
+            MigrateSrc::System { pfn } => Some(pfn),
+            _ => None,
+        }));
+        match map_chunks(
+            self.pm.mem().dma(),
+            &frames,
+            DmaDirection::ToDevice,
+            &mut self.chunks,
+        ) {
+            Ok(()) => ToDevmemState::Copy,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn copy(&mut self) -> ToDevmemState {
+        let chunks = &self.chunks;
+        let dpfns = &self.dpfns;
+        let slots = self.src.iter().enumerate().map(|(i, s)| {
+            let dst = dpfns.get(i)?.checked_shl(PAGE_SHIFT)?;
+            match *s {
+                MigrateSrc::System { .. } => Some((CopyKind::RamToDevice, bus_of(chunks, i)?, dst)),
+                MigrateSrc::Absent => Some((CopyKind::ZeroDevice, 0, dst)),
+                MigrateSrc::Device { dpfn, .. } => {
+                    Some((CopyKind::DeviceToDevice, dpfn.checked_shl(PAGE_SHIFT)?, dst))
+                }
+                MigrateSrc::Skip | MigrateSrc::Busy => None,
+            }
+        });
+        if let Err(e) = build_runs(slots, &mut self.runs) {
+            return self.fail(e);
+        }
+        match self.pm.mem().copy(&self.runs) {
+            Ok(()) => {
+                self.report.copy_runs = self.runs.len();
+                self.report.bytes = self.runs.iter().fold(0u64, |b, r| {
+                    b.saturating_add(r.npages.saturating_mul(PAGE_SIZE))
+                });
+                ToDevmemState::Install
+            }
+            Err(ce) => self.fail(ce.error),
+        }
+    }
+
+    fn install(&mut self) -> ToDevmemState {
+        // The sources must not be reachable by DMA once they are released.
+        unmap_chunks(
+            self.pm.mem().dma(),
+            &mut self.chunks,
+            DmaDirection::ToDevice,
+        );
+        let mut orders = Vec::new();
+        if let Err(e) = install_orders(self.req.start >> PAGE_SHIFT, &self.dpfns, &mut orders) {
+            return self.fail(e);
+        }
+        let mut dst: Vec<MigrateDst> = Vec::new();
+        if dst.try_reserve_exact(self.src.len()).is_err() {
+            return self.fail(Error::NoMem);
+        }
+        let (pagemap, owner) = (self.pm.id(), self.pm.owner());
+        dst.extend(self.dpfns.iter().zip(orders.iter()).map(|(&dpfn, &order)| {
+            MigrateDst::Device {
+                pagemap,
+                owner,
+                dpfn,
+                order,
+            }
+        }));
+        let alloc = match DevmemAlloc::new(
+            pagemap,
+            self.req.start,
+            self.req.end,
+            core::mem::take(&mut self.dpfns),
+        ) {
+            Ok(a) => Arc::new(a),
+            Err(e) => return self.fail(e),
+        };
+        alloc.set_timeslice_end(
+            self.pm
+                .mem()
+                .now_ns()
+                .saturating_add(self.details.timeslice_ns),
+        );
+        self.pm.track(alloc);
+        self.allocated = false;
+        self.mm.migrate_finalize(&self.req, &self.src, &dst);
+        self.report.pages = self.src.len();
+        ToDevmemState::Done
+    }
+
+    fn restore(&mut self) -> ToDevmemState {
+        unmap_chunks(
+            self.pm.mem().dma(),
+            &mut self.chunks,
+            DmaDirection::ToDevice,
+        );
+        if self.allocated {
+            self.pm.mem().release(&self.dpfns);
+            self.allocated = false;
+        }
+        let keep_len = self.src.len();
+        let mut keep: Vec<MigrateDst> = Vec::new();
+        if keep.try_reserve_exact(keep_len).is_ok() {
+            keep.resize(keep_len, MigrateDst::Keep);
+            self.mm.migrate_finalize(&self.req, &self.src, &keep);
+        } else {
+            // Even without memory the sources must come back: restore page by page.
+            for (i, s) in self.src.iter().enumerate() {
+                let a = self.req.start.wrapping_add((i as u64) << PAGE_SHIFT);
+                let one = MigrateRequest {
+                    start: a,
+                    end: a.wrapping_add(PAGE_SIZE),
+                    ..self.req
+                };
+                self.mm
+                    .migrate_finalize(&one, core::slice::from_ref(s), &[MigrateDst::Keep]);
+            }
+        }
+        ToDevmemState::Done
+    }
+}
