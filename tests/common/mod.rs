@@ -15,6 +15,8 @@ use gpusvm::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, DmaDirection, DmaMapper, NotifierId,
     Platform, Vma, VmaFlags, HUGE_ORDER, PAGE_SIZE,
 };
+// Device memory arrived with the pagemap work; this mock has none.
+use gpusvm::platform::NoDeviceMemory;
 use gpusvm::range::RangeFlags;
 use gpusvm::stats::StatsSnapshot;
 use gpusvm::{Error, Result, Svm, SvmConfig};
@@ -400,6 +402,7 @@ impl Platform for MockPlatform {
     type Mm = MockMm;
     type Dma = MockDma;
     type Pt = MockPt;
+    type Mem = NoDeviceMemory;
     fn mm(&self) -> &MockMm {
         &self.mm
     }
