@@ -251,10 +251,42 @@ impl PageState {
 
 fn unmap_entries<D: DmaMapper>(dma: &D, entries: &[PageEntry]) {
     for e in entries {
-        if e.protocol() == Protocol::SYSTEM {
-            dma.unmap_page(e.addr(), e.order(), e.dir());
-        }
+        unmap_entry(dma, *e);
     }
+}
+
+/// Undo the DMA mapping behind one entry (system page or peer resource; device-local pages
+/// have none).
+fn unmap_entry<D: DmaMapper>(dma: &D, e: PageEntry) {
+    match e.protocol() {
+        Protocol::SYSTEM => dma.unmap_page(e.addr(), e.order(), e.dir()),
+        Protocol::DEVICE_LOCAL => {}
+        _ => dma.unmap_peer(e.addr(), e.order(), e.dir()),
+    }
+}
+
+/// Where a device page found during collection is, from the collecting device's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DevicePlace {
+    /// In the collecting device's own memory: used at its device address.
+    Local,
+    /// In a peer's memory of the same owner, reachable at `resource` with `proto`.
+    Peer {
+        /// Interconnect address (from the peer pagemap's `device_map`).
+        resource: u64,
+        /// Protocol.
+        proto: Protocol,
+    },
+}
+
+/// Resolves a device page `(pagemap, dpfn, order)` to its place and the identity of its
+/// allocation (pages of different allocations in one range are "mixed").
+pub(crate) type Resolver<'a> =
+    &'a dyn Fn(PagemapId, u64, u8) -> Result<(DevicePlace, Option<usize>)>;
+
+/// A resolver for callers without pagemaps (userptr): every device page is taken as local.
+pub(crate) fn local_resolver(_: PagemapId, _: u64, _: u8) -> Result<(DevicePlace, Option<usize>)> {
+    Ok((DevicePlace::Local, None))
 }
 
 impl Mapped {
@@ -288,6 +320,7 @@ pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
     start: u64,
     end: u64,
     ctx: &PagesCtx,
+    resolve: Resolver<'_>,
 ) -> Result<Mapped> {
     if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
         return Err(Error::Invalid);
@@ -356,6 +389,7 @@ pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
         m.flags |= PageFlags::WRITABLE;
     }
     let first_page = start >> PAGE_SHIFT;
+    let mut first_alloc: Option<usize> = None;
     let mut i = 0usize;
     while let Some(p) = cpu.get(i) {
         let remaining = npages.saturating_sub(i) as u64;
@@ -383,13 +417,53 @@ pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
                     }
                 }
             }
-            CpuPage::Device { dpfn, order, .. } => {
+            CpuPage::Device {
+                pagemap: pm,
+                dpfn,
+                order,
+                ..
+            } => {
                 let o = clamp_order(order, va_page, dpfn, remaining);
-                let addr = dpfn.checked_shl(PAGE_SHIFT).unwrap_or(u64::MAX);
+                let (place, alloc) = match resolve(pm, dpfn, o) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        m.unmap(dma);
+                        return Err(e);
+                    }
+                };
+                if let Some(a) = alloc {
+                    match first_alloc {
+                        None => first_alloc = Some(a),
+                        Some(b) if b == a || ctx.allow_mixed => {}
+                        Some(_) => {
+                            m.unmap(dma);
+                            return Err(Error::NotSupported);
+                        }
+                    }
+                }
                 m.flags |= PageFlags::HAS_DEVMEM_PAGES;
-                match PageEntry::new(addr, o, dir, Protocol::DEVICE_LOCAL) {
+                let (addr, proto) = match place {
+                    DevicePlace::Local => (
+                        dpfn.checked_shl(PAGE_SHIFT).unwrap_or(u64::MAX),
+                        Protocol::DEVICE_LOCAL,
+                    ),
+                    DevicePlace::Peer { resource, proto } => match dma.map_peer(resource, o, dir) {
+                        Ok(a) => {
+                            m.flags |= PageFlags::HAS_DMA_MAPPING;
+                            (a, proto)
+                        }
+                        Err(e) => {
+                            m.unmap(dma);
+                            return Err(e);
+                        }
+                    },
+                };
+                match PageEntry::new(addr, o, dir, proto) {
                     Ok(e) => (e, o),
                     Err(err) => {
+                        if proto != Protocol::DEVICE_LOCAL {
+                            dma.unmap_peer(addr, o, dir);
+                        }
                         m.unmap(dma);
                         return Err(err);
                     }
@@ -401,9 +475,7 @@ pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
             }
         };
         if m.entries.try_reserve(1).is_err() {
-            if entry.protocol() == Protocol::SYSTEM {
-                dma.unmap_page(entry.addr(), entry.order(), entry.dir());
-            }
+            unmap_entry(dma, entry);
             m.unmap(dma);
             return Err(Error::NoMem);
         }
@@ -425,6 +497,7 @@ pub(crate) enum Commit {
     Retry(Mapped),
 }
 
+#[allow(clippy::too_many_arguments)] // internal: the closures are the commit protocol
 /// The retry loop shared by ranges and userptrs: `begin` returns the sequence to collect under
 /// (`Ok(None)`: an invalidation is running), `commit` takes the notifier lock and either commits
 /// or hands the collection back.
@@ -433,6 +506,7 @@ pub(crate) fn get_pages_loop<P: Platform>(
     policy: &RetryPolicy,
     (start, end): (u64, u64),
     ctx: &PagesCtx,
+    resolve: Resolver<'_>,
     mut begin: impl FnMut() -> Result<Option<usize>>,
     mut commit: impl FnMut(usize, Mapped) -> Result<Commit>,
     mut on_retry: impl FnMut(),
@@ -449,7 +523,7 @@ pub(crate) fn get_pages_loop<P: Platform>(
             crate::sync::spin_hint();
             continue;
         };
-        let m = collect_and_map(p.mm(), p.dma(), start, end, ctx)?;
+        let m = collect_and_map(p.mm(), p.dma(), start, end, ctx, resolve)?;
         match commit(seq, m)? {
             Commit::Done => return Ok(()),
             Commit::Retry(m) => {
@@ -513,6 +587,7 @@ impl Userptr {
             policy,
             (self.start, self.end),
             ctx,
+            &local_resolver,
             || Ok(self.seq.read_begin()),
             |seq, m| {
                 let mut st = self.state.write();

@@ -5,36 +5,110 @@ use crate::error::{Error, Result};
 use crate::fault::Access;
 use crate::migrate::{self, MigrateDetails, MigrateReport};
 use crate::pagemap::Pagemap;
+use crate::pages::DevicePlace;
 use crate::pages::PageFlags;
-use crate::platform::{AddressSpace, CollectRequest, CpuPage, OwnerId, Platform};
+use crate::platform::{
+    AddressSpace, CollectRequest, CpuPage, DeviceMemory, OwnerId, PagemapId, Platform,
+};
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+
+/// The pagemaps an [`Svm`] knows: its own and its peers'.
+pub(crate) struct PagemapSet<M: DeviceMemory> {
+    pub(crate) local: Option<Arc<Pagemap<M>>>,
+    pub(crate) all: BTreeMap<PagemapId, Arc<Pagemap<M>>>,
+}
+
+impl<M: DeviceMemory> Default for PagemapSet<M> {
+    fn default() -> Self {
+        PagemapSet {
+            local: None,
+            all: BTreeMap::new(),
+        }
+    }
+}
 
 /// How many times an eviction retries pages that could not be isolated.
 const EVICT_ATTEMPTS: u32 = 3;
 
 impl<P: Platform> Svm<P> {
-    /// Give this device its own device memory (or take it away with `None`). From then on the
-    /// device's owner is the pagemap's owner.
+    /// Give this device its own device memory (or take it away with `None`). The pagemap is
+    /// also attached (see [`attach_pagemap`](Self::attach_pagemap)). Unless an owner was set
+    /// with [`set_owner`](Self::set_owner), the device's owner is the pagemap's.
     pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem>>>) {
-        *self.pagemap.write() = pagemap;
+        let mut set = self.pagemaps.write();
+        if let Some(old) = set.local.take() {
+            set.all.remove(&old.id());
+        }
+        if let Some(pm) = &pagemap {
+            set.all.insert(pm.id(), pm.clone());
+        }
+        set.local = pagemap;
     }
 
     /// This device's pagemap.
     pub fn pagemap(&self) -> Option<Arc<Pagemap<P::Mem>>> {
-        self.pagemap.read().clone()
+        self.pagemaps.read().local.clone()
     }
 
-    /// The owner used for page collection: the pagemap's owner, else `config.owner`.
+    /// Attach a peer's pagemap: its pages are then mapped peer-to-peer when they share this
+    /// device's owner, and evicted to system memory (when they block a migration) otherwise.
+    /// A driver attaches every pagemap whose pages this device's address space may hold.
+    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem>>) {
+        self.pagemaps.write().all.insert(pagemap.id(), pagemap);
+    }
+
+    /// Detach a peer's pagemap (before it is destroyed). Returns it. The local pagemap is not
+    /// detached this way (use [`set_pagemap`](Self::set_pagemap)).
+    pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem>>> {
+        let mut set = self.pagemaps.write();
+        if set.local.as_ref().is_some_and(|l| l.id() == id) {
+            return None;
+        }
+        set.all.remove(&id)
+    }
+
+    /// The attached pagemap `id` (local or peer).
+    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem>>> {
+        self.pagemaps.read().all.get(&id).cloned()
+    }
+
+    /// Set the owner explicitly (what this device's `Svm` peer got from an
+    /// [`OwnerRegistry`](crate::pagemap::OwnerRegistry)), or clear it.
+    pub fn set_owner(&self, owner: Option<OwnerId>) {
+        *self.owner.write() = owner;
+    }
+
+    /// The owner used for page collection: the one set with [`set_owner`](Self::set_owner),
+    /// else the local pagemap's, else `config.owner`.
     pub fn owner(&self) -> Option<OwnerId> {
-        self.pagemap
-            .read()
-            .as_ref()
-            .map(|p| p.owner())
-            .or(self.config().owner)
+        if let Some(o) = *self.owner.read() {
+            return Some(o);
+        }
+        self.pagemap().map(|p| p.owner()).or(self.config().owner)
+    }
+
+    /// Where the device page `dpfn` of `pm` is for this device: local, or a peer's reachable
+    /// over the interconnect (SPEC §3, §6). Errors: [`Error::Busy`] for a pagemap that is not
+    /// attached (it cannot be mapped; the caller evicts); `device_map` errors.
+    pub(crate) fn resolve_device_page(
+        &self,
+        pm: PagemapId,
+        dpfn: u64,
+        order: u8,
+    ) -> Result<(DevicePlace, Option<usize>)> {
+        let set = self.pagemaps.read();
+        let p = set.all.get(&pm).ok_or(Error::Busy)?;
+        let alloc = p.alloc_of(dpfn).map(|a| Arc::as_ptr(&a) as usize);
+        if set.local.as_ref().is_some_and(|l| l.id() == pm) {
+            return Ok((DevicePlace::Local, alloc));
+        }
+        let (resource, proto) = p.mem().device_map(dpfn, order)?;
+        Ok((DevicePlace::Peer { resource, proto }, alloc))
     }
 
     /// Migrate `range` into this device's memory (SPEC §7). Succeeds without doing anything if
@@ -51,12 +125,14 @@ impl<P: Platform> Svm<P> {
         self.check_open()?;
         self.check_live(range)?;
         let pm = self.pagemap().ok_or(Error::NotSupported)?;
-        let r = migrate::to_devmem(
+        let r = migrate::to_devmem_traced(
             self.platform().mm(),
             &pm,
+            &|id| self.pagemap_by_id(id),
             range.start(),
             range.end(),
             details,
+            None,
         );
         match r {
             Ok(rep) => {
@@ -72,29 +148,74 @@ impl<P: Platform> Svm<P> {
         r
     }
 
-    /// Migrate every device page of this device's pagemap in `[start, end)` back to system
-    /// memory, retrying pages that could not be isolated up to 3 times.
-    pub(crate) fn evict_interval(&self, start: u64, end: u64) -> Result<MigrateReport> {
-        let Some(pm) = self.pagemap() else {
-            return Ok(MigrateReport::default());
+    /// The attached pagemaps that hold pages of `[start, end)` (from a snapshot of the CPU
+    /// page tables; nothing is faulted in or invalidated).
+    fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem>>> {
+        let mut out: Vec<Arc<Pagemap<P::Mem>>> = Vec::new();
+        let Ok(n) = usize::try_from(end.saturating_sub(start) / crate::platform::PAGE_SIZE) else {
+            return out;
         };
-        let mut total = MigrateReport::default();
-        for _ in 0..EVICT_ATTEMPTS {
-            let rep = migrate::to_ram(self.platform().mm(), &pm, start, end)?;
-            total.pages = total.pages.saturating_add(rep.pages);
-            total.copy_runs = total.copy_runs.saturating_add(rep.copy_runs);
-            total.bytes = total.bytes.saturating_add(rep.bytes);
-            total.busy = rep.busy;
-            if rep.pages > 0 {
-                Stats::inc(&self.stats.migrations_to_ram);
-                Stats::add(&self.stats.bytes_to_ram, rep.bytes);
-                Stats::add(&self.stats.copy_runs, rep.copy_runs as u64);
-            }
-            if rep.busy == 0 {
-                return Ok(total);
+        let mut pages: Vec<CpuPage> = Vec::new();
+        if n == 0 || pages.try_reserve_exact(n).is_err() {
+            return out;
+        }
+        pages.resize(n, CpuPage::Absent);
+        let req = CollectRequest {
+            start,
+            end,
+            fault: false,
+            write: false,
+            owner: None,
+        };
+        if self
+            .platform()
+            .mm()
+            .collect_pages(&req, &mut pages)
+            .is_err()
+        {
+            // Cannot tell: try every attached pagemap.
+            out.extend(self.pagemaps.read().all.values().cloned());
+            return out;
+        }
+        let set = self.pagemaps.read();
+        for p in &pages {
+            if let CpuPage::Device { pagemap, .. } = p {
+                if !out.iter().any(|q| q.id() == *pagemap) {
+                    if let Some(pm) = set.all.get(pagemap) {
+                        out.push(pm.clone());
+                    }
+                }
             }
         }
-        Err(Error::Busy)
+        out
+    }
+
+    /// Migrate every device page of the attached pagemaps in `[start, end)` back to system
+    /// memory, retrying pages that could not be isolated up to 3 times.
+    pub(crate) fn evict_interval(&self, start: u64, end: u64) -> Result<MigrateReport> {
+        let mut total = MigrateReport::default();
+        for pm in self.pagemaps_in(start, end) {
+            let mut done = false;
+            for _ in 0..EVICT_ATTEMPTS {
+                let rep = migrate::to_ram(self.platform().mm(), &pm, start, end)?;
+                total.pages = total.pages.saturating_add(rep.pages);
+                total.copy_runs = total.copy_runs.saturating_add(rep.copy_runs);
+                total.bytes = total.bytes.saturating_add(rep.bytes);
+                if rep.pages > 0 {
+                    Stats::inc(&self.stats.migrations_to_ram);
+                    Stats::add(&self.stats.bytes_to_ram, rep.bytes);
+                    Stats::add(&self.stats.copy_runs, rep.copy_runs as u64);
+                }
+                if rep.busy == 0 {
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                return Err(Error::Busy);
+            }
+        }
+        Ok(total)
     }
 
     /// Evict `range` (SPEC §7 "Evict"): migrate every device page in it back to system memory.
@@ -131,20 +252,21 @@ impl<P: Platform> Svm<P> {
 
     /// Whether the fault service should try to move `range` into device memory.
     fn wants_devmem(&self, range: &Range) -> bool {
-        if !self.config().prefer_devmem || self.pagemap.read().is_none() {
+        if !self.config().prefer_devmem || self.pagemap().is_none() {
             return false;
         }
         !range.flags().contains(RangeFlags::MIGRATE_FAILED)
     }
 
-    /// Whether every page of `range` already lives in `pm` (from the committed page state if
+    /// Whether every page of `range` already lives in device memory of `owner` (this
+    /// device's or a peer's reachable over the interconnect): from the committed page state if
     /// it is valid, else from a snapshot of the CPU page tables, which faults nothing in and
-    /// invalidates nothing).
-    fn resident_in(&self, range: &Range, pm: &Pagemap<P::Mem>) -> bool {
+    /// invalidates nothing.
+    fn resident_in_owner(&self, range: &Range, owner: OwnerId) -> bool {
         {
             let st = range.pages.lock();
             if st.valid() {
-                return st.flags().contains(PageFlags::ALL_DEVMEM) && st.pagemap() == Some(pm.id());
+                return st.flags().contains(PageFlags::ALL_DEVMEM);
             }
         }
         let n = usize::try_from(range.npages()).unwrap_or(usize::MAX);
@@ -158,12 +280,12 @@ impl<P: Platform> Svm<P> {
             end: range.end(),
             fault: false,
             write: false,
-            owner: Some(pm.owner()),
+            owner: Some(owner),
         };
         self.platform().mm().collect_pages(&req, &mut pages).is_ok()
             && pages
                 .iter()
-                .all(|p| matches!(p, CpuPage::Device { pagemap, .. } if *pagemap == pm.id()))
+                .all(|p| matches!(p, CpuPage::Device { owner: o, .. } if *o == owner))
     }
 
     /// The placement step of the fault service: migrate into device memory if wanted. Failures
@@ -174,7 +296,7 @@ impl<P: Platform> Svm<P> {
             return;
         }
         match self.pagemap() {
-            Some(pm) if !self.resident_in(range, &pm) => {}
+            Some(pm) if !self.resident_in_owner(range, pm.owner()) => {}
             _ => return,
         }
         let details = MigrateDetails {
@@ -183,7 +305,8 @@ impl<P: Platform> Svm<P> {
             } else {
                 0
             },
-            ..MigrateDetails::default()
+            can_migrate_same_pagemap: self.config().can_migrate_same_pagemap,
+            source_peer_migrates: self.config().source_peer_migrates,
         };
         let first = self.migrate_to_devmem(range, &details);
         let retry = match first {

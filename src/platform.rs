@@ -230,6 +230,20 @@ pub trait DmaMapper {
     /// The crate unmaps every mapping exactly once. *Invalidation context*: must not allocate
     /// or sleep.
     fn unmap_page(&self, addr: u64, order: u8, dir: DmaDirection);
+
+    /// Map `2^order` pages of a peer device's memory, reachable at `resource` over the
+    /// interconnect (as [`DeviceMemory::device_map`] of the page's pagemap reported), for this
+    /// device (Linux: `dma_map_resource`); returns the address this device uses. The default
+    /// refuses with [`NotSupported`](crate::Error::NotSupported) (no peer-to-peer).
+    fn map_peer(&self, resource: u64, order: u8, dir: DmaDirection) -> Result<u64> {
+        let _ = (resource, order, dir);
+        Err(crate::Error::NotSupported)
+    }
+
+    /// Unmap a mapping made by [`map_peer`](Self::map_peer). *Invalidation context*.
+    fn unmap_peer(&self, addr: u64, order: u8, dir: DmaDirection) {
+        let _ = (addr, order, dir);
+    }
 }
 
 /// The device's page tables (the driver's GPU page-table code).
@@ -432,6 +446,15 @@ pub trait DeviceMemory {
     fn copy(&self, runs: &[CopyRun]) -> core::result::Result<(), CopyError>;
     /// A monotonic clock in nanoseconds (timeslices).
     fn now_ns(&self) -> u64;
+    /// Where `2^order` pages from device frame `dpfn` are reachable by peer devices of the same
+    /// owner, and with which protocol (a value above
+    /// [`Protocol::DEVICE_LOCAL`](crate::pages::Protocol::DEVICE_LOCAL)). The importing device
+    /// then maps that resource with [`DmaMapper::map_peer`]. The default refuses with
+    /// [`NotSupported`](crate::Error::NotSupported).
+    fn device_map(&self, dpfn: u64, order: u8) -> Result<(u64, crate::pages::Protocol)> {
+        let _ = (dpfn, order);
+        Err(crate::Error::NotSupported)
+    }
 }
 
 /// A DMA mapper that maps nothing (every map fails with [`NoMem`](crate::Error::NoMem)).

@@ -1,8 +1,8 @@
 //! The [`Svm`] instance: one device mirroring one CPU address space (SPEC §1, §2, §3, §4).
 
 use crate::error::{Error, Result};
-use crate::pagemap::Pagemap;
 use crate::pages::{get_pages_loop, Commit, PageEntry, PagesCtx, RetryPolicy};
+use crate::placement::PagemapSet;
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, NotifierId, OwnerId, Platform,
     PAGE_SIZE,
@@ -47,6 +47,12 @@ pub struct SvmConfig {
     /// Minimum residency in device memory after a migration caused by an atomic fault, before
     /// a CPU fault may pull the pages back [5 ms].
     pub atomic_timeslice_ns: u64,
+    /// In device → device migrations, the source's copy engine copies (else the target's)
+    /// [false].
+    pub source_peer_migrates: bool,
+    /// Pages already in the target pagemap may be migrated again instead of making a
+    /// partly-resident range fail with `Busy` [false].
+    pub can_migrate_same_pagemap: bool,
 }
 
 /// 2 MiB.
@@ -78,6 +84,8 @@ impl SvmConfig {
             owner: None,
             prefer_devmem: false,
             atomic_timeslice_ns: 5_000_000,
+            source_peer_migrates: false,
+            can_migrate_same_pagemap: false,
         }
     }
 
@@ -175,8 +183,10 @@ pub struct Svm<P: Platform> {
     pub(crate) gc: Mutex<LinkedList<GcAdapter>>,
     closed: AtomicBool,
     pub(crate) stats: Stats,
-    /// This device's own device memory, if any.
-    pub(crate) pagemap: RwLock<Option<Arc<Pagemap<P::Mem>>>>,
+    /// This device's own device memory and the peers' it may meet.
+    pub(crate) pagemaps: RwLock<PagemapSet<P::Mem>>,
+    /// The owner set explicitly (after joining an owner registry).
+    pub(crate) owner: RwLock<Option<OwnerId>>,
 }
 
 impl<P: Platform> core::fmt::Debug for Svm<P> {
@@ -201,7 +211,8 @@ impl<P: Platform> Svm<P> {
             gc: Mutex::new(LinkedList::new(GcAdapter::new())),
             closed: AtomicBool::new(false),
             stats: Stats::default(),
-            pagemap: RwLock::new(None),
+            pagemaps: RwLock::new(PagemapSet::default()),
+            owner: RwLock::new(None),
         })
     }
 
@@ -475,6 +486,7 @@ impl<P: Platform> Svm<P> {
             &self.config.retry,
             (range.start(), range.end()),
             ctx,
+            &|pm, dpfn, order| self.resolve_device_page(pm, dpfn, order),
             || {
                 let t = self.notifiers.read();
                 self.check_range(&t, range)?;

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::platform::{
-    CopyKind, CopyRun, DmaDirection, DmaMapper, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
+    CopyKind, CopyRun, DmaDirection, DmaMapper, PagemapId, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
 use alloc::vec::Vec;
 
@@ -95,17 +95,18 @@ pub(crate) fn bus_of(chunks: &[DmaChunk], i: usize) -> Option<u64> {
     (off < (1usize << c.order)).then(|| c.bus.wrapping_add((off as u64) << PAGE_SHIFT))
 }
 
-/// Build maximal copy runs from per-slot `(kind, src, dst)` (addresses page aligned; `None`
-/// slots are skipped and break runs).
+/// Build maximal copy runs from per-slot `(engine, kind, src, dst)` (addresses page aligned;
+/// `None` slots are skipped and break runs; a run never spans two engines).
 pub(crate) fn build_runs(
-    slots: impl Iterator<Item = Option<(CopyKind, u64, u64)>>,
-    out: &mut Vec<CopyRun>,
+    slots: impl Iterator<Item = Option<(PagemapId, CopyKind, u64, u64)>>,
+    out: &mut Vec<(PagemapId, CopyRun)>,
 ) -> Result<()> {
-    let mut cur: Option<CopyRun> = None;
+    let mut cur: Option<(PagemapId, CopyRun)> = None;
     for s in slots {
         match (s, cur.as_mut()) {
-            (Some((kind, src, dst)), Some(r))
-                if r.kind == kind
+            (Some((eng, kind, src, dst)), Some((ceng, r)))
+                if *ceng == eng
+                    && r.kind == kind
                     && Some(dst) == r.dst.checked_add(r.npages.saturating_mul(PAGE_SIZE))
                     && (kind == CopyKind::ZeroDevice
                         || Some(src) == r.src.checked_add(r.npages.saturating_mul(PAGE_SIZE))) =>
@@ -117,11 +118,16 @@ pub(crate) fn build_runs(
                     out.try_reserve(1).map_err(|_| Error::NoMem)?;
                     out.push(r);
                 }
-                cur = s.map(|(kind, src, dst)| CopyRun {
-                    kind,
-                    src,
-                    dst,
-                    npages: 1,
+                cur = s.map(|(eng, kind, src, dst)| {
+                    (
+                        eng,
+                        CopyRun {
+                            kind,
+                            src,
+                            dst,
+                            npages: 1,
+                        },
+                    )
                 });
             }
         }
@@ -131,6 +137,13 @@ pub(crate) fn build_runs(
         out.push(r);
     }
     Ok(())
+}
+
+/// Total bytes of a set of runs.
+pub(crate) fn run_bytes(runs: &[(PagemapId, CopyRun)]) -> u64 {
+    runs.iter().fold(0u64, |b, (_, r)| {
+        b.saturating_add(r.npages.saturating_mul(PAGE_SIZE))
+    })
 }
 
 /// The order to install for each page of a migration to device memory starting at virtual
@@ -172,19 +185,22 @@ mod tests {
     #[test]
     fn runs_merge_contiguous_pages_only() {
         let mut out = Vec::new();
+        let e = PagemapId(0);
         let slots = [
-            Some((CopyKind::RamToDevice, 0x1000, 0x10000)),
-            Some((CopyKind::RamToDevice, 0x2000, 0x11000)),
-            Some((CopyKind::RamToDevice, 0x9000, 0x12000)),
+            Some((e, CopyKind::RamToDevice, 0x1000, 0x10000)),
+            Some((e, CopyKind::RamToDevice, 0x2000, 0x11000)),
+            Some((e, CopyKind::RamToDevice, 0x9000, 0x12000)),
             None,
-            Some((CopyKind::ZeroDevice, 0, 0x14000)),
-            Some((CopyKind::ZeroDevice, 0, 0x15000)),
+            Some((e, CopyKind::ZeroDevice, 0, 0x14000)),
+            Some((e, CopyKind::ZeroDevice, 0, 0x15000)),
+            Some((PagemapId(1), CopyKind::ZeroDevice, 0, 0x16000)),
         ];
         build_runs(slots.into_iter(), &mut out).unwrap();
-        assert_eq!(out.len(), 3);
-        assert_eq!(out[0].npages, 2);
-        assert_eq!(out[1].npages, 1);
-        assert_eq!(out[2].npages, 2);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[0].1.npages, 2);
+        assert_eq!(out[1].1.npages, 1);
+        assert_eq!(out[2].1.npages, 2);
+        assert_eq!(out[3].0, PagemapId(1), "a run never spans two engines");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! RAM (and peer device memory) → device memory, as an explicit state machine.
 
-use super::plan::{build_runs, bus_of, install_orders, map_chunks, unmap_chunks, DmaChunk};
-use super::{MigrateDetails, MigrateReport};
+use super::plan::{
+    build_runs, bus_of, install_orders, map_chunks, run_bytes, unmap_chunks, DmaChunk,
+};
+use super::{MigrateDetails, MigrateReport, Peers};
 use crate::error::{Error, Result};
 use crate::pagemap::{DevmemAlloc, Pagemap};
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
-    MigrateSelect, MigrateSrc, PAGE_SHIFT, PAGE_SIZE,
+    MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT, PAGE_SIZE,
 };
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -33,13 +35,14 @@ pub enum ToDevmemState {
 struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
     mm: &'a A,
     pm: &'a Pagemap<M>,
+    peers: Peers<'a, M>,
     details: &'a MigrateDetails,
     req: MigrateRequest,
     src: Vec<MigrateSrc>,
     dpfns: Vec<u64>,
     allocated: bool,
     chunks: Vec<DmaChunk>,
-    runs: Vec<CopyRun>,
+    runs: Vec<(PagemapId, CopyRun)>,
     error: Option<Error>,
     report: MigrateReport,
 }
@@ -62,14 +65,17 @@ pub fn to_devmem<A: AddressSpace, M: DeviceMemory>(
     end: u64,
     details: &MigrateDetails,
 ) -> Result<MigrateReport> {
-    to_devmem_traced(mm, pm, start, end, details, None)
+    to_devmem_traced(mm, pm, &|_| None, start, end, details, None)
 }
 
-/// [`to_devmem`], reporting every state entered to `trace` (tests use it to prove that each
-/// failure path restores).
+/// [`to_devmem`] with peers: device pages of the pagemaps `peers` resolves that share `pm`'s
+/// owner are migrated too, copied over the interconnect (by the source's copy engine when
+/// `details.source_peer_migrates`, else by `pm`'s); and every state entered is reported to
+/// `trace` (tests use it to prove that each failure path restores).
 pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
     mm: &A,
     pm: &Pagemap<M>,
+    peers: Peers<'_, M>,
     start: u64,
     end: u64,
     details: &MigrateDetails,
@@ -85,6 +91,7 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
     let mut m = Machine {
         mm,
         pm,
+        peers,
         details,
         req: MigrateRequest {
             start,
@@ -135,6 +142,7 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
             return ToDevmemState::Done;
         }
         let me = self.pm.id();
+        let owner = self.pm.owner();
         let (mut here, mut blocked) = (0usize, 0usize);
         for s in &self.src {
             match *s {
@@ -142,7 +150,10 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
                     here = here.saturating_add(1)
                 }
                 MigrateSrc::System { .. } | MigrateSrc::Absent => {}
-                // Peer device pages, busy pages, holes: not migratable here.
+                // A peer of the same owner: copied over the interconnect.
+                MigrateSrc::Device { pagemap, .. }
+                    if (self.peers)(pagemap).is_some_and(|p| p.owner() == owner) => {}
+                // Foreign device pages, busy pages, holes: not migratable here.
                 _ => blocked = blocked.saturating_add(1),
             }
         }
@@ -194,13 +205,23 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
     fn copy(&mut self) -> ToDevmemState {
         let chunks = &self.chunks;
         let dpfns = &self.dpfns;
+        let me = self.pm.id();
+        let peer_copies = self.details.source_peer_migrates;
         let slots = self.src.iter().enumerate().map(|(i, s)| {
             let dst = dpfns.get(i)?.checked_shl(PAGE_SHIFT)?;
             match *s {
-                MigrateSrc::System { .. } => Some((CopyKind::RamToDevice, bus_of(chunks, i)?, dst)),
-                MigrateSrc::Absent => Some((CopyKind::ZeroDevice, 0, dst)),
-                MigrateSrc::Device { dpfn, .. } => {
-                    Some((CopyKind::DeviceToDevice, dpfn.checked_shl(PAGE_SHIFT)?, dst))
+                MigrateSrc::System { .. } => {
+                    Some((me, CopyKind::RamToDevice, bus_of(chunks, i)?, dst))
+                }
+                MigrateSrc::Absent => Some((me, CopyKind::ZeroDevice, 0, dst)),
+                MigrateSrc::Device { pagemap, dpfn } => {
+                    let engine = if peer_copies { pagemap } else { me };
+                    Some((
+                        engine,
+                        CopyKind::DeviceToDevice,
+                        dpfn.checked_shl(PAGE_SHIFT)?,
+                        dst,
+                    ))
                 }
                 MigrateSrc::Skip | MigrateSrc::Busy => None,
             }
@@ -208,16 +229,37 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
         if let Err(e) = build_runs(slots, &mut self.runs) {
             return self.fail(e);
         }
-        match self.pm.mem().copy(&self.runs) {
-            Ok(()) => {
-                self.report.copy_runs = self.runs.len();
-                self.report.bytes = self.runs.iter().fold(0u64, |b, r| {
-                    b.saturating_add(r.npages.saturating_mul(PAGE_SIZE))
-                });
-                ToDevmemState::Install
-            }
-            Err(ce) => self.fail(ce.error),
+        // Hand each engine its consecutive runs as one command list.
+        let mut batch: Vec<CopyRun> = Vec::new();
+        if batch.try_reserve_exact(self.runs.len()).is_err() {
+            return self.fail(Error::NoMem);
         }
+        let mut k = 0usize;
+        while let Some(&(engine, _)) = self.runs.get(k) {
+            batch.clear();
+            batch.extend(
+                self.runs
+                    .iter()
+                    .skip(k)
+                    .take_while(|(e, _)| *e == engine)
+                    .map(|(_, r)| *r),
+            );
+            k = k.saturating_add(batch.len());
+            let res = if engine == me {
+                self.pm.mem().copy(&batch)
+            } else {
+                match (self.peers)(engine) {
+                    Some(p) => p.mem().copy(&batch),
+                    None => return self.fail(Error::Busy),
+                }
+            };
+            if let Err(ce) = res {
+                return self.fail(ce.error);
+            }
+        }
+        self.report.copy_runs = self.runs.len();
+        self.report.bytes = run_bytes(&self.runs);
+        ToDevmemState::Install
     }
 
     fn install(&mut self) -> ToDevmemState {

@@ -1,12 +1,12 @@
 //! Device memory → RAM (CPU fault or eviction), as an explicit state machine.
 
-use super::plan::{build_runs, bus_of, map_chunks, unmap_chunks, DmaChunk};
+use super::plan::{build_runs, bus_of, map_chunks, run_bytes, unmap_chunks, DmaChunk};
 use super::MigrateReport;
 use crate::error::{Error, Result};
 use crate::pagemap::Pagemap;
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
-    MigrateSelect, MigrateSrc, PAGE_SHIFT, PAGE_SIZE,
+    MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT, PAGE_SIZE,
 };
 use alloc::vec::Vec;
 
@@ -39,7 +39,7 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
     pfns: Vec<u64>,
     allocated: bool,
     chunks: Vec<DmaChunk>,
-    runs: Vec<CopyRun>,
+    runs: Vec<(PagemapId, CopyRun)>,
     error: Option<Error>,
     report: MigrateReport,
 }
@@ -167,8 +167,10 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
     fn copy(&mut self) -> ToRamState {
         let chunks = &self.chunks;
         let src = &self.src;
+        let me = self.pm.id();
         let slots = self.idx.iter().enumerate().map(|(k, &i)| match src.get(i) {
             Some(MigrateSrc::Device { dpfn, .. }) => Some((
+                me,
                 CopyKind::DeviceToRam,
                 dpfn.checked_shl(PAGE_SHIFT)?,
                 bus_of(chunks, k)?,
@@ -178,12 +180,15 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
         if let Err(e) = build_runs(slots, &mut self.runs) {
             return self.fail(e);
         }
-        match self.pm.mem().copy(&self.runs) {
+        let mut batch: Vec<CopyRun> = Vec::new();
+        if batch.try_reserve_exact(self.runs.len()).is_err() {
+            return self.fail(Error::NoMem);
+        }
+        batch.extend(self.runs.iter().map(|(_, r)| *r));
+        match self.pm.mem().copy(&batch) {
             Ok(()) => {
                 self.report.copy_runs = self.runs.len();
-                self.report.bytes = self.runs.iter().fold(0u64, |b, r| {
-                    b.saturating_add(r.npages.saturating_mul(PAGE_SIZE))
-                });
+                self.report.bytes = run_bytes(&self.runs);
                 ToRamState::Install
             }
             Err(ce) => self.fail(ce.error),

@@ -12,8 +12,10 @@
 //! only the run index lock and calls only [`DeviceMemory::release`].
 
 mod devmem;
+mod owner;
 
 pub use devmem::{DevmemAlloc, DevmemRun, PutPage};
+pub use owner::{Interconnect, OwnerRegistry, PeerId};
 
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrateReport};

@@ -91,9 +91,10 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
             }
             let mut va = r.start();
             for e in pages.entries() {
-                if e.protocol() == Protocol::SYSTEM {
+                if e.protocol() != Protocol::DEVICE_LOCAL {
+                    let peer = e.protocol() != Protocol::SYSTEM;
                     match maps.get(&e.addr()) {
-                        Some(m) if m.order == e.order() && m.dir == e.dir() => {}
+                        Some(m) if m.order == e.order() && m.dir == e.dir() && m.peer == peer => {}
                         _ => {
                             err = Some(format!("entry {e:?} at {va:#x} has no live DMA mapping"));
                             return;
@@ -131,7 +132,7 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
                     dev.id()
                 ));
             }
-            if !frames.all_live(m.pfn, m.order) {
+            if !m.peer && !frames.all_live(m.pfn, m.order) {
                 return Err(format!(
                     "dev {}: DMA mapping {addr:#x} of freed frames",
                     dev.id()
@@ -156,6 +157,25 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
                 continue;
             }
             if *proto != Protocol::SYSTEM {
+                // A peer page: the peer mapping must reach the device frame the CPU maps.
+                let io = lock(&dev.iommu);
+                let target = io
+                    .lookup(*addr)
+                    .filter(|(_, m)| m.peer)
+                    .map(|(b, m)| m.pfn + ((addr - b) >> PAGE_SHIFT));
+                let ok = target.is_some_and(|d| {
+                    st.ptes
+                        .get(vpn)
+                        .is_some_and(|c| !c.migrating && c.dev.is_some() && c.pfn == d)
+                });
+                if !ok {
+                    return Err(format!(
+                        "dev {}: page {:#x} peer-mapped to {target:?} but the CPU maps {:?}",
+                        dev.id(),
+                        vpn << PAGE_SHIFT,
+                        st.ptes.get(vpn)
+                    ));
+                }
                 continue;
             }
             let Some(cpu) = st.ptes.get(vpn) else {

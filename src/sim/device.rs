@@ -7,7 +7,7 @@ use super::world::{SimPagemapHooks, SimWorld, PAGE};
 use super::{lock, Rng};
 use crate::error::{Error, Result};
 use crate::fault::Access;
-use crate::pagemap::Pagemap;
+use crate::pagemap::{Pagemap, PeerId};
 use crate::pages::Protocol;
 use crate::platform::{
     CopyError, CopyKind, CopyRun, DeviceMemory, DevicePageTable, DmaDirection, DmaMapper, OwnerId,
@@ -30,6 +30,8 @@ pub struct DmaMapping {
     pub order: u8,
     /// Direction.
     pub dir: DmaDirection,
+    /// A peer-to-peer mapping: `pfn` is then a device frame of a peer device.
+    pub peer: bool,
 }
 
 #[derive(Debug, Default)]
@@ -208,7 +210,7 @@ pub struct SimDevice {
 impl SimDevice {
     /// A new device with id `id` on `world`.
     pub fn new(world: &Arc<SimWorld>, id: u32) -> Arc<SimDevice> {
-        Arc::new(SimDevice {
+        let dev = Arc::new(SimDevice {
             id,
             world: world.clone(),
             iommu: Mutex::new(Iommu {
@@ -222,7 +224,9 @@ impl SimDevice {
                 base: (u64::from(id) + 1) << 32,
                 ..Vram::default()
             }),
-        })
+        });
+        world.register_device(&dev);
+        dev
     }
 
     /// Give the device `pages` base pages of device memory (replacing any it had; only before
@@ -284,24 +288,48 @@ impl SimDevice {
         lock(&self.inject).alloc_fail_at = n;
     }
 
-    /// Copy one page between system memory (through this device's IOMMU) and device memory.
+    /// The device whose memory holds `dpfn`, reachable from this device (itself, or a peer
+    /// with a link).
+    fn reach(&self, dpfn: u64) -> Result<Arc<SimDevice>> {
+        let id = super::world::device_of_dpfn(dpfn);
+        if id != self.id && !self.world.has_link(self.id, id) {
+            lock(&self.vram).violations.push(std::format!(
+                "device {} reached device {id}'s memory without a link",
+                self.id
+            ));
+            return Err(Error::NoLink);
+        }
+        self.world.device(id).ok_or(Error::Fault)
+    }
+
+    /// Copy one page between system memory (through this device's IOMMU) and device memory
+    /// (this device's or, over a link, a peer's).
     fn copy_page(&self, kind: CopyKind, src: u64, dst: u64) -> Result<()> {
         let mut page = vec![0u8; PAGE];
         match kind {
             CopyKind::RamToDevice => {
                 let pfn = self.bus_to_pfn(src)?;
                 lock(&self.world.frames).read(pfn, 0, &mut page)?;
-                lock(&self.vram).write(dst >> PAGE_SHIFT, 0, &page)
+                let d = self.reach(dst >> PAGE_SHIFT)?;
+                let mut v = lock(&d.vram);
+                v.write(dst >> PAGE_SHIFT, 0, &page)
             }
             CopyKind::DeviceToRam => {
-                lock(&self.vram).read(src >> PAGE_SHIFT, 0, &mut page)?;
+                let s = self.reach(src >> PAGE_SHIFT)?;
+                lock(&s.vram).read(src >> PAGE_SHIFT, 0, &mut page)?;
                 let pfn = self.bus_to_pfn(dst)?;
                 lock(&self.world.frames).write(pfn, 0, &page)
             }
-            CopyKind::ZeroDevice => lock(&self.vram).write(dst >> PAGE_SHIFT, 0, &page),
+            CopyKind::ZeroDevice => {
+                let d = self.reach(dst >> PAGE_SHIFT)?;
+                let mut v = lock(&d.vram);
+                v.write(dst >> PAGE_SHIFT, 0, &page)
+            }
             CopyKind::DeviceToDevice => {
-                let mut v = lock(&self.vram);
-                v.read(src >> PAGE_SHIFT, 0, &mut page)?;
+                let s = self.reach(src >> PAGE_SHIFT)?;
+                lock(&s.vram).read(src >> PAGE_SHIFT, 0, &mut page)?;
+                let d = self.reach(dst >> PAGE_SHIFT)?;
+                let mut v = lock(&d.vram);
                 v.write(dst >> PAGE_SHIFT, 0, &page)
             }
         }
@@ -394,15 +422,59 @@ impl DmaMapper for SimDevice {
         let size = PAGE_SIZE << order;
         let iova = io.next_iova.next_multiple_of(size);
         io.next_iova = iova + size;
-        io.maps.insert(iova, DmaMapping { pfn, order, dir });
+        io.maps.insert(
+            iova,
+            DmaMapping {
+                pfn,
+                order,
+                dir,
+                peer: false,
+            },
+        );
         io.total_maps += 1;
         Ok(iova)
     }
 
     fn unmap_page(&self, addr: u64, order: u8, dir: DmaDirection) {
+        self.unmap_any(addr, order, dir, false);
+    }
+
+    fn map_peer(&self, resource: u64, order: u8, dir: DmaDirection) -> Result<u64> {
+        let dpfn = resource >> PAGE_SHIFT;
+        let owner_dev = super::world::device_of_dpfn(dpfn);
+        if !self.world.has_link(self.id, owner_dev) || owner_dev == self.id {
+            lock(&self.iommu).violations.push(std::format!(
+                "peer map of device {owner_dev}'s frame {dpfn:#x} without a link"
+            ));
+            return Err(Error::NoLink);
+        }
+        let mut io = lock(&self.iommu);
+        let size = PAGE_SIZE << order;
+        let iova = io.next_iova.next_multiple_of(size);
+        io.next_iova = iova + size;
+        io.maps.insert(
+            iova,
+            DmaMapping {
+                pfn: dpfn,
+                order,
+                dir,
+                peer: true,
+            },
+        );
+        io.total_maps += 1;
+        Ok(iova)
+    }
+
+    fn unmap_peer(&self, addr: u64, order: u8, dir: DmaDirection) {
+        self.unmap_any(addr, order, dir, true);
+    }
+}
+
+impl SimDevice {
+    fn unmap_any(&self, addr: u64, order: u8, dir: DmaDirection, peer: bool) {
         let mut io = lock(&self.iommu);
         match io.maps.get(&addr).copied() {
-            Some(m) if m.order == order && m.dir == dir => {
+            Some(m) if m.order == order && m.dir == dir && m.peer == peer => {
                 io.maps.remove(&addr);
                 io.total_unmaps += 1;
             }
@@ -505,7 +577,14 @@ impl DeviceMemory for SimDevmem {
     fn now_ns(&self) -> u64 {
         self.0.world.now_ns()
     }
+    fn device_map(&self, dpfn: u64, order: u8) -> Result<(u64, Protocol)> {
+        let _ = order;
+        Ok((dpfn << PAGE_SHIFT, SIM_P2P))
+    }
 }
+
+/// The simulator's peer-to-peer protocol number.
+pub const SIM_P2P: Protocol = Protocol(2);
 
 impl SimPagemapHooks for Pagemap<SimDevmem> {
     fn page_free(&self, dpfn: u64) {
@@ -574,11 +653,73 @@ impl SimGpu {
         let svm = Arc::new(Svm::new(platform, config)?);
         let weak: std::sync::Weak<Svm<SimPlatform>> = Arc::downgrade(&svm);
         mm.set_sink(slot, weak);
+        // Meet the pagemaps of the devices already on the machine.
+        for pm in mm.world().pagemaps() {
+            svm.attach_pagemap(pm);
+        }
+        mm.world().register_gpu(&svm);
         Ok(SimGpu {
             svm,
             dev,
             mm: mm.clone(),
         })
+    }
+
+    /// A device `id` that joins the machine's owner registry ([`SimWorld::owners`]): it shares
+    /// an owner with the devices it has links to (see [`SimWorld::link`]). With
+    /// `vram_pages > 0` it gets device memory and prefers it for faulting ranges.
+    pub fn join(mm: &Arc<SimMm>, id: u32, vram_pages: u64) -> Result<SimGpu> {
+        let mut cfg = SvmConfig::new(0, 1 << 47);
+        cfg.prefer_devmem = vram_pages > 0;
+        SimGpu::join_with(mm, id, vram_pages, cfg)
+    }
+
+    /// [`SimGpu::join`] with a configuration.
+    pub fn join_with(mm: &Arc<SimMm>, id: u32, vram_pages: u64, cfg: SvmConfig) -> Result<SimGpu> {
+        let gpu = SimGpu::new(mm, id, cfg)?;
+        let world = mm.world();
+        let owner = world.owners.join(PeerId(2 * u64::from(id) + 1))?;
+        gpu.svm.set_owner(Some(owner));
+        if vram_pages > 0 {
+            let pm_owner = match world.owners.join(PeerId(2 * u64::from(id))) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = world.owners.leave(PeerId(2 * u64::from(id) + 1));
+                    return Err(e);
+                }
+            };
+            gpu.add_devmem(vram_pages, pm_owner.0);
+        }
+        Ok(gpu)
+    }
+
+    /// Tear the device down while others may still map its pages: move every page of its
+    /// device memory back to system memory (which invalidates the peers' mappings), detach
+    /// its pagemap everywhere, close its `Svm`, and leave the owner registry.
+    pub fn teardown(&self) -> Result<()> {
+        let world = self.mm.world().clone();
+        if let Some(pm) = self.svm.pagemap() {
+            let view = self.mm.view(usize::MAX);
+            for _ in 0..8 {
+                for a in pm.allocations() {
+                    let (s, e) = a.va();
+                    crate::migrate::to_ram(&view, &pm, s, e)?;
+                }
+                if pm.live_allocations() == 0 {
+                    break;
+                }
+            }
+            if pm.live_allocations() != 0 {
+                return Err(Error::Busy);
+            }
+            world.forget_pagemap(pm.id());
+            self.svm.set_pagemap(None);
+        }
+        self.svm.close();
+        world.forget_gpu(&self.svm);
+        let _ = world.owners.leave(PeerId(2 * u64::from(self.dev.id())));
+        let _ = world.owners.leave(PeerId(2 * u64::from(self.dev.id()) + 1));
+        Ok(())
     }
 
     /// A device `id` with `vram_pages` pages of device memory in a pagemap of owner `owner`
@@ -600,9 +741,10 @@ impl SimGpu {
             OwnerId(owner),
             SimDevmem(self.dev.clone()),
         );
-        self.mm
-            .world()
-            .register_pagemap(pm.id(), pm.clone() as Arc<dyn SimPagemapHooks>);
+        let world = self.mm.world();
+        let hooks: Arc<dyn SimPagemapHooks> = pm.clone();
+        world.register_pagemap(pm.id(), &hooks);
+        world.add_pagemap(pm.clone());
         self.svm.set_pagemap(Some(pm.clone()));
         pm
     }
@@ -663,6 +805,30 @@ impl SimGpu {
                             ));
                             return Err(Error::Fault);
                         }
+                        let old = u64::from_le_bytes(b);
+                        if let Some(new) = op(old) {
+                            v.write(dpfn, off, &new.to_le_bytes())?;
+                        }
+                        return Ok(old);
+                    }
+                    if (access == Access::Read || p.writable) && p.proto == SIM_P2P {
+                        let target = {
+                            let io = lock(&self.dev.iommu);
+                            io.lookup(p.addr)
+                                .filter(|(_, m)| m.peer)
+                                .map(|(b, m)| m.pfn + ((p.addr - b) >> PAGE_SHIFT))
+                        };
+                        let Some(dpfn) = target else {
+                            lock(&self.dev.iommu).violations.push(std::format!(
+                                "device access through dead peer mapping {:#x} at {addr:#x}",
+                                p.addr
+                            ));
+                            return Err(Error::Fault);
+                        };
+                        let peer = self.dev.reach(dpfn)?;
+                        let mut v = lock(&peer.vram);
+                        let mut b = [0u8; 8];
+                        v.read(dpfn, off, &mut b)?;
                         let old = u64::from_le_bytes(b);
                         if let Some(new) = op(old) {
                             v.write(dpfn, off, &new.to_le_bytes())?;

@@ -1,11 +1,17 @@
 //! The simulated machine: system RAM frames with real contents and a deterministic clock.
 
+use super::device::{SimDevice, SimDevmem, SimPlatform};
 use super::lock;
 use crate::error::{Error, Result};
+use crate::pagemap::Pagemap;
+use crate::pagemap::{Interconnect, OwnerRegistry, PeerId};
 use crate::platform::{PagemapId, PAGE_SIZE};
+use crate::Svm;
 use std::boxed::Box;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
 use std::sync::{Arc, Mutex};
 use std::vec;
 use std::vec::Vec;
@@ -103,6 +109,29 @@ impl Frames {
     }
 }
 
+/// The device a simulated device frame belongs to (device frames are `(id + 1) << 32 + n`).
+pub fn device_of_dpfn(dpfn: u64) -> u32 {
+    ((dpfn >> 32).saturating_sub(1)) as u32
+}
+
+/// The interconnect predicate of [`SimWorld::owners`].
+#[derive(Debug, Clone)]
+pub struct LinkPredicate(Arc<Mutex<BTreeSet<(u32, u32)>>>);
+
+impl LinkPredicate {
+    /// Whether peers `a` and `b` (see [`SimWorld::owners`]) have a fast interconnect.
+    pub fn linked(&self, a: PeerId, b: PeerId) -> bool {
+        let (x, y) = ((a.0 / 2) as u32, (b.0 / 2) as u32);
+        x == y || lock(&self.0).contains(&(x.min(y), x.max(y)))
+    }
+}
+
+impl Interconnect for LinkPredicate {
+    fn has_interconnect(&self, a: PeerId, b: PeerId) -> bool {
+        self.linked(a, b)
+    }
+}
+
 /// The CPU-side callbacks of a pagemap (Linux `dev_pagemap_ops`): what the CPU page-table
 /// code calls when it frees a device-private page or faults on one.
 pub trait SimPagemapHooks: Send + Sync + core::fmt::Debug {
@@ -117,7 +146,15 @@ pub trait SimPagemapHooks: Send + Sync + core::fmt::Debug {
 #[derive(Debug)]
 pub struct SimWorld {
     pub(crate) frames: Mutex<Frames>,
-    hooks: Mutex<HashMap<PagemapId, Arc<dyn SimPagemapHooks>>>,
+    hooks: Mutex<HashMap<PagemapId, Weak<dyn SimPagemapHooks>>>,
+    devices: Mutex<HashMap<u32, Weak<SimDevice>>>,
+    gpus: Mutex<Vec<Weak<Svm<SimPlatform>>>>,
+    pagemaps: Mutex<Vec<Weak<Pagemap<SimDevmem>>>>,
+    links: Arc<Mutex<BTreeSet<(u32, u32)>>>,
+    /// The owner registry every simulated device joins (peers: `2*id` for a device's pagemap,
+    /// `2*id+1` for its `Svm`; two peers have an interconnect if they are on the same device or
+    /// on linked devices).
+    pub owners: OwnerRegistry<LinkPredicate>,
     clock: AtomicU64,
     clock_step: AtomicU64,
 }
@@ -125,17 +162,79 @@ pub struct SimWorld {
 impl SimWorld {
     /// A new machine with unlimited RAM and a clock that advances 1 µs per reading.
     pub fn new() -> Arc<SimWorld> {
+        let links: Arc<Mutex<BTreeSet<(u32, u32)>>> = Arc::default();
         Arc::new(SimWorld {
             frames: Mutex::new(Frames::default()),
             hooks: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
+            gpus: Mutex::new(Vec::new()),
+            pagemaps: Mutex::new(Vec::new()),
+            links: links.clone(),
+            owners: OwnerRegistry::new(LinkPredicate(links)),
             clock: AtomicU64::new(0),
             clock_step: AtomicU64::new(1_000),
         })
     }
 
+    /// Connect devices `a` and `b` with a fast interconnect (symmetric).
+    pub fn link(&self, a: u32, b: u32) {
+        lock(&self.links).insert((a.min(b), a.max(b)));
+    }
+
+    /// Whether devices `a` and `b` share a fast interconnect (a device always reaches itself).
+    pub fn has_link(&self, a: u32, b: u32) -> bool {
+        a == b || lock(&self.links).contains(&(a.min(b), a.max(b)))
+    }
+
+    pub(crate) fn register_gpu(&self, svm: &Arc<Svm<SimPlatform>>) {
+        lock(&self.gpus).push(Arc::downgrade(svm));
+    }
+
+    pub(crate) fn forget_gpu(&self, svm: &Arc<Svm<SimPlatform>>) {
+        lock(&self.gpus).retain(|w| w.upgrade().is_some_and(|s| !Arc::ptr_eq(&s, svm)));
+    }
+
+    fn live_gpus(&self) -> Vec<Arc<Svm<SimPlatform>>> {
+        lock(&self.gpus).iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The pagemaps of the machine's devices.
+    pub fn pagemaps(&self) -> Vec<Arc<Pagemap<SimDevmem>>> {
+        lock(&self.pagemaps)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// A new device pagemap: every device's `Svm` attaches it.
+    pub(crate) fn add_pagemap(&self, pm: Arc<Pagemap<SimDevmem>>) {
+        lock(&self.pagemaps).push(Arc::downgrade(&pm));
+        for g in self.live_gpus() {
+            g.attach_pagemap(pm.clone());
+        }
+    }
+
+    /// A pagemap goes away: every `Svm` detaches it; its CPU callbacks are removed.
+    pub(crate) fn forget_pagemap(&self, id: PagemapId) {
+        lock(&self.pagemaps).retain(|p| p.upgrade().is_some_and(|p| p.id() != id));
+        for g in self.live_gpus() {
+            let _ = g.detach_pagemap(id);
+        }
+        self.unregister_pagemap(id);
+    }
+
+    pub(crate) fn register_device(&self, dev: &Arc<SimDevice>) {
+        lock(&self.devices).insert(dev.id(), Arc::downgrade(dev));
+    }
+
+    /// The device `id`, if alive.
+    pub fn device(&self, id: u32) -> Option<Arc<SimDevice>> {
+        lock(&self.devices).get(&id).and_then(Weak::upgrade)
+    }
+
     /// Register the CPU-side callbacks of a pagemap (what Linux's `dev_pagemap_ops` are).
-    pub fn register_pagemap(&self, id: PagemapId, hooks: Arc<dyn SimPagemapHooks>) {
-        lock(&self.hooks).insert(id, hooks);
+    pub fn register_pagemap(&self, id: PagemapId, hooks: &Arc<dyn SimPagemapHooks>) {
+        lock(&self.hooks).insert(id, Arc::downgrade(hooks));
     }
 
     /// Remove a pagemap's callbacks.
@@ -144,7 +243,7 @@ impl SimWorld {
     }
 
     pub(crate) fn pagemap_hooks(&self, id: PagemapId) -> Option<Arc<dyn SimPagemapHooks>> {
-        lock(&self.hooks).get(&id).cloned()
+        lock(&self.hooks).get(&id).and_then(Weak::upgrade)
     }
 
     /// Read the clock (advances it by the step).

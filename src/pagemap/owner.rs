@@ -1,0 +1,181 @@
+//! The owner registry (SPEC §6 "Owners / interconnect"): peers — pagemaps and `Svm` instances —
+//! join a list with a symmetric `has_interconnect` predicate and are grouped under owners.
+//! Device-private pages are directly usable (no migration) by every peer of the same owner.
+//!
+//! Join rule: a joining peer adopts the owner of the first group (oldest first) all of whose
+//! members have a fast interconnect with it; otherwise it starts a new owner. Leaving drops the
+//! peer's reference; an owner dies with its last peer (its id is never reused).
+//!
+//! Locking: one spin lock around the group list; the predicate is called with it held, so it
+//! must not call back into the registry.
+
+use crate::error::{Error, Result};
+use crate::platform::OwnerId;
+use crate::sync::Mutex;
+use alloc::vec::Vec;
+
+/// Identifies a peer in an [`OwnerRegistry`] (chosen by the driver, unique per registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// The symmetric "fast interconnect" predicate of an [`OwnerRegistry`]. Implemented by every
+/// `Fn(PeerId, PeerId) -> bool`.
+pub trait Interconnect {
+    /// Whether `a` and `b` share a fast interconnect.
+    fn has_interconnect(&self, a: PeerId, b: PeerId) -> bool;
+}
+
+impl<F: Fn(PeerId, PeerId) -> bool> Interconnect for F {
+    fn has_interconnect(&self, a: PeerId, b: PeerId) -> bool {
+        self(a, b)
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    owner: OwnerId,
+    members: Vec<PeerId>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    groups: Vec<Group>,
+    next: u32,
+}
+
+/// The owner registry (see the module docs).
+///
+/// ```
+/// use gpusvm::pagemap::{OwnerRegistry, PeerId};
+/// // Peers 0 and 1 share a link; 2 has none.
+/// let reg = OwnerRegistry::new(|a: PeerId, b: PeerId| a.0 < 2 && b.0 < 2 || a == b);
+/// let o0 = reg.join(PeerId(0)).unwrap();
+/// let o1 = reg.join(PeerId(1)).unwrap();
+/// let o2 = reg.join(PeerId(2)).unwrap();
+/// assert_eq!(o0, o1);
+/// assert_ne!(o0, o2);
+/// reg.leave(PeerId(2)).unwrap();
+/// assert_eq!(reg.owner_of(PeerId(2)), None);
+/// ```
+#[derive(Debug)]
+pub struct OwnerRegistry<F> {
+    inner: Mutex<Inner>,
+    has_interconnect: F,
+}
+
+impl<F: Interconnect> OwnerRegistry<F> {
+    /// An empty registry with the symmetric predicate `has_interconnect`.
+    pub fn new(has_interconnect: F) -> Self {
+        OwnerRegistry {
+            inner: Mutex::new(Inner::default()),
+            has_interconnect,
+        }
+    }
+
+    /// Join: returns the owner the peer now belongs to.
+    ///
+    /// Errors: [`Error::Invalid`] if the peer already joined; [`Error::NoMem`]; on error
+    /// nothing changes.
+    pub fn join(&self, peer: PeerId) -> Result<OwnerId> {
+        let mut g = self.inner.lock();
+        if g.groups.iter().any(|gr| gr.members.contains(&peer)) {
+            return Err(Error::Invalid);
+        }
+        let pick = g.groups.iter().position(|gr| {
+            gr.members.iter().all(|&m| {
+                self.has_interconnect.has_interconnect(m, peer)
+                    && self.has_interconnect.has_interconnect(peer, m)
+            })
+        });
+        match pick.and_then(|i| g.groups.get_mut(i)) {
+            Some(gr) => {
+                gr.members.try_reserve(1).map_err(|_| Error::NoMem)?;
+                gr.members.push(peer);
+                Ok(gr.owner)
+            }
+            None => {
+                let owner = OwnerId(g.next);
+                let next = g.next.checked_add(1).ok_or(Error::NoMem)?;
+                let mut members = Vec::new();
+                members.try_reserve(1).map_err(|_| Error::NoMem)?;
+                members.push(peer);
+                g.groups.try_reserve(1).map_err(|_| Error::NoMem)?;
+                g.groups.push(Group { owner, members });
+                g.next = next;
+                Ok(owner)
+            }
+        }
+    }
+
+    /// Leave: the peer drops its reference to its owner; the owner dies with its last peer.
+    /// Returns the owner it left. Errors: [`Error::Invalid`] if the peer is not a member.
+    pub fn leave(&self, peer: PeerId) -> Result<OwnerId> {
+        let mut g = self.inner.lock();
+        let i = g
+            .groups
+            .iter()
+            .position(|gr| gr.members.contains(&peer))
+            .ok_or(Error::Invalid)?;
+        let gr = g.groups.get_mut(i).ok_or(Error::Invalid)?;
+        gr.members.retain(|&m| m != peer);
+        let owner = gr.owner;
+        if gr.members.is_empty() {
+            g.groups.remove(i);
+        }
+        Ok(owner)
+    }
+
+    /// The owner of `peer`, if it is a member.
+    pub fn owner_of(&self, peer: PeerId) -> Option<OwnerId> {
+        let g = self.inner.lock();
+        g.groups
+            .iter()
+            .find(|gr| gr.members.contains(&peer))
+            .map(|gr| gr.owner)
+    }
+
+    /// The members of `owner` (empty if it is dead).
+    pub fn members(&self, owner: OwnerId) -> Vec<PeerId> {
+        let g = self.inner.lock();
+        g.groups
+            .iter()
+            .find(|gr| gr.owner == owner)
+            .map(|gr| gr.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of live owners.
+    pub fn owners(&self) -> usize {
+        self.inner.lock().groups.len()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_rule_requires_a_link_to_every_member() {
+        // 0-1, 1-2 linked; 0-2 not.
+        let link = |a: PeerId, b: PeerId| {
+            let (x, y) = (a.0.min(b.0), a.0.max(b.0));
+            x == y || (x, y) == (0, 1) || (x, y) == (1, 2)
+        };
+        let r = OwnerRegistry::new(link);
+        let o0 = r.join(PeerId(0)).unwrap();
+        let o1 = r.join(PeerId(1)).unwrap();
+        assert_eq!(o0, o1);
+        let o2 = r.join(PeerId(2)).unwrap();
+        assert_ne!(o2, o0, "2 lacks a link to 0, a member of the first group");
+        assert_eq!(r.owners(), 2);
+        assert_eq!(r.join(PeerId(1)), Err(Error::Invalid));
+        assert_eq!(r.leave(PeerId(0)), Ok(o0));
+        assert_eq!(r.members(o0), [PeerId(1)]);
+        assert_eq!(r.leave(PeerId(1)), Ok(o0));
+        assert_eq!(r.owners(), 1, "owner dies with its last peer");
+        assert_eq!(r.leave(PeerId(1)), Err(Error::Invalid));
+        // A new peer never gets a dead owner's id.
+        let o3 = r.join(PeerId(3)).unwrap();
+        assert!(o3 != o0 && o3 != o2);
+    }
+}
