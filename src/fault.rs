@@ -8,7 +8,8 @@
 use crate::error::{Error, Result};
 use crate::pages::{PageEntry, PagesCtx};
 use crate::platform::{AddressSpace, Platform};
-use crate::range::Range;
+use crate::policy::{self, DecisionInput, DeviceCaps, MigrationPolicy, RangeHistory};
+use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::{Svm, Window};
 use alloc::sync::Arc;
@@ -61,18 +62,60 @@ impl<P: Platform> Svm<P> {
         });
         self.gc_run();
         let mut attempts = 0u32;
+        let mut devmem_tries = 0u32;
         loop {
             let vma = self.platform().mm().find_vma(addr).ok_or(Error::Fault)?;
             if access.writes() && !vma.writable() {
                 return Err(Error::Perm);
             }
-            let ctx = PagesCtx {
+            let attrs = self.attrs_at(addr);
+            let mut ctx = PagesCtx {
                 read_only: !vma.writable(),
                 owner: self.owner(),
                 ..PagesCtx::default()
             };
             let range = self.find_or_insert(addr, window, &ctx)?;
-            self.place(&range, access);
+            let dec = policy::decide(
+                &DecisionInput {
+                    range_size: range.size(),
+                    access,
+                    attrs,
+                    caps: DeviceCaps {
+                        has_devmem: self.pagemap().is_some(),
+                        default_to_devmem: self.config().prefer_devmem,
+                    },
+                    history: RangeHistory {
+                        migrate_failed: range.flags().contains(RangeFlags::MIGRATE_FAILED),
+                    },
+                },
+                &self.config().policy,
+            )?;
+            if !dec.collect_owner {
+                ctx.owner = None;
+            }
+            ctx.devmem_only = dec.devmem_only;
+            if let Some(target) = dec.migrate_to {
+                let keep_device_pages = attrs.migration == MigrationPolicy::SystemPagesOnly
+                    && !dec.devmem_only
+                    && self.has_device_pages(&range);
+                if keep_device_pages {
+                    // Only system pages may move, and this range already has device pages:
+                    // leave it where it is and map it mixed.
+                    ctx.allow_mixed = true;
+                } else {
+                    let timeslice = if access == Access::Atomic {
+                        self.config()
+                            .atomic_timeslice_ns
+                            .checked_shl(devmem_tries)
+                            .unwrap_or(u64::MAX)
+                    } else {
+                        0
+                    };
+                    // A failure falls back to system memory (the range is marked
+                    // MIGRATE_FAILED); with devmem_only the collection below refuses it.
+                    let _ = self.place_in(&range, target, timeslice);
+                }
+            }
             let mut got = self.get_pages(&range, &ctx);
             if got == Err(Error::NotSupported) {
                 // Mixed pages: evict the range to system memory and collect once more.
@@ -86,6 +129,13 @@ impl<P: Platform> Svm<P> {
                     attempts = attempts.saturating_add(1);
                     Stats::inc(&self.stats.retries);
                     self.gc_run();
+                }
+                Err(Error::Fault)
+                    if dec.devmem_only
+                        && devmem_tries < self.config().policy.devmem_only_retries =>
+                {
+                    devmem_tries = devmem_tries.saturating_add(1);
+                    Stats::inc(&self.stats.devmem_retries);
                 }
                 Err(e) => return Err(e),
             }

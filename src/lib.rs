@@ -52,6 +52,7 @@ pub mod pagemap;
 pub mod pages;
 mod placement;
 pub mod platform;
+pub mod policy;
 pub mod range;
 #[cfg(feature = "sim")]
 pub mod sim;

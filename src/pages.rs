@@ -203,6 +203,8 @@ impl PageState {
         self.valid()
             && (ctx.read_only || self.flags.contains(PageFlags::WRITABLE))
             && (!ctx.devmem_only || self.flags.contains(PageFlags::ALL_DEVMEM))
+            // Without an owner every device page must come back to system memory.
+            && (ctx.owner.is_some() || !self.flags.contains(PageFlags::HAS_DEVMEM_PAGES))
     }
 
     /// The committed entries (meaningful only while [`valid`](Self::valid)).

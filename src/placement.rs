@@ -2,7 +2,6 @@
 //! (migrate a range in, evict it, make room), and the fault service's placement step.
 
 use crate::error::{Error, Result};
-use crate::fault::Access;
 use crate::migrate::{self, MigrateDetails, MigrateReport};
 use crate::pagemap::Pagemap;
 use crate::pages::DevicePlace;
@@ -10,6 +9,7 @@ use crate::pages::PageFlags;
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DeviceMemory, OwnerId, PagemapId, Platform,
 };
+use crate::policy::DeviceTarget;
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
@@ -122,12 +122,23 @@ impl<P: Platform> Svm<P> {
         range: &Range,
         details: &MigrateDetails,
     ) -> Result<MigrateReport> {
+        let pm = self.pagemap().ok_or(Error::NotSupported)?;
+        self.migrate_range(range, &pm, details)
+    }
+
+    /// Migrate `range` into `pm` (any attached pagemap of this device's owner), copying pages
+    /// of peers over the interconnect.
+    pub(crate) fn migrate_range(
+        &self,
+        range: &Range,
+        pm: &Pagemap<P::Mem>,
+        details: &MigrateDetails,
+    ) -> Result<MigrateReport> {
         self.check_open()?;
         self.check_live(range)?;
-        let pm = self.pagemap().ok_or(Error::NotSupported)?;
         let r = migrate::to_devmem_traced(
             self.platform().mm(),
-            &pm,
+            pm,
             &|id| self.pagemap_by_id(id),
             range.start(),
             range.end(),
@@ -250,25 +261,51 @@ impl<P: Platform> Svm<P> {
         }
     }
 
-    /// Whether the fault service should try to move `range` into device memory.
-    fn wants_devmem(&self, range: &Range) -> bool {
-        if !self.config().prefer_devmem || self.pagemap().is_none() {
-            return false;
+    /// The pagemap a target names, if it is attached and shares this device's owner.
+    pub(crate) fn target_pagemap(&self, target: DeviceTarget) -> Option<Arc<Pagemap<P::Mem>>> {
+        match target {
+            DeviceTarget::Local => self.pagemap(),
+            DeviceTarget::Pagemap(id) => self
+                .pagemap_by_id(id)
+                .filter(|pm| Some(pm.owner()) == self.owner()),
         }
-        !range.flags().contains(RangeFlags::MIGRATE_FAILED)
     }
 
-    /// Whether every page of `range` already lives in device memory of `owner` (this
-    /// device's or a peer's reachable over the interconnect): from the committed page state if
-    /// it is valid, else from a snapshot of the CPU page tables, which faults nothing in and
-    /// invalidates nothing.
-    fn resident_in_owner(&self, range: &Range, owner: OwnerId) -> bool {
+    /// Whether every page of `range` already lives where `target` wants it: for `Local`, in
+    /// device memory of the owner (this device's or a peer's reachable over the interconnect);
+    /// for `Pagemap(id)`, in that pagemap. From the committed page state if it is valid, else
+    /// from a snapshot of the CPU page tables, which faults nothing in and invalidates nothing.
+    pub(crate) fn resident(&self, range: &Range, target: DeviceTarget, owner: OwnerId) -> bool {
         {
             let st = range.pages.lock();
             if st.valid() {
-                return st.flags().contains(PageFlags::ALL_DEVMEM);
+                return st.flags().contains(PageFlags::ALL_DEVMEM)
+                    && match target {
+                        DeviceTarget::Local => true,
+                        DeviceTarget::Pagemap(id) => st.pagemap() == Some(id),
+                    };
             }
         }
+        self.snapshot_all(range, Some(owner), |p| match (p, target) {
+            (CpuPage::Device { owner: o, .. }, DeviceTarget::Local) => *o == owner,
+            (CpuPage::Device { pagemap, .. }, DeviceTarget::Pagemap(id)) => *pagemap == id,
+            _ => false,
+        })
+    }
+
+    /// Whether some page of `range` is in device memory (snapshot).
+    pub(crate) fn has_device_pages(&self, range: &Range) -> bool {
+        !self.snapshot_all(range, None, |p| !matches!(p, CpuPage::Device { .. }))
+    }
+
+    /// Snapshot the CPU pages of `range` (no faulting) and test `f` on all of them. `false` if
+    /// the snapshot fails.
+    fn snapshot_all(
+        &self,
+        range: &Range,
+        owner: Option<OwnerId>,
+        f: impl Fn(&CpuPage) -> bool,
+    ) -> bool {
         let n = usize::try_from(range.npages()).unwrap_or(usize::MAX);
         let mut pages: Vec<CpuPage> = Vec::new();
         if pages.try_reserve_exact(n).is_err() {
@@ -280,44 +317,51 @@ impl<P: Platform> Svm<P> {
             end: range.end(),
             fault: false,
             write: false,
-            owner: Some(owner),
+            owner,
         };
-        self.platform().mm().collect_pages(&req, &mut pages).is_ok()
-            && pages
-                .iter()
-                .all(|p| matches!(p, CpuPage::Device { owner: o, .. } if *o == owner))
+        self.platform().mm().collect_pages(&req, &mut pages).is_ok() && pages.iter().all(f)
     }
 
-    /// The placement step of the fault service: migrate into device memory if wanted. Failures
-    /// fall back to system memory ("migrate once": the range is not tried again): `Busy` evicts
-    /// the range and retries once; `NoMem` evicts another range and retries once.
-    pub(crate) fn place(&self, range: &Range, access: Access) {
-        if !self.wants_devmem(range) {
-            return;
-        }
-        match self.pagemap() {
-            Some(pm) if !self.resident_in_owner(range, pm.owner()) => {}
-            _ => return,
+    /// Move `range` into the device memory `target` names (SPEC §7 populate, with the fault
+    /// service's recovery): nothing to do if it is already there; `Busy` evicts the range to
+    /// system memory and retries once; `NoMem` evicts another range and retries once. A final
+    /// failure marks the range `MIGRATE_FAILED` ("migrate once") and is returned; the range's
+    /// data stays intact wherever it is.
+    ///
+    /// Errors: [`Error::NoLink`] if the target pagemap is not attached or not of this device's
+    /// owner; [`Error::NotSupported`] without device memory; those of the migration.
+    pub fn place_in(&self, range: &Range, target: DeviceTarget, timeslice_ns: u64) -> Result<()> {
+        let pm = match (target, self.target_pagemap(target)) {
+            (_, Some(pm)) => pm,
+            (DeviceTarget::Local, None) => return Err(Error::NotSupported),
+            (DeviceTarget::Pagemap(_), None) => return Err(Error::NoLink),
+        };
+        if self.resident(range, target, pm.owner()) {
+            return Ok(());
         }
         let details = MigrateDetails {
-            timeslice_ns: if access == Access::Atomic {
-                self.config().atomic_timeslice_ns
-            } else {
-                0
-            },
+            timeslice_ns,
             can_migrate_same_pagemap: self.config().can_migrate_same_pagemap,
             source_peer_migrates: self.config().source_peer_migrates,
         };
-        let first = self.migrate_to_devmem(range, &details);
+        let first = self.migrate_range(range, &pm, &details);
         let retry = match first {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err(Error::Busy) => self.evict(range).is_ok(),
             Err(Error::NoMem) => self.evict_one_other(range),
             Err(_) => false,
         };
-        if retry && self.migrate_to_devmem(range, &details).is_ok() {
-            return;
+        let second = if retry {
+            self.migrate_range(range, &pm, &details)
+        } else {
+            first
+        };
+        match second {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                range.set_flags(RangeFlags::MIGRATE_FAILED);
+                Err(e)
+            }
         }
-        range.set_flags(RangeFlags::MIGRATE_FAILED);
     }
 }

@@ -59,6 +59,12 @@ counters! {
     evictions,
     /// Migrations to device memory that failed (the range then stays in system memory).
     migrate_failures,
+    /// Faults that required device memory and migrated again (the `devmem_only` budget).
+    devmem_retries,
+    /// Prefetches served.
+    prefetches,
+    /// Attribute changes applied.
+    attr_changes,
 }
 
 impl Stats {

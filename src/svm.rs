@@ -7,6 +7,7 @@ use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, NotifierId, OwnerId, Platform,
     PAGE_SIZE,
 };
+use crate::policy::{AttrStore, PolicyConfig};
 use crate::range::{
     check_chunk_sizes, select_chunk, ChunkQuery, GcAdapter, Notifier, NotifierTree, Range,
     RangeFlags,
@@ -53,6 +54,8 @@ pub struct SvmConfig {
     /// Pages already in the target pagemap may be migrated again instead of making a
     /// partly-resident range fail with `Busy` [false].
     pub can_migrate_same_pagemap: bool,
+    /// Thresholds and budgets of the policy engine.
+    pub policy: PolicyConfig,
 }
 
 /// 2 MiB.
@@ -86,6 +89,7 @@ impl SvmConfig {
             atomic_timeslice_ns: 5_000_000,
             source_peer_migrates: false,
             can_migrate_same_pagemap: false,
+            policy: PolicyConfig::default(),
         }
     }
 
@@ -187,6 +191,8 @@ pub struct Svm<P: Platform> {
     pub(crate) pagemaps: RwLock<PagemapSet<P::Mem>>,
     /// The owner set explicitly (after joining an owner registry).
     pub(crate) owner: RwLock<Option<OwnerId>>,
+    /// Policy attributes per address interval.
+    pub(crate) attrs: RwLock<AttrStore>,
 }
 
 impl<P: Platform> core::fmt::Debug for Svm<P> {
@@ -213,6 +219,7 @@ impl<P: Platform> Svm<P> {
             stats: Stats::default(),
             pagemaps: RwLock::new(PagemapSet::default()),
             owner: RwLock::new(None),
+            attrs: RwLock::new(AttrStore::new()),
         })
     }
 
@@ -552,6 +559,17 @@ impl<P: Platform> Svm<P> {
         }
         range.pages.lock().unmap(self.platform.dma());
         Ok(())
+    }
+
+    /// Zap the device mappings of `range` and unmap its pages, so that the next device access
+    /// faults and re-decides placement (used when attributes change). No-op for a range that is
+    /// not in this instance.
+    pub(crate) fn clear_mappings(&self, range: &Range) {
+        let t = self.notifiers.write();
+        if Self::owns(&t, range) {
+            self.platform.page_table().zap(range.start(), range.end());
+            range.pages.lock().unmap(self.platform.dma());
+        }
     }
 
     /// SPEC `free_pages`: unmap, then release the range's page array.

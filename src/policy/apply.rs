@@ -1,0 +1,173 @@
+//! Applying policy to an [`Svm`]: setting attributes (and what that does to existing ranges),
+//! reading them, and prefetching.
+
+use super::{AttrUpdate, Attrs, DeviceTarget, PreferredLoc, RawAttr};
+use crate::error::{Error, Result};
+use crate::pages::PagesCtx;
+use crate::platform::{AddressSpace, PagemapId, Platform, PAGE_SIZE};
+use crate::range::{Range, RangeFlags};
+use crate::stats::Stats;
+use crate::svm::{Svm, Window};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// Where [`Svm::prefetch`] moves an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrefetchLoc {
+    /// System memory.
+    System,
+    /// The device's own memory.
+    Device,
+    /// A specific pagemap of the device's owner.
+    Pagemap(PagemapId),
+}
+
+/// How many times a prefetch retries a range that went away under it.
+const PREFETCH_RETRIES: u32 = 8;
+
+impl<P: Platform> Svm<P> {
+    /// `[start, start+len)` checked: non-empty, page aligned, not overflowing, inside the
+    /// mirrored interval. Returns the end.
+    fn check_interval(&self, start: u64, len: u64) -> Result<u64> {
+        if len == 0 || start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::Invalid);
+        }
+        let end = start.checked_add(len).ok_or(Error::Invalid)?;
+        let c = self.config();
+        if start < c.mm_start || end > c.mm_end() {
+            return Err(Error::Invalid);
+        }
+        Ok(end)
+    }
+
+    /// A pagemap named by policy: [`Error::Invalid`] if it is not attached,
+    /// [`Error::NoLink`] if it does not share this device's owner.
+    fn check_pagemap(&self, id: PagemapId) -> Result<()> {
+        let pm = self.pagemap_by_id(id).ok_or(Error::Invalid)?;
+        if Some(pm.owner()) != self.owner() {
+            return Err(Error::NoLink);
+        }
+        Ok(())
+    }
+
+    /// The attributes at `addr`.
+    pub fn attrs_at(&self, addr: u64) -> Attrs {
+        self.attrs.read().get(addr)
+    }
+
+    /// Set attributes on `[start, start+len)` (SPEC §8, like `madvise`).
+    ///
+    /// The interval's attributes are split at its edges and merged with equal neighbours. If
+    /// any attribute actually changed, ranges straddling an edge of the interval are evicted to
+    /// system memory and removed, and ranges inside it keep their pages but lose their device
+    /// mappings — either way the next device access refaults under the new policy.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Invalid`] for an empty, misaligned, overflowing or
+    /// out-of-range interval, an empty update, or a preferred pagemap that is not attached;
+    /// [`Error::NoLink`] for a preferred pagemap of another owner. On error nothing changes.
+    pub fn set_attrs(&self, start: u64, len: u64, update: &AttrUpdate) -> Result<()> {
+        self.check_open()?;
+        let end = self.check_interval(start, len)?;
+        if update.is_empty() {
+            return Err(Error::Invalid);
+        }
+        if let Some(PreferredLoc::Pagemap(id)) = update.preferred {
+            self.check_pagemap(id)?;
+        }
+        let changed = {
+            let mut a = self.attrs.write();
+            let changed = a.would_change(start, end, update);
+            a.set(start, end, update)?;
+            changed
+        };
+        Stats::inc(&self.stats.attr_changes);
+        if changed {
+            self.refault_under_new_policy(start, end);
+        }
+        Ok(())
+    }
+
+    /// [`set_attrs`](Self::set_attrs) from raw attribute changes (decoded all first: one bad
+    /// entry and nothing changes).
+    pub fn set_attrs_raw(&self, start: u64, len: u64, raw: &[RawAttr]) -> Result<()> {
+        let mut u = AttrUpdate::default();
+        for r in raw {
+            let d = r.decode()?;
+            u.preferred = d.preferred.or(u.preferred);
+            u.migration = d.migration.or(u.migration);
+            u.atomic = d.atomic.or(u.atomic);
+        }
+        self.set_attrs(start, len, &u)
+    }
+
+    /// Ranges overlapping `[start, end)` after an attribute change: straddling ones are evicted
+    /// and removed, inner ones lose their device mappings.
+    fn refault_under_new_policy(&self, start: u64, end: u64) {
+        let mut hit: Vec<Arc<Range>> = Vec::new();
+        self.for_each_range(|_, r| {
+            if r.overlaps(start, end) {
+                if let Some(a) = self.find(r.start()) {
+                    hit.push(a);
+                }
+            }
+        });
+        for r in hit {
+            if r.start() < start || r.end() > end {
+                if r.flags().contains(RangeFlags::DEVMEM) {
+                    // Pages that cannot be evicted stay in device memory, still mapped by the
+                    // CPU: nothing is lost.
+                    let _ = self.evict(&r);
+                }
+                let _ = self.remove(&r);
+            } else {
+                r.clear_flags(RangeFlags::MIGRATE_FAILED);
+                self.clear_mappings(&r);
+            }
+        }
+    }
+
+    /// Move `[start, start+len)` to `loc` without a fault (SPEC §8 prefetch): ranges are
+    /// created as a fault would create them, migrated (or evicted to system memory), and their
+    /// pages collected, so that later device faults only bind.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Invalid`] (bad interval, unknown pagemap);
+    /// [`Error::NoLink`] (pagemap of another owner); [`Error::Fault`] (part of the interval has
+    /// no VMA); migration and collection errors. Ranges already processed stay where they were
+    /// moved.
+    pub fn prefetch(&self, start: u64, len: u64, loc: PrefetchLoc) -> Result<()> {
+        self.check_open()?;
+        let end = self.check_interval(start, len)?;
+        if let PrefetchLoc::Pagemap(id) = loc {
+            self.check_pagemap(id)?;
+        }
+        Stats::inc(&self.stats.prefetches);
+        let mut addr = start;
+        let mut retries = 0u32;
+        while addr < end {
+            let vma = self.platform().mm().find_vma(addr).ok_or(Error::Fault)?;
+            let mut ctx = PagesCtx {
+                read_only: !vma.writable(),
+                owner: self.owner(),
+                ..PagesCtx::default()
+            };
+            let range = self.find_or_insert(addr, Window::ALL, &ctx)?;
+            match loc {
+                PrefetchLoc::System => {
+                    self.evict(&range)?;
+                    ctx.owner = None;
+                }
+                PrefetchLoc::Device => self.place_in(&range, DeviceTarget::Local, 0)?,
+                PrefetchLoc::Pagemap(id) => self.place_in(&range, DeviceTarget::Pagemap(id), 0)?,
+            }
+            match self.get_pages(&range, &ctx) {
+                Ok(()) => addr = range.end(),
+                Err(Error::Again) if retries < PREFETCH_RETRIES => {
+                    retries = retries.saturating_add(1);
+                    self.gc_run();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
