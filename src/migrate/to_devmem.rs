@@ -123,6 +123,9 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
             ToDevmemState::Done => ToDevmemState::Done,
         };
     }
+    if let Some(t) = trace.as_mut() {
+        t(ToDevmemState::Done);
+    }
     match m.error {
         Some(e) => Err(e),
         None => Ok(m.report),
@@ -286,15 +289,18 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
                 order,
             }
         }));
-        let alloc = match DevmemAlloc::new(
-            pagemap,
-            self.req.start,
-            self.req.end,
-            core::mem::take(&mut self.dpfns),
-        ) {
+        // Keep our copy of the frames until the allocation object exists: if it cannot be
+        // built, Restore must still release exactly the frames that were allocated.
+        let mut frames: Vec<u64> = Vec::new();
+        if frames.try_reserve_exact(self.dpfns.len()).is_err() {
+            return self.fail(Error::NoMem);
+        }
+        frames.extend_from_slice(&self.dpfns);
+        let alloc = match DevmemAlloc::new(pagemap, self.req.start, self.req.end, frames) {
             Ok(a) => Arc::new(a),
             Err(e) => return self.fail(e),
         };
+        self.dpfns.clear();
         alloc.set_timeslice_end(
             self.pm
                 .mem()
