@@ -36,6 +36,8 @@ pub struct Pagemap<M: DeviceMemory> {
     live_allocs: AtomicUsize,
     released: AtomicUsize,
     stray_frees: AtomicUsize,
+    cpu_migrations: AtomicUsize,
+    cpu_bytes: AtomicUsize,
 }
 
 impl<M: DeviceMemory> core::fmt::Debug for Pagemap<M> {
@@ -59,6 +61,8 @@ impl<M: DeviceMemory> Pagemap<M> {
             live_allocs: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
             stray_frees: AtomicUsize::new(0),
+            cpu_migrations: AtomicUsize::new(0),
+            cpu_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -82,6 +86,14 @@ impl<M: DeviceMemory> Pagemap<M> {
     pub fn released_allocations(&self) -> usize {
         self.released.load(Ordering::Acquire)
     }
+    /// Migrations back to RAM caused by CPU faults, and the bytes they copied.
+    pub fn cpu_fault_migrations(&self) -> (usize, usize) {
+        (
+            self.cpu_migrations.load(Ordering::Relaxed),
+            self.cpu_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// `page_free` calls for frames of no live allocation (a platform bug; ignored).
     pub fn stray_frees(&self) -> usize {
         self.stray_frees.load(Ordering::Acquire)
@@ -173,6 +185,13 @@ impl<M: DeviceMemory> Pagemap<M> {
             return Err(Error::Fault);
         }
         let report = migrate::to_ram(mm, self, start, end)?;
+        if report.pages > 0 {
+            self.cpu_migrations.fetch_add(1, Ordering::Relaxed);
+            self.cpu_bytes.fetch_add(
+                usize::try_from(report.bytes).unwrap_or(usize::MAX),
+                Ordering::Relaxed,
+            );
+        }
         if report.busy > 0 && report.pages == 0 {
             return Err(Error::Again);
         }

@@ -288,6 +288,14 @@ impl SimDevice {
         lock(&self.inject).alloc_fail_at = n;
     }
 
+    /// The countdowns of the armed `inject_*_fail_at` injections: `(dma, copy, alloc)`, 0 when
+    /// off or already fired. An injection fired during a call iff its countdown went from
+    /// non-zero to 0 (harnesses use this to know which errors a call may return).
+    pub fn pending_injections(&self) -> (u64, u64, u64) {
+        let i = lock(&self.inject);
+        (i.dma_fail_at, i.copy_fail_at, i.alloc_fail_at)
+    }
+
     /// The device whose memory holds `dpfn`, reachable from this device (itself, or a peer
     /// with a link).
     fn reach(&self, dpfn: u64) -> Result<Arc<SimDevice>> {
@@ -884,19 +892,49 @@ impl SimGpu {
 
     /// A short description of where each range lives.
     pub fn describe(&self) -> String {
-        let mut s = String::new();
+        let mut rows: Vec<(u64, u64, u64, bool, String)> = Vec::new();
         self.svm.for_each_range(|(ns, _), r| {
-            s.push_str(&std::format!(
-                "notifier {ns:#x}: range [{:#x}, {:#x}) {} KiB flags {:?} valid {}\n",
+            rows.push((
+                ns,
                 r.start(),
                 r.end(),
-                r.size() / 1024,
-                r.flags(),
-                r.pages.lock().valid()
+                r.pages.lock().valid(),
+                std::format!("{:?}", r.flags()),
             ));
         });
+        let mut s = String::new();
+        for (ns, start, end, valid, flags) in rows {
+            // Where the pages are, from the CPU page table.
+            let (mut ram, mut absent) = (0u64, 0u64);
+            let mut dev: BTreeMap<u32, u64> = BTreeMap::new();
+            for vpn in start >> PAGE_SHIFT..end >> PAGE_SHIFT {
+                match self.mm.pte(vpn << PAGE_SHIFT) {
+                    None => absent += 1,
+                    Some(p) => match p.dev {
+                        Some((pm, _)) => *dev.entry(pm.0).or_default() += 1,
+                        None => ram += 1,
+                    },
+                }
+            }
+            let mut at = Vec::new();
+            if ram > 0 {
+                at.push(std::format!("RAM {ram}"));
+            }
+            for (d, n) in dev {
+                at.push(std::format!("gpu{d} memory {n}"));
+            }
+            if absent > 0 {
+                at.push(std::format!("absent {absent}"));
+            }
+            s.push_str(&std::format!(
+                "  notifier {ns:#x} range [{start:#x}, {end:#x}) {:>5} KiB  pages: {:<28} bound: {:<5} {flags}\n",
+                (end - start) / 1024,
+                at.join(", "),
+                if valid { "yes" } else { "no" },
+            ));
+        }
         if s.is_empty() {
-            s = "no ranges".to_string();
+            s = "  no ranges\n".to_string();
         }
         s
     }
