@@ -1,9 +1,14 @@
 //! # gpusvm — shared virtual memory for device drivers
 //!
-//! `gpusvm` gives kernel and firmware drivers the algorithms a device (GPU, NPU, any
-//! accelerator with its own page tables) needs to mirror a CPU process's address space: the
-//! range tree, the fault path, invalidation, and the garbage collector — the design of Linux's
-//! DRM GPU SVM core, as a `no_std` + `alloc` Rust library.
+//! `gpusvm` gives kernel, firmware and hypervisor drivers the algorithms a device (GPU, NPU,
+//! any accelerator with its own page tables and memory) needs to mirror a CPU process's address
+//! space: the range tree, the fault path, invalidation, page migration between system RAM and
+//! device memory (and between devices over a fast interconnect), the owner/interconnect
+//! registry, a policy engine and the garbage collector. It follows the design of Linux's DRM GPU
+//! SVM core (`drm_gpusvm`, `drm_pagemap`) and its use in the Intel Xe driver, as a `no_std` +
+//! `alloc` Rust library that never panics and never allocates in the invalidation path.
+//!
+//! ## The model
 //!
 //! ```text
 //!             CPU process address space (platform: AddressSpace + MMU notifier)
@@ -16,16 +21,124 @@
 //!       │                        │ seq counter + notifier lock
 //!       │                        └─ invalidate(start,end,event) → zap device PTEs, unmap DMA,
 //!       │                                                         mark unmapped → GC queue
-//!       ├─ fault path: find_or_insert range → collect pages (retry on seq change) → driver binds
+//!       ├─ fault path: find_or_insert range → policy decides placement →
+//!       │              migrate (populate) → collect pages (retry on seq change) → driver binds
+//!       ├─ Pagemap (device memory of one device/tile) ── Owner (interconnect group)
+//!       ├─ migration state machine: RAM → devmem, devmem → RAM, devmem → devmem (same owner)
+//!       ├─ policy: attributes per address interval (madvise), decisions, retries
 //!       └─ garbage collector: ranges queued by UNMAP, destroyed outside the notifier
 //! ```
 //!
-//! A driver implements the [`platform`] traits, creates one [`Svm`] per device and address
-//! space, forwards MMU-notifier callbacks to [`Svm::invalidate_begin`]/[`Svm::invalidate_end`],
-//! and calls [`Svm::handle_fault`] + [`Svm::bind`] from its fault handler.
+//! One [`Svm`] mirrors one CPU address space for one device. Its address range is cut into
+//! fixed-size, aligned **notifiers** (registered with the platform's MMU-notifier facility on
+//! first use); each notifier holds an ordered tree of non-overlapping **ranges**, the unit of
+//! faulting, mapping and migration (2 MiB, 64 KiB or 4 KiB, chosen by
+//! [`range::select_chunk`]). A range's **page state** is a packed list of
+//! [`PageEntry`]s — DMA addresses of system pages, device addresses of the device's own
+//! memory, or peer addresses of another device's memory — that the driver writes into its page
+//! tables. Device memory is a [`Pagemap`](pagemap::Pagemap); pagemaps and `Svm`s are grouped
+//! into **owners** by an [`OwnerRegistry`](pagemap::OwnerRegistry): device pages are used in
+//! place by every device of their owner.
 //!
-//! Every fallible call returns [`Error`], which maps onto a Linux errno with [`Error::errno`].
-//! No call panics on any input.
+//! ## The life of a range
+//!
+//! 1. The device faults at an address; the driver calls [`Svm::handle_fault`].
+//! 2. The garbage collector runs; the range containing the address is found or created
+//!    ([`Svm::find_or_insert`]).
+//! 3. The [`policy`] engine decides where the range should live ([`policy::decide`]): it may be
+//!    migrated into device memory ([`migrate`]), evicted, or left in system memory.
+//! 4. Its pages are collected and DMA-mapped without any lock held, then committed under the
+//!    notifier lock unless an invalidation raced ([`Svm::get_pages`]; retried).
+//! 5. The driver writes its page tables inside [`Svm::bind`], under the notifier lock.
+//! 6. When the CPU side changes, the platform calls [`Svm::invalidate_begin`] (the device
+//!    mappings are zapped and the DMA mappings undone) and [`Svm::invalidate_end`]; the next
+//!    device access faults again. A CPU access to a device page comes back through
+//!    [`Pagemap::migrate_to_ram`](pagemap::Pagemap::migrate_to_ram).
+//! 7. On munmap the range is marked unmapped and queued; the garbage collector evicts what
+//!    survives of it and removes it ([`Svm::gc_run`]). [`Svm::close`] tears everything down.
+//!
+//! ## Writing a backend
+//!
+//! Implement the small traits of [`platform`] — [`AddressSpace`](platform::AddressSpace)
+//! (VMA lookup, page collection, notifier registration, and optionally the three-phase CPU-side
+//! migration), [`DmaMapper`](platform::DmaMapper), [`DevicePageTable`](platform::DevicePageTable)
+//! and, for devices with memory, [`DeviceMemory`](platform::DeviceMemory) — and bundle them in a
+//! [`Platform`](platform::Platform). Then wire the kernel callbacks:
+//!
+//! | kernel callback | call |
+//! | --- | --- |
+//! | `mmu_interval_notifier_ops.invalidate` | [`Svm::invalidate_begin`] before, [`Svm::invalidate_end`] after the change |
+//! | device page fault (interrupt → worker) | [`Svm::handle_fault`], then [`Svm::bind`] (or [`Svm::handle_fault_and_bind`]) |
+//! | `dev_pagemap_ops.page_free` | [`Pagemap::page_free`](pagemap::Pagemap::page_free) |
+//! | `dev_pagemap_ops.migrate_to_ram` | [`Pagemap::migrate_to_ram`](pagemap::Pagemap::migrate_to_ram) |
+//! | a GC worker (optional) | [`Svm::gc_run`] |
+//! | `madvise`-like ioctl | [`Svm::set_attrs`] / [`Svm::prefetch`] |
+//! | process exit / device removal | [`Svm::close`] |
+//!
+//! `examples/backend_skeleton.rs` is a commented template; the [`sim`] module (feature `sim`)
+//! is a complete simulated backend to test an integration against.
+//!
+//! ## Locking and context rules
+//!
+//! Locks, outermost first: the structure lock (range creation and removal), the notifier lock
+//! (shared: [`Svm::bind`] and commit checks; exclusive: invalidation and commit), a range's
+//! page-state lock, then the garbage-collector queue lock and a pagemap's allocation index. All
+//! are spin locks from [`sync`] (loom's under `--cfg loom`), none is held across a call into the
+//! platform's [`AddressSpace`](platform::AddressSpace) methods, so the platform may sleep there.
+//! [`Svm::invalidate_begin`] runs in *invalidation context*: it allocates nothing, sleeps
+//! nowhere, and calls only [`DevicePageTable::zap`](platform::DevicePageTable::zap) and the DMA
+//! unmap methods, which must obey the same rules. The closure given to [`Svm::bind`] runs under
+//! the notifier lock and must not call back into the `Svm`.
+//!
+//! ## Errors
+//!
+//! Every fallible call returns [`Error`], which maps onto a negative Linux errno with
+//! [`Error::errno`]: `Busy` (evict and retry), `Again` (raced, retry), `Fault` (no VMA, or device
+//! memory required but unavailable), `NoMem`, `Invalid` (bad argument), `NotSupported`,
+//! `Perm` (write to read-only memory), `Access` (atomic policy), `NoLink` (no interconnect),
+//! `Closed`. Bad input is refused with a typed error and leaves the state as it was; a failed
+//! migration restores every page, with its data. No call panics on any input.
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | (none) | the `no_std` + `alloc` core; builds for bare-metal targets such as `x86_64-unknown-none` |
+//! | `std` | `std::error::Error` for [`Error`] |
+//! | `sim` | the simulated platform ([`sim`]) and the fuzz/replay harnesses; implies `std` |
+//!
+//! ## Example
+//!
+//! A device faults on memory the CPU wrote, on the simulated platform:
+//!
+//! ```
+//! # #[cfg(feature = "sim")]
+//! # fn main() -> Result<(), gpusvm::Error> {
+//! use gpusvm::platform::VmaFlags;
+//! use gpusvm::sim::{SimGpu, SimMm, SimWorld};
+//! use gpusvm::{Access, Window};
+//!
+//! let world = SimWorld::new();
+//! let mm = SimMm::new(&world);
+//! let gpu = SimGpu::with_devmem(&mm, 0, 1024, 0)?; // 4 MiB of device memory
+//! let buf = mm.mmap(2 << 20, VmaFlags::READ | VmaFlags::WRITE, false)?;
+//! mm.write_u64(buf, 7)?;
+//!
+//! // What a driver's fault handler does:
+//! let (range, mapped) = gpu.svm.handle_fault_and_bind(buf, Access::Read, Window::ALL, |range, entries| {
+//!     // Write `entries` into the device page tables here; they cover `range` in order.
+//!     entries.iter().map(|e| e.size()).sum::<u64>() == range.size()
+//! })?;
+//! assert!(mapped);
+//! assert_eq!(range.size(), 2 << 20);
+//! assert_eq!(gpu.svm.stats().migrations_to_devmem, 1); // it moved to device memory
+//! assert_eq!(mm.read_u64(buf)?, 7); // and comes back when the CPU touches it
+//! gpu.check().map_err(|_| gpusvm::Error::Fault)?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "sim"))]
+//! # fn main() {}
+//! ```
 #![no_std]
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]

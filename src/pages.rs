@@ -147,7 +147,7 @@ pub struct PagesCtx {
 pub struct RetryPolicy {
     /// Give up with [`Error::Busy`] once this much platform time has passed [1 s].
     pub deadline_ns: u64,
-    /// Give up with [`Error::Busy`] after this many attempts [1000] (guards a frozen clock).
+    /// Give up with [`Error::Busy`] after this many attempts \[1000\] (guards a frozen clock).
     pub max_attempts: u32,
 }
 

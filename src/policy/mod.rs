@@ -142,7 +142,7 @@ pub struct PolicyConfig {
     /// [64 KiB].
     pub migrate_threshold: u64,
     /// How many times a fault that requires device memory migrates again before it fails
-    /// with [`Error::Fault`] [3].
+    /// with [`Error::Fault`] \[3\].
     pub devmem_only_retries: u32,
     /// The device can do atomics on system memory (then `AtomicPolicy::Device` does not
     /// require device memory) [false].
