@@ -363,14 +363,31 @@ impl<P: Platform> Svm<P> {
 
         let exists = self.notifiers.read().get(notifier.0).is_some();
         if !exists {
-            let handle = self.platform.mm().register_notifier(
+            // The notifier goes into the tree before the platform learns about it: from the
+            // moment `register_notifier` makes it visible, the platform may call
+            // `invalidate_begin` for it, and that call must find it (a dropped `begin` would
+            // let a collection commit across the invalidation: tests/loom_invalidate.rs
+            // `first_fault_vs_invalidate`).
+            self.notifiers
+                .write()
+                .insert(Notifier::new(notifier.0, notifier.1));
+            let registered = self.platform.mm().register_notifier(
                 NotifierId(notifier.0),
                 notifier.0,
                 notifier.1,
-            )?;
-            let mut n = Notifier::new(notifier.0, notifier.1);
-            n.handle = Some(handle);
-            self.notifiers.write().insert(n);
+            );
+            match registered {
+                Ok(handle) => {
+                    // Still there: notifiers are removed only under the structure lock.
+                    if let Some(n) = self.notifiers.write().find_mut(notifier.0) {
+                        n.handle = Some(handle);
+                    }
+                }
+                Err(e) => {
+                    self.notifiers.write().remove(notifier.0);
+                    return Err(e);
+                }
+            }
         }
         let inserted = {
             let mut t = self.notifiers.write();

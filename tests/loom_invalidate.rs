@@ -464,3 +464,53 @@ fn commit_vs_nested_invalidations() {
     let n = cov.expect(&["committed after both", BEFORE]);
     println!("commit_vs_nested_invalidations: {n} executions");
 }
+
+/// The first fault in a notifier interval (which registers the notifier with the platform)
+/// races a platform invalidation of that interval. The platform follows its contract to the
+/// letter (`platform_invalidate`: registration is locked out during an invalidation, and
+/// `invalidate_begin`/`_end` are called on every notifier registered when the change starts),
+/// so the crate must not commit the frame the invalidation replaces.
+#[test]
+fn first_fault_vs_invalidate() {
+    let cov = Coverage::default();
+    let c = cov.clone();
+    loom::model(move || {
+        let svm = Arc::new(new_svm(3));
+        let a = {
+            let svm = svm.clone();
+            thread::spawn(move || {
+                let ctx = PagesCtx::default();
+                let range = svm
+                    .find_or_insert(BASE, Window::ALL, &ctx)
+                    .unwrap_or_else(|e| panic!("find_or_insert: {e:?}"));
+                let r = svm.get_pages(&range, &ctx);
+                if r.is_ok() {
+                    assert_bound_pages_current(&svm, &range);
+                }
+                (range, r)
+            })
+        };
+        let b = {
+            let svm = svm.clone();
+            thread::spawn(move || {
+                platform_invalidate(&svm, BASE, END, Event::Clear, |mm| {
+                    mm.set_frame(0, NEW_FRAME)
+                })
+            })
+        };
+        let (range, ra) = join(a);
+        join(b);
+        assert!(matches!(ra, Ok(()) | Err(Error::Busy)), "collector: {ra:?}");
+        assert_bound_pages_current(&svm, &range);
+        assert_dma_consistent(&svm, &range);
+        c.hit(match (&ra, committed(&svm, &range).is_some()) {
+            (Ok(()), true) => "valid at the end",
+            (Ok(()), false) => BEFORE,
+            _ => BUSY,
+        });
+        c.execution();
+        check_recovers(&svm, &range);
+    });
+    let n = cov.expect(&["valid at the end", BEFORE]);
+    println!("first_fault_vs_invalidate: {n} executions");
+}

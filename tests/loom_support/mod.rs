@@ -48,8 +48,14 @@ fn ghost<T>(m: &Ghost<T>) -> std::sync::MutexGuard<'_, T> {
 /// The CPU address space: one VMA, `NPAGES` present pages whose frames other threads change.
 pub struct LoomMm {
     frames: Vec<AtomicU64>,
-    /// Live registrations (handle serials) and how many unregistrations happened.
+    /// Live registrations (handle serials), the last serial, and how many unregistrations
+    /// happened.
     regs: Ghost<(Vec<u64>, u64, usize)>,
+    /// Live registrations as `(id, start, end)`, for [`platform_invalidate`].
+    ids: Ghost<Vec<(u64, NotifierId, u64, u64)>>,
+    /// The platform's lock serialising notifier registration against a whole invalidation
+    /// (like the simulator's mmap lock): a loom lock, as it is part of the protocol.
+    reg_lock: loom::sync::Mutex<()>,
 }
 
 impl LoomMm {
@@ -59,6 +65,8 @@ impl LoomMm {
                 .map(|i| AtomicU64::new(FRAME0 + i))
                 .collect(),
             regs: Ghost::new((Vec::new(), 0, 0)),
+            ids: Ghost::new(Vec::new()),
+            reg_lock: loom::sync::Mutex::new(()),
         }
     }
     /// The CPU changes the mapping of page `i` (call between `invalidate_begin` and `_end`).
@@ -113,15 +121,19 @@ impl AddressSpace for LoomMm {
         Ok(())
     }
 
-    fn register_notifier(&self, _id: NotifierId, _start: u64, _end: u64) -> Result<u64> {
+    fn register_notifier(&self, id: NotifierId, start: u64, end: u64) -> Result<u64> {
+        let _r = self.reg_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut g = ghost(&self.regs);
         g.1 += 1;
         let h = g.1;
         g.0.push(h);
+        ghost(&self.ids).push((h, id, start, end));
         Ok(h)
     }
 
     fn unregister_notifier(&self, handle: u64) {
+        let _r = self.reg_lock.lock().unwrap_or_else(|e| e.into_inner());
+        ghost(&self.ids).retain(|r| r.0 != handle);
         let mut g = ghost(&self.regs);
         let before = g.0.len();
         g.0.retain(|&h| h != handle);
@@ -131,6 +143,34 @@ impl AddressSpace for LoomMm {
             "unregister of unknown handle {handle}"
         );
         g.2 += 1;
+    }
+}
+
+/// What a platform's MMU notifier does around a CPU page-table change of `[start, end)`:
+/// with registration locked out for the whole change, call `invalidate_begin` on every
+/// registered notifier overlapping the interval, make the change, call `invalidate_end` on
+/// the same notifiers. This is the platform contract of `AddressSpace::register_notifier`
+/// followed to the letter.
+pub fn platform_invalidate(
+    svm: &Svm<LoomPlatform>,
+    start: u64,
+    end: u64,
+    event: gpusvm::Event,
+    change: impl FnOnce(&LoomMm),
+) {
+    let mm = &svm.platform().mm;
+    let _r = mm.reg_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let targets: Vec<NotifierId> = ghost(&mm.ids)
+        .iter()
+        .filter(|r| r.2 < end && start < r.3)
+        .map(|r| r.1)
+        .collect();
+    for id in &targets {
+        svm.invalidate_begin(*id, start, end, event);
+    }
+    change(mm);
+    for id in &targets {
+        svm.invalidate_end(*id, start, end);
     }
 }
 
