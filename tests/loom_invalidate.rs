@@ -28,6 +28,13 @@
 //! - `bind` by the driver, racing an invalidation of committed pages, sees either the old pages
 //!   before the CPU changed them or no pages at all.
 //!
+//! - **The first fault in a notifier interval** (which registers the notifier) racing a platform
+//!   invalidation that follows the registration contract to the letter (`platform_invalidate`:
+//!   registration locked out during an invalidation, `begin`/`end` delivered to every notifier
+//!   registered when the change starts) never commits the replaced frame. This model found a
+//!   real bug, fixed in `Svm::find_or_insert`: the notifier entered the tree only after
+//!   `register_notifier` returned, so a `begin` delivered in between was dropped as "unknown
+//!   id" and the collection in the new notifier committed across the invalidation.
 //! - A commit racing `remove` or `close` (which do not move the sequence counter) never
 //!   installs pages into a range that is gone: every mapping it made is unmapped.
 //!
