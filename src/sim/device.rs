@@ -502,11 +502,10 @@ impl DevicePageTable for SimDevice {
     fn zap(&self, start: u64, end: u64) {
         self.zaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut pt = lock(&self.pt);
-        let keys: Vec<u64> = pt
-            .range(start >> PAGE_SHIFT..end.div_ceil(PAGE_SIZE))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
+        // Invalidation context: no allocation (the contract of `zap`; checked by
+        // tests/no_alloc_invalidate.rs).
+        let pages = start >> PAGE_SHIFT..end.div_ceil(PAGE_SIZE);
+        while let Some(k) = pt.range(pages.clone()).next().map(|(k, _)| *k) {
             pt.remove(&k);
         }
     }
