@@ -125,7 +125,10 @@ impl<P: Platform> Svm<P> {
             }
             match got {
                 Ok(()) => return Ok(range),
-                Err(Error::Again) if attempts < FAULT_RETRIES => {
+                // Again: the range went away under us. Perm: the CPU protection changed
+                // between the VMA check and the collection (a read fault collected writable
+                // pages of a VMA that an mprotect made read-only): look at the VMA again.
+                Err(Error::Again | Error::Perm) if attempts < FAULT_RETRIES => {
                     attempts = attempts.saturating_add(1);
                     Stats::inc(&self.stats.retries);
                     self.gc_run();

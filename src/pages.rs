@@ -314,16 +314,15 @@ fn clamp_order(max: u8, va_page: u64, frame: u64, remaining: u64) -> u8 {
     }
 }
 
-/// Collect the CPU pages of `[start, end)` and map them for the device. Nothing is committed;
-/// on error every mapping made so far is undone.
-pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
+/// Collect the CPU pages of `[start, end)` (faulting them in). No crate lock may be held: the
+/// platform may sleep. The result is only a snapshot: the pages may be freed as soon as an
+/// invalidation starts, so they are mapped by [`map_collected`] under the notifier lock.
+pub(crate) fn collect<M: AddressSpace>(
     mm: &M,
-    dma: &D,
     start: u64,
     end: u64,
     ctx: &PagesCtx,
-    resolve: Resolver<'_>,
-) -> Result<Mapped> {
+) -> Result<Vec<CpuPage>> {
     if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
         return Err(Error::Invalid);
     }
@@ -340,11 +339,27 @@ pub(crate) fn collect_and_map<M: AddressSpace, D: DmaMapper>(
         owner: ctx.owner,
     };
     mm.collect_pages(&req, &mut cpu)?;
+    Ok(cpu)
+}
 
+/// Map the pages collected (by [`collect`]) from `start` on for the device. Nothing is
+/// committed; on error every mapping made so far is undone.
+///
+/// Call with the notifier lock held (shared) and the collection's sequence checked under it, so
+/// that no invalidation can start — and free the pages — while they are being mapped (Linux
+/// maps under the notifier lock for the same reason).
+pub(crate) fn map_collected<D: DmaMapper>(
+    dma: &D,
+    cpu: &[CpuPage],
+    start: u64,
+    ctx: &PagesCtx,
+    resolve: Resolver<'_>,
+) -> Result<Mapped> {
+    let npages = cpu.len();
     // Classify first, so that refusals happen before any DMA mapping.
     let mut n_sys = 0usize;
     let mut pagemap: Option<PagemapId> = None;
-    for p in &cpu {
+    for p in cpu {
         match *p {
             CpuPage::Absent => return Err(Error::Fault),
             CpuPage::System { writable, .. } => {
@@ -501,15 +516,18 @@ pub(crate) enum Commit {
 
 #[allow(clippy::too_many_arguments)] // internal: the closures are the commit protocol
 /// The retry loop shared by ranges and userptrs: `begin` returns the sequence to collect under
-/// (`Ok(None)`: an invalidation is running), `commit` takes the notifier lock and either commits
+/// (`Ok(None)`: an invalidation is running); `guard` takes the notifier lock shared and returns
+/// its guard if the sequence did not move (the pages are mapped while it is held, so no
+/// invalidation can free them meanwhile); `commit` takes the notifier lock and either commits
 /// or hands the collection back.
-pub(crate) fn get_pages_loop<P: Platform>(
+pub(crate) fn get_pages_loop<P: Platform, G>(
     p: &P,
     policy: &RetryPolicy,
     (start, end): (u64, u64),
     ctx: &PagesCtx,
     resolve: Resolver<'_>,
     mut begin: impl FnMut() -> Result<Option<usize>>,
+    mut guard: impl FnMut(usize) -> Option<G>,
     mut commit: impl FnMut(usize, Mapped) -> Result<Commit>,
     mut on_retry: impl FnMut(),
 ) -> Result<()> {
@@ -525,7 +543,25 @@ pub(crate) fn get_pages_loop<P: Platform>(
             crate::sync::spin_hint();
             continue;
         };
-        let m = collect_and_map(p.mm(), p.dma(), start, end, ctx, resolve)?;
+        let cpu = match collect(p.mm(), start, end, ctx) {
+            Ok(cpu) => cpu,
+            // The platform asks for a retry (Linux: hmm_range_fault's -EBUSY): retry within
+            // the same deadline and attempt budget, ending with `Busy` (SPEC §3).
+            Err(Error::Again) => {
+                on_retry();
+                crate::sync::spin_hint();
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let m = {
+            // An invalidation started since the collection: its pages may be gone.
+            let Some(_g) = guard(seq) else {
+                on_retry();
+                continue;
+            };
+            map_collected(p.dma(), &cpu, start, ctx, resolve)?
+        };
         match commit(seq, m)? {
             Commit::Done => return Ok(()),
             Commit::Retry(m) => {
@@ -591,6 +627,10 @@ impl Userptr {
             ctx,
             &local_resolver,
             || Ok(self.seq.read_begin()),
+            |seq| {
+                let st = self.state.read();
+                (!self.seq.read_retry(seq)).then_some(st)
+            },
             |seq, m| {
                 let mut st = self.state.write();
                 if self.seq.read_retry(seq) {

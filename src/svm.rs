@@ -331,7 +331,9 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] if `addr` is outside the mirrored interval
     /// or the window, or the window is empty, or no chunk fits; [`Error::Fault`] if no VMA
-    /// contains `addr`; errors of `register_notifier`. On error nothing is created.
+    /// contains `addr`; [`Error::Busy`] if invalidations of the notifier keep racing the
+    /// insertion (`config.retry.max_attempts` times); errors of `register_notifier`. On error
+    /// nothing is created.
     pub fn find_or_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Arc<Range>> {
         self.check_open()?;
         if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
@@ -341,6 +343,27 @@ impl<P: Platform> Svm<P> {
         if let Some(r) = self.find(addr) {
             return Ok(r);
         }
+        // An munmap may run between the VMA lookup and the insertion: its invalidation would
+        // miss the new range and leave a live range over unmapped memory. Linux holds the mmap
+        // lock here; we instead insert only if no invalidation of the notifier started since a
+        // second VMA lookup, and start over otherwise.
+        let mut attempts = 0u32;
+        loop {
+            attempts = attempts.saturating_add(1);
+            if attempts > self.config.retry.max_attempts {
+                return Err(Error::Busy);
+            }
+            if let Some(range) = self.try_insert(addr, window, ctx)? {
+                Stats::inc(&self.stats.ranges_created);
+                return Ok(range);
+            }
+            crate::sync::spin_hint();
+        }
+    }
+
+    /// One attempt of [`find_or_insert`](Self::find_or_insert), with the structure lock held:
+    /// `Ok(None)` if an invalidation raced it (nothing was created).
+    fn try_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Option<Arc<Range>>> {
         let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
         let notifier = self.notifier_interval(addr);
         let q = ChunkQuery {
@@ -389,21 +412,40 @@ impl<P: Platform> Svm<P> {
                 }
             }
         }
-        let inserted = {
+        // The notifier is registered: from now on every change of the interval bumps its
+        // sequence before it happens. Check that the VMA still holds the range.
+        let seq = self
+            .notifiers
+            .read()
+            .get(notifier.0)
+            .and_then(|n| n.seq.read_begin());
+        let still_mapped = seq.is_some()
+            && self
+                .platform
+                .mm()
+                .find_vma(addr)
+                .is_some_and(|v| v.start <= start && end <= v.end);
+        let inserted = if still_mapped {
             let mut t = self.notifiers.write();
-            match t.find_mut(addr) {
-                Some(n) => n.ranges.insert(range.clone()),
-                None => Err(Error::Invalid),
+            match (t.find_mut(addr), seq) {
+                (Some(n), Some(seq)) if !n.seq.read_retry(seq) => {
+                    n.ranges.insert(range.clone()).map(|()| true)
+                }
+                (Some(_), _) => Ok(false),
+                (None, _) => Err(Error::Invalid),
             }
+        } else {
+            Ok(false)
         };
-        if let Err(e) = inserted {
-            if !exists {
-                self.drop_notifier_if_empty(notifier.0);
+        match inserted {
+            Ok(true) => Ok(Some(range)),
+            Ok(false) | Err(_) => {
+                if !exists {
+                    self.drop_notifier_if_empty(notifier.0);
+                }
+                inserted.map(|_| None)
             }
-            return Err(e);
         }
-        Stats::inc(&self.stats.ranges_created);
-        Ok(range)
     }
 
     fn drop_notifier_if_empty(&self, start: u64) {
@@ -515,6 +557,13 @@ impl<P: Platform> Svm<P> {
                 let t = self.notifiers.read();
                 self.check_range(&t, range)?;
                 Ok(t.find(range.start()).and_then(|n| n.seq.read_begin()))
+            },
+            move |seq| {
+                let t = self.notifiers.read();
+                let unchanged = t
+                    .find(range.start())
+                    .is_some_and(|n| !n.seq.read_retry(seq));
+                unchanged.then_some(t)
             },
             |seq, m| {
                 let t = self.notifiers.write();
