@@ -155,6 +155,13 @@ pub trait AddressSpace {
     /// `invalidate_begin(id, ..)` before and `invalidate_end(id, ..)` after every change to the
     /// CPU page tables in the interval, on the [`Svm`](crate::Svm) this platform belongs to.
     ///
+    /// If an invalidation overlapping `[start, end)` is already running when this is called,
+    /// the platform must either wait for it to end before returning (what Linux's
+    /// `mmu_interval_notifier_insert` + `mmu_interval_read_begin` achieve) or deliver
+    /// `invalidate_begin(id, ..)` for it before returning and `invalidate_end(id, ..)` when it
+    /// ends. The crate puts the notifier in its tree before calling this, so callbacks that
+    /// arrive while it runs are not lost.
+    ///
     /// Errors: [`NoMem`](crate::Error::NoMem), [`Invalid`](crate::Error::Invalid).
     fn register_notifier(
         &self,

@@ -7,8 +7,9 @@
 //! did not move. Invalidations nest: the counter turns odd at the first `begin` and even again at
 //! the last `end`.
 //!
-//! Locking: `begin`/`end` are called with the notifier lock held for write; `read_retry` with
-//! the notifier lock held (read or write); `read_begin` needs no lock.
+//! Locking: `begin` is called with the notifier lock held for write, `end` with it held (shared
+//! is enough: concurrent `end`s are safe, and `begin` stays excluded); `read_retry` with the
+//! notifier lock held (read or write); `read_begin` needs no lock.
 
 use crate::sync::{AtomicUsize, Ordering};
 
