@@ -326,8 +326,10 @@ impl<P: Platform> Svm<P> {
     /// Return the range containing `addr`, or create one (SPEC §2).
     ///
     /// The new range is chosen by [`select_chunk`](crate::range::select_chunk) from the VMA at
-    /// `addr`, its notifier (registered with the platform on first use), `window`, and the
-    /// existing ranges. Takes the structure lock, then the notifier lock briefly.
+    /// `addr`, its notifier (registered with the platform on first use), `window` narrowed to
+    /// the interval of equal policy attributes around `addr`
+    /// ([`AttrStore::extent`](crate::policy::AttrStore::extent)), and the existing ranges.
+    /// Takes the structure lock, then the notifier lock briefly.
     ///
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] if `addr` is outside the mirrored interval
     /// or the window, or the window is empty, or no chunk fits; [`Error::Fault`] if no VMA
@@ -366,11 +368,15 @@ impl<P: Platform> Svm<P> {
     fn try_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Option<Arc<Range>>> {
         let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
         let notifier = self.notifier_interval(addr);
+        // A new range never spans an attribute boundary (SPEC §8): it is placed by the
+        // attributes at `addr`, and `set_attrs` removes ranges straddling its edges so that
+        // they refault inside them. Boundaries are page aligned: a page always fits.
+        let (attr_lo, attr_hi) = self.attrs.read().extent(addr);
         let q = ChunkQuery {
             addr,
             vma: (vma.start, vma.end),
             notifier,
-            window: (window.start, window.end),
+            window: (window.start.max(attr_lo), window.end.min(attr_hi)),
             chunk_sizes: &self.config.chunk_sizes,
             check_pages_threshold: self.config.check_pages_threshold,
         };

@@ -140,7 +140,6 @@ impl<P: Platform> Svm<P> {
         if let PrefetchLoc::Pagemap(id) = loc {
             self.check_pagemap(id)?;
         }
-        Stats::inc(&self.stats.prefetches);
         let mut addr = start;
         let mut retries = 0u32;
         while addr < end {
@@ -168,6 +167,8 @@ impl<P: Platform> Svm<P> {
                 Err(e) => return Err(e),
             }
         }
+        // Counted once served: a prefetch refused up front (no VMA at `start`) changes nothing.
+        Stats::inc(&self.stats.prefetches);
         Ok(())
     }
 }

@@ -78,6 +78,37 @@ impl AttrStore {
         }
     }
 
+    /// The largest interval `[lo, hi)` around `addr` over which the attributes equal
+    /// `get(addr)`: the stored segment containing `addr` (segments are maximal), or the gap of
+    /// defaults between its neighbouring segments (`0` and `u64::MAX` at the ends). New SVM
+    /// ranges are kept inside it.
+    ///
+    /// ```
+    /// use gpusvm::policy::{AttrStore, AttrUpdate, PreferredLoc};
+    /// let mut s = AttrStore::new();
+    /// let sys = AttrUpdate { preferred: Some(PreferredLoc::System), ..AttrUpdate::default() };
+    /// s.set(0x4000, 0x8000, &sys).unwrap();
+    /// assert_eq!(s.extent(0x5000), (0x4000, 0x8000));
+    /// assert_eq!(s.extent(0x1000), (0, 0x4000));
+    /// assert_eq!(s.extent(0x8000), (0x8000, u64::MAX));
+    /// ```
+    pub fn extent(&self, addr: u64) -> (u64, u64) {
+        let before = self.map.range(..=addr).next_back();
+        if let Some((s, (e, _))) = before {
+            if addr < *e {
+                return (*s, *e);
+            }
+        }
+        let lo = before.map(|(_, (e, _))| *e).unwrap_or(0);
+        let hi = self
+            .map
+            .range(addr..)
+            .next()
+            .map(|(s, _)| *s)
+            .unwrap_or(u64::MAX);
+        (lo, hi)
+    }
+
     /// Whether applying `u` to `[start, end)` would change any attribute there.
     pub fn would_change(&self, start: u64, end: u64, u: &AttrUpdate) -> bool {
         let mut at = start;
