@@ -96,7 +96,8 @@ fn collection_raced_by_mprotect_fails_with_perm_and_leaves_nothing() {
     assert!(s.stats().retries > retries);
     assert_eq!(s.dma_live(), 0);
     assert_eq!(s.dev_ptes_in(d, d + M2), 0);
-    assert!(!s.gpu.svm.pages_valid(&s.range(d)));
+    // The range may stay (invalid) or be rebuilt later: either way nothing is valid.
+    assert!(s.gpu.svm.find(d).is_none_or(|r| !s.gpu.svm.pages_valid(&r)));
     // Reading works, read-only.
     assert_eq!(s.dev_read(d + K64), Ok(tag(d + K64, 0)));
     assert!(s.all_dma_dir(DmaDirection::ToDevice));
