@@ -1225,6 +1225,27 @@ fn munmap_under_peer_mappings() {
     assert_eq!(m.world.owners.owners(), 0);
 }
 
+/// A device without memory and without a link faults on pages in another owner's memory:
+/// the collection brings them back to RAM (the platform migrates foreign device pages when
+/// faulting them in) and maps them as system pages.
+#[test]
+fn unlinked_device_without_memory_reads_foreign_pages() {
+    let mut m = Machine::new(&[]);
+    m.join(0, VRAM);
+    m.join(1, 0);
+    let buf = m.mmap(M2);
+    m.cpu_fill(buf, buf + M2, 4 * P, 1);
+    m.dev_write(0, buf + 8, 0xA);
+    assert!(m.placement(buf, buf + M2).iter().all(|d| *d == Some(0)));
+    m.dev_read_all(1, buf, buf + M2);
+    assert!(m.placement(buf, buf + M2).iter().all(|d| d.is_none()));
+    assert!(m.peer_maps(1).is_empty());
+    m.dev_write(1, buf + 16, 0xB);
+    m.dev_read_all(0, buf, buf + M2);
+    assert_eq!(m.where_is(buf), Some(0));
+    m.dev_read_all(1, buf, buf + M2);
+}
+
 /// A device joining after its owner's pages are resident maps them P2P at once (it attaches
 /// every pagemap of the machine when it joins).
 #[test]
@@ -1289,6 +1310,7 @@ fn random_walk_four_devices() {
         let mut bufs = vec![m.mmap(2 * M2), m.mmap(M2)];
         let mut gen = 1u64;
         let (mut max_peer, mut d2d) = (0usize, 0usize);
+        let mut children = Vec::new();
         for _ in 0..300 {
             let b = bufs[rng.below(bufs.len() as u64) as usize];
             let len = if m
@@ -1386,6 +1408,16 @@ fn random_walk_four_devices() {
                         m.check("munmap");
                     }
                     bufs.push(m.mmap(M2));
+                }
+                37 => {
+                    // fork: device pages come back to RAM, the rest becomes copy-on-write;
+                    // keep the child for a while (its mappings pin the frames).
+                    let child = m.mm.fork();
+                    m.check("fork");
+                    children.push(child);
+                    if children.len() > 2 {
+                        children.remove(0);
+                    }
                 }
                 _ => {
                     // Let time pass (timeslices end).
