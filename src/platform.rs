@@ -6,14 +6,18 @@
 //! | trait | Linux facility it wraps | called from |
 //! | --- | --- | --- |
 //! | [`AddressSpace`] | VMA lookup, `hmm_range_fault`, `mmu_interval_notifier_insert/remove` | process context, no crate lock held |
-//! | [`DmaMapper`] | `dma_map_page` / `dma_unmap_page` (IOMMU) | map: process context, no crate lock held; unmap: also from invalidation, under the notifier lock |
+//! | [`DmaMapper`] | `dma_map_page` / `dma_unmap_page` (IOMMU) | map: process context, under the notifier lock held shared; unmap: also from invalidation, under the notifier lock |
 //! | [`DevicePageTable`] | the driver's GPU page-table zap + TLB invalidation | invalidation, under the notifier lock |
 //! | [`Platform`] | bundles the three plus a monotonic clock | — |
 //!
 //! **Context rules.** Methods marked *invalidation context* run inside
 //! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) with the notifier lock held for write:
 //! they must not allocate, must not sleep, and must not call back into the crate or into the
-//! address space. Every other method runs with no crate lock held and may sleep.
+//! address space. [`DmaMapper::map_page`]/[`map_peer`](DmaMapper::map_peer) and
+//! [`DeviceMemory::device_map`] run while `get_pages` holds the notifier lock shared (so that no
+//! invalidation can free the collected pages while they are being mapped, as in Linux): they
+//! must not call back into the crate, and an invalidation waits for them. Every other method
+//! runs with no crate lock held and may sleep.
 //!
 //! **Invalidation flows in.** The platform's MMU notifier calls
 //! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) *before* it changes CPU page tables of
@@ -227,7 +231,8 @@ pub enum DmaDirection {
 /// Maps system pages for the device (Linux: `dma_map_page` through the IOMMU).
 pub trait DmaMapper {
     /// Map `2^order` pages starting at frame `pfn` (naturally aligned) for the device; returns
-    /// the page-aligned bus address. Process context, no crate lock held.
+    /// the page-aligned bus address. Process context; called by `get_pages` with the notifier
+    /// lock held shared (an invalidation waits): must not call back into the crate.
     ///
     /// Errors: [`NoMem`](crate::Error::NoMem) (no IOVA space), [`Fault`](crate::Error::Fault)
     /// (mapping error).
