@@ -341,10 +341,12 @@ impl<P: Platform> Svm<P> {
         if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
             return Err(Error::Invalid);
         }
-        let _s = self.structure.lock();
         if let Some(r) = self.find(addr) {
             return Ok(r);
         }
+        // No crate lock is held across the platform calls below (VMA lookup, page snapshot,
+        // notifier registration): the structure lock is taken only around the final insert.
+        //
         // An munmap may run between the VMA lookup and the insertion: its invalidation would
         // miss the new range and leave a live range over unmapped memory. Linux holds the mmap
         // lock here; we instead insert only if no invalidation of the notifier started since a
@@ -363,8 +365,8 @@ impl<P: Platform> Svm<P> {
         }
     }
 
-    /// One attempt of [`find_or_insert`](Self::find_or_insert), with the structure lock held:
-    /// `Ok(None)` if an invalidation raced it (nothing was created).
+    /// One attempt of [`find_or_insert`](Self::find_or_insert): `Ok(None)` if an invalidation
+    /// or a concurrent insert raced it (nothing was created).
     fn try_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Option<Arc<Range>>> {
         let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
         let notifier = self.notifier_interval(addr);
@@ -390,34 +392,7 @@ impl<P: Platform> Svm<P> {
         )?;
         let range = Range::new(start, end)?;
 
-        let exists = self.notifiers.read().get(notifier.0).is_some();
-        if !exists {
-            // The notifier goes into the tree before the platform learns about it: from the
-            // moment `register_notifier` makes it visible, the platform may call
-            // `invalidate_begin` for it, and that call must find it (a dropped `begin` would
-            // let a collection commit across the invalidation: tests/loom_invalidate.rs
-            // `first_fault_vs_invalidate`).
-            self.notifiers
-                .write()
-                .insert(Notifier::new(notifier.0, notifier.1));
-            let registered = self.platform.mm().register_notifier(
-                NotifierId(notifier.0),
-                notifier.0,
-                notifier.1,
-            );
-            match registered {
-                Ok(handle) => {
-                    // Still there: notifiers are removed only under the structure lock.
-                    if let Some(n) = self.notifiers.write().find_mut(notifier.0) {
-                        n.handle = Some(handle);
-                    }
-                }
-                Err(e) => {
-                    self.notifiers.write().remove(notifier.0);
-                    return Err(e);
-                }
-            }
-        }
+        let created = self.ensure_notifier(notifier)?;
         // The notifier is registered: from now on every change of the interval bumps its
         // sequence before it happens. Check that the VMA still holds the range.
         let seq = self
@@ -432,13 +407,21 @@ impl<P: Platform> Svm<P> {
                 .find_vma(addr)
                 .is_some_and(|v| v.start <= start && end <= v.end);
         let inserted = if still_mapped {
+            let _s = self.structure.lock();
             let mut t = self.notifiers.write();
-            match (t.find_mut(addr), seq) {
-                (Some(n), Some(seq)) if !n.seq.read_retry(seq) => {
-                    n.ranges.insert(range.clone()).map(|()| true)
+            if self.is_closed() {
+                Err(Error::Closed)
+            } else if let Some(r) = t.find(addr).and_then(|n| n.ranges.find_arc(addr)) {
+                // Another fault created it meanwhile.
+                return Ok(Some(r));
+            } else {
+                match (t.find_mut(addr), seq) {
+                    (Some(n), Some(seq)) if n.handle.is_some() && !n.seq.read_retry(seq) => {
+                        // An overlap means a concurrent insert won: start over.
+                        Ok(n.ranges.insert(range.clone()).is_ok())
+                    }
+                    _ => Ok(false),
                 }
-                (Some(_), _) => Ok(false),
-                (None, _) => Err(Error::Invalid),
             }
         } else {
             Ok(false)
@@ -446,7 +429,7 @@ impl<P: Platform> Svm<P> {
         match inserted {
             Ok(true) => Ok(Some(range)),
             Ok(false) | Err(_) => {
-                if !exists {
+                if created {
                     self.drop_notifier_if_empty(notifier.0);
                 }
                 inserted.map(|_| None)
@@ -454,11 +437,82 @@ impl<P: Platform> Svm<P> {
         }
     }
 
+    /// Make sure the notifier `[start, end)` exists and is registered with the platform;
+    /// returns whether this call created it. No crate lock is held while the platform
+    /// registers it: meanwhile the notifier sits in the tree without a handle ("registering"),
+    /// so that invalidations the platform delivers for it are not lost, no range is inserted
+    /// into it, and it is not removed; other callers wait for the registration to finish.
+    ///
+    /// Errors: [`Error::Closed`]; [`Error::Busy`] if another registration does not finish
+    /// within the retry budget; errors of `register_notifier` (the notifier is then removed).
+    fn ensure_notifier(&self, (start, end): (u64, u64)) -> Result<bool> {
+        let mut waited = 0u32;
+        loop {
+            self.check_open()?;
+            let state = self.notifiers.read().get(start).map(|n| n.handle.is_some());
+            match state {
+                Some(true) => return Ok(false),
+                Some(false) => {
+                    waited = waited.saturating_add(1);
+                    if waited > self.config.retry.max_attempts {
+                        return Err(Error::Busy);
+                    }
+                    crate::sync::spin_hint();
+                    continue;
+                }
+                None => {}
+            }
+            {
+                let mut t = self.notifiers.write();
+                if t.get(start).is_some() {
+                    continue;
+                }
+                // The notifier goes into the tree before the platform learns about it: from
+                // the moment `register_notifier` makes it visible, the platform may call
+                // `invalidate_begin` for it, and that call must find it (a dropped `begin`
+                // would let a collection commit across the invalidation:
+                // tests/loom_invalidate.rs `first_fault_vs_invalidate`).
+                t.insert(Notifier::new(start, end));
+            }
+            let registered = self
+                .platform
+                .mm()
+                .register_notifier(NotifierId(start), start, end);
+            let mut t = self.notifiers.write();
+            let closed = self.is_closed();
+            return match (registered, t.find_mut(start)) {
+                (Ok(h), Some(n)) if n.start == start && !closed => {
+                    n.handle = Some(h);
+                    Ok(true)
+                }
+                (Ok(h), _) => {
+                    // Closed meanwhile (close took the notifier out, or will find it without a
+                    // handle): undo the registration ourselves.
+                    if t.get(start).is_some_and(|n| n.handle.is_none()) {
+                        t.remove(start);
+                    }
+                    drop(t);
+                    self.platform.mm().unregister_notifier(h);
+                    Err(Error::Closed)
+                }
+                (Err(e), _) => {
+                    if t.get(start).is_some_and(|n| n.handle.is_none()) {
+                        t.remove(start);
+                    }
+                    Err(e)
+                }
+            };
+        }
+    }
+
     fn drop_notifier_if_empty(&self, start: u64) {
         let handle = {
             let mut t = self.notifiers.write();
             match t.get(start) {
-                Some(n) if n.ranges.is_empty() => t.remove(start).and_then(|mut n| n.handle.take()),
+                // A notifier without a handle is still being registered by another caller.
+                Some(n) if n.ranges.is_empty() && n.handle.is_some() => {
+                    t.remove(start).and_then(|mut n| n.handle.take())
+                }
                 _ => None,
             }
         };
@@ -504,11 +558,19 @@ impl<P: Platform> Svm<P> {
     /// changes.
     pub fn remove(&self, range: &Range) -> Result<()> {
         self.check_open()?;
-        let _s = self.structure.lock();
-        self.remove_locked(range)
+        let handle = {
+            let _s = self.structure.lock();
+            self.remove_locked(range)?
+        };
+        if let Some(h) = handle {
+            self.platform.mm().unregister_notifier(h);
+        }
+        Ok(())
     }
 
-    fn remove_locked(&self, range: &Range) -> Result<()> {
+    /// Unlink `range` (structure lock held); returns the handle of its notifier if that went
+    /// with it, for the caller to unregister once no crate lock is held.
+    fn remove_locked(&self, range: &Range) -> Result<Option<Handle<P>>> {
         let (handle, _unlinked) = {
             let mut t = self.notifiers.write();
             let n = t.find_mut(range.start()).ok_or(Error::Invalid)?;
@@ -516,7 +578,7 @@ impl<P: Platform> Svm<P> {
             self.platform.page_table().zap(range.start(), range.end());
             range.pages.lock().free(self.platform.dma());
             range.set_flags(RangeFlags::REMOVED);
-            let handle = if n.ranges.is_empty() {
+            let handle = if n.ranges.is_empty() && n.handle.is_some() {
                 let start = n.start;
                 t.remove(start).and_then(|mut n| n.handle.take())
             } else {
@@ -525,10 +587,7 @@ impl<P: Platform> Svm<P> {
             (handle, unlinked)
         };
         Stats::inc(&self.stats.ranges_removed);
-        if let Some(h) = handle {
-            self.platform.mm().unregister_notifier(h);
-        }
-        Ok(())
+        Ok(handle)
     }
 
     /// Collect and map the pages of `range` for the device (SPEC §3).
@@ -728,8 +787,8 @@ impl<P: Platform> Svm<P> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _s = self.structure.lock();
         let all = {
+            let _s = self.structure.lock();
             let mut t = self.notifiers.write();
             for n in t.iter() {
                 for r in n.ranges.iter() {
