@@ -63,7 +63,7 @@ counters! {
     devmem_retries,
     /// Prefetches served.
     prefetches,
-    /// Attribute changes applied.
+    /// `set_attrs` calls that actually changed an attribute.
     attr_changes,
 }
 

@@ -80,8 +80,8 @@ impl<P: Platform> Svm<P> {
             a.set(start, end, update)?;
             changed
         };
-        Stats::inc(&self.stats.attr_changes);
         if changed {
+            Stats::inc(&self.stats.attr_changes);
             self.refault_under_new_policy(start, end);
         }
         Ok(())
@@ -90,6 +90,7 @@ impl<P: Platform> Svm<P> {
     /// [`set_attrs`](Self::set_attrs) from raw attribute changes (decoded all first: one bad
     /// entry and nothing changes).
     pub fn set_attrs_raw(&self, start: u64, len: u64, raw: &[RawAttr]) -> Result<()> {
+        self.check_open()?;
         let mut u = AttrUpdate::default();
         for r in raw {
             let d = r.decode()?;
