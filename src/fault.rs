@@ -63,6 +63,7 @@ impl<P: Platform> Svm<P> {
         self.gc_run();
         let mut attempts = 0u32;
         let mut devmem_tries = 0u32;
+        let mut rebuilt = false;
         loop {
             let vma = self.platform().mm().find_vma(addr).ok_or(Error::Fault)?;
             if access.writes() && !vma.writable() {
@@ -125,6 +126,14 @@ impl<P: Platform> Svm<P> {
             }
             match got {
                 Ok(()) => return Ok(range),
+                Err(Error::Perm) if !ctx.read_only && !rebuilt => {
+                    // The VMA at `addr` is writable, yet a page of the range is not: the range
+                    // outlived an mprotect that split its VMA (protection changes do not split
+                    // ranges). Rebuild it inside the VMA at `addr` and fault once more.
+                    rebuilt = true;
+                    let _ = self.evict(&range);
+                    let _ = self.remove(&range);
+                }
                 // Again: the range went away under us. Perm: the CPU protection changed
                 // between the VMA check and the collection (a read fault collected writable
                 // pages of a VMA that an mprotect made read-only): look at the VMA again.

@@ -749,6 +749,11 @@ impl SimMm {
                     if let Some(p) = cur {
                         if let Some((pm, owner)) = p.dev {
                             if !p.migrating && (req.owner == Some(owner) || !req.fault) {
+                                // Like HMM: a write fault on a read-only device-private entry
+                                // faults, and the read-only VMA refuses it.
+                                if req.fault && req.write && !p.writable {
+                                    return Err(Error::Perm);
+                                }
                                 *slot = CpuPage::Device {
                                     pagemap: pm,
                                     owner,

@@ -3,3 +3,4 @@
 //! against a simple model, returning the first divergence as an error.
 
 pub mod range_tree;
+pub mod state_machine;
