@@ -1453,6 +1453,10 @@ fn random_walk_four_devices() {
     }
 }
 
+/// What one thread of [`threaded_two_devices`] did: its writes `(address, value)`, accesses
+/// done, accesses given up.
+type ThreadLog = (Vec<(u64, u64)>, u64, u64);
+
 /// Two devices and the CPU on three threads, hammering the same pages (each thread owns its
 /// own 8-byte slots in every page, so each can check its own reads exactly): linked (P2P and
 /// device → device) and unlinked (ping-pong through RAM). Between rounds, with all threads
@@ -1467,7 +1471,7 @@ fn threaded_two_devices(link: bool, seed: u64) {
     let (mut ok, mut failed) = (0u64, 0u64);
     for round in 0..4u64 {
         let (a, b, mm) = (m.g(0).clone(), m.g(1).clone(), m.mm.clone());
-        let results: Vec<(Vec<(u64, u64)>, u64, u64)> = std::thread::scope(|sc| {
+        let results: Vec<ThreadLog> = std::thread::scope(|sc| {
             let hs: Vec<_> = (0..3u64)
                 .map(|who| {
                     let (a, b, mm) = (a.clone(), b.clone(), mm.clone());
