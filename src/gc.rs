@@ -42,8 +42,14 @@ impl<P: Platform> Svm<P> {
             let f = r.flags();
             if f.contains(RangeFlags::PARTIAL_UNMAP) && f.contains(RangeFlags::DEVMEM) {
                 // The surviving part goes back to system memory so that the device allocation
-                // can be released; a later fault there creates new, smaller ranges.
-                let _ = self.evict_interval(r.start(), r.end());
+                // can be released; a later fault there creates new, smaller ranges. Counted as
+                // an eviction like `Svm::evict` (SPEC §7: partial unmap is one of its uses).
+                if self
+                    .evict_interval(r.start(), r.end())
+                    .is_ok_and(|rep| rep.pages > 0)
+                {
+                    Stats::inc(&self.stats.evictions);
+                }
             }
             if self.remove(&r).is_ok() {
                 done = done.saturating_add(1);
