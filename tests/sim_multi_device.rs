@@ -1547,3 +1547,59 @@ fn threaded_unlinked_devices() {
         threaded_two_devices(false, seed);
     }
 }
+
+/// Device → device migration is all-or-nothing under injected failures: a copy failing in the
+/// engine that runs it (the source's with `source_peer_migrates`, else the target's), before
+/// or after part of its runs, and a failing allocation in the target. Each time the pages stay
+/// in B's memory with their data, A's memory is empty again, nothing leaks (harness check),
+/// and the next attempt succeeds.
+#[test]
+fn device_to_device_failures_restore() {
+    for spm in [false, true] {
+        for case in 0..3 {
+            let mut m = Machine::new(&[(0, 1)]);
+            m.join(0, VRAM);
+            m.join(1, VRAM);
+            let buf = m.mmap(M2);
+            m.cpu_fill(buf, buf + M2, 4 * P, 1);
+            m.dev_write(1, buf + 8, 0xB);
+            m.dev_read(0, buf);
+            let ra = m.g(0).svm.find(buf).unwrap();
+            let d = MigrateDetails {
+                source_peer_migrates: spm,
+                ..MigrateDetails::default()
+            };
+            let engine = if spm { 1 } else { 0 };
+            match case {
+                0 => m.g(engine).dev.inject_copy_fail_at(1, 0),
+                1 => m.g(engine).dev.inject_copy_fail_at(1, 1),
+                _ => m.g(0).dev.inject_alloc_fail_at(1),
+            }
+            let before = m.frames();
+            let r = m.g(0).svm.migrate_to_devmem(&ra, &d);
+            m.check("failed device-to-device migration");
+            assert!(r.is_err(), "spm {spm} case {case}: {r:?}");
+            if case == 2 {
+                assert_eq!(r, Err(Error::NoMem));
+            }
+            let keep: Vec<_> = before.iter().map(|f| (f.0, f.1, f.2)).collect();
+            let now: Vec<_> = m.frames().iter().map(|f| (f.0, f.1, f.2)).collect();
+            assert_eq!(now, keep, "spm {spm} case {case}: nothing moved");
+            assert!(
+                m.g(0).dev.vram_used().is_empty(),
+                "A's frames were released"
+            );
+            m.dev_read_all(0, buf, buf + M2);
+            m.dev_read_all(1, buf, buf + M2);
+            let ra = m.g(0).svm.find(buf).unwrap();
+            m.g(0)
+                .svm
+                .migrate_to_devmem(&ra, &d)
+                .expect("second attempt");
+            m.check("device-to-device migration");
+            assert!(m.placement(buf, buf + M2).iter().all(|x| *x == Some(0)));
+            m.dev_read_all(1, buf, buf + M2);
+            m.cpu_read_all(buf, buf + M2);
+        }
+    }
+}
