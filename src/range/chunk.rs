@@ -1005,6 +1005,10 @@ mod tests {
     /// over VMA, window and notifier edges, neighbours, missing pages, thresholds and addresses;
     /// every answer is checked against the oracle and the rules.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "pure arithmetic (no unsafe, no links): over a million cases take hours under Miri"
+    )]
     fn exhaustive_sweep_small_world() {
         const CH: &[u64] = &[16 * P, 4 * P, P];
         const EDGES: [u64; 11] = [0, 1, 3, 4, 5, 15, 16, 17, 32, 47, 64];

@@ -1,0 +1,1867 @@
+//! Hostile-argument harness for the public API: a sequence of [`ApiOp`]s calls public functions
+//! with any `u64` address, size, order, pagemap id, notifier id and event on a simulated machine
+//! with one or two devices (each with an arbitrary, possibly hostile, [`SvmConfig`]), and checks
+//! after every step that:
+//!
+//! - nothing panicked (the fuzz build has overflow checks on: an overflow is a panic);
+//! - every error is a typed [`Error`] whose errno maps back to it;
+//! - the documented outcome holds where it is cheap to state (for example `Range::new`,
+//!   `PageEntry::new`, `Error::from_errno`, `select_chunk` and the owner registry against small
+//!   models; `find_or_insert`/`handle_fault` return a range containing the address; every call
+//!   that needs an open instance returns [`Error::Closed`] after `close`);
+//! - [`check_invariants`] holds for every device, and [`check_closed`] once it is closed.
+//!
+//! Shared by the cargo-fuzz target `fuzz/fuzz_targets/api.rs` and the stable replay test
+//! `tests/api_hostile.rs`.
+//!
+//! **Where the harness bounds its inputs** (each bound keeps a run finite or stays within the
+//! simulator's or libFuzzer's limits; none hides a library check):
+//! - retry budgets of hostile configurations are capped ([`MAX_RETRY_ATTEMPTS`],
+//!   [`MAX_DEVMEM_RETRIES`]): with an unbalanced `invalidate_begin` (which the harness does
+//!   issue) a budget of `u32::MAX` attempts is a legitimate "retry for hours";
+//! - `Userptr::get_pages` allocates a page array proportional to the interval, like Linux; the
+//!   harness calls it only for intervals of at most [`MAX_USERPTR_BYTES`] (libFuzzer reports a
+//!   single large `malloc` as a crash). `Userptr::new`, `bind`, the invalidation calls and
+//!   `free_pages` still get any bounds;
+//! - simulator calls (`mmap`, `munmap`, `mprotect`, CPU accesses) only touch the arena: they
+//!   set up state, they are not the API under test;
+//! - `Pagemap::page_free` is a platform callback for a frame the CPU just stopped mapping; the
+//!   harness calls it with any frame *except* a live frame of a live allocation (freeing one of
+//!   those is a platform bug the crate cannot detect), and checks that it is counted as stray.
+//!
+//! ```
+//! use gpusvm::sim::harness::api::{run, ApiInput, ApiOp, Num, Setup};
+//! let input = ApiInput {
+//!     setup: Setup::default(),
+//!     ops: vec![
+//!         ApiOp::HandleFault { dev: 0, addr: Num::Raw(u64::MAX), access: 0, window: None },
+//!         ApiOp::RangeNew { start: Num::Raw(0), end: Num::Raw(u64::MAX) },
+//!         ApiOp::GcRun { dev: 1 },
+//!     ],
+//! };
+//! assert_eq!(run(&input), Ok(()));
+//! ```
+
+use crate::error::Error;
+use crate::fault::Access;
+use crate::migrate::MigrateDetails;
+use crate::pagemap::{OwnerRegistry, PeerId};
+use crate::pages::{PageEntry, PagesCtx, Protocol, RetryPolicy, Userptr};
+use crate::platform::{
+    DmaDirection, NotifierId, OwnerId, PagemapId, Platform, VmaFlags, MAX_ORDER, PAGE_SHIFT,
+    PAGE_SIZE,
+};
+use crate::policy::{
+    decide, AtomicPolicy, AttrUpdate, Attrs, DecisionInput, DeviceCaps, DeviceTarget,
+    MigrationPolicy, PolicyConfig, PreferredLoc, PrefetchLoc, RangeHistory, RawAttr,
+};
+use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
+use crate::sim::{check_closed, check_invariants, lock, DevPte, SimGpu, SimMm, SimWorld};
+use crate::stats::StatsSnapshot;
+use crate::svm::{Event, SvmConfig, Window, MAX_CHUNK_SIZES};
+use std::collections::BTreeSet;
+use std::format;
+use std::string::String;
+use std::sync::Arc;
+use std::vec::Vec;
+
+/// First byte of the arena: four 2 MiB slots (0: huge RW, 1: RW, 2: read-only, 3: a hole).
+pub const ARENA: u64 = 0x40_0000_0000;
+/// Size of one arena slot.
+pub const SLOT: u64 = 2 << 20;
+/// Number of arena slots.
+pub const SLOTS: u64 = 4;
+/// One past the last byte of the arena.
+pub const ARENA_END: u64 = ARENA + SLOTS * SLOT;
+/// A VMA at the top of the default mirrored interval (`1 << 47`).
+pub const TOP47: u64 = (1 << 47) - SLOT;
+/// A VMA near the top of the 64-bit address space, `[TOP64, TOP64_END)`; its last 2 MiB
+/// block would end at 2^64.
+pub const TOP64: u64 = 0u64.wrapping_sub(2 * SLOT);
+/// End of the top VMA: the last page-aligned address.
+pub const TOP64_END: u64 = 0u64.wrapping_sub(PAGE_SIZE);
+/// Longest op sequence run (the rest of a longer input is ignored).
+pub const MAX_OPS: usize = 256;
+/// Cap on `RetryPolicy::max_attempts` of hostile configurations (see the module docs).
+pub const MAX_RETRY_ATTEMPTS: u32 = 64;
+/// Cap on `PolicyConfig::devmem_only_retries` of hostile configurations.
+pub const MAX_DEVMEM_RETRIES: u32 = 8;
+/// Largest userptr interval whose pages the harness collects.
+pub const MAX_USERPTR_BYTES: u64 = 16 << 20;
+/// How many range objects the harness remembers for later calls.
+pub const MAX_KNOWN: usize = 48;
+
+/// Interesting values for [`Num::Edge`].
+const EDGES: [u64; 24] = [
+    0,
+    1,
+    PAGE_SIZE - 1,
+    PAGE_SIZE,
+    PAGE_SIZE + 1,
+    64 << 10,
+    SLOT,
+    512 << 20,
+    1 << 32,
+    ARENA,
+    ARENA + SLOT,
+    ARENA + 2 * SLOT,
+    ARENA_END - PAGE_SIZE,
+    ARENA_END,
+    TOP47,
+    (1 << 47) - PAGE_SIZE,
+    1 << 47,
+    1 << 63,
+    (1 << 63) - PAGE_SIZE,
+    TOP64,
+    TOP64_END - PAGE_SIZE,
+    TOP64_END,
+    u64::MAX - 1,
+    u64::MAX,
+];
+
+/// Any `u64`, drawn so that hostile but meaningful values are common.
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Num {
+    /// Exactly this value.
+    Raw(u64),
+    /// An interesting value (index modulo the table), plus a small signed delta.
+    Edge {
+        /// Index into the table of edges.
+        index: u8,
+        /// Added (wrapping).
+        delta: i16,
+    },
+    /// `2^shift` (shift modulo 64) plus a small signed delta (wrapping).
+    Pow2 {
+        /// The exponent.
+        shift: u8,
+        /// Added (wrapping).
+        delta: i8,
+    },
+    /// A byte of the arena: page `page` (modulo the arena's pages) plus `offset` bytes.
+    Arena {
+        /// Page index.
+        page: u16,
+        /// Byte offset (not reduced: may run past the page).
+        offset: u16,
+    },
+    /// The start (or end) of a range the harness knows, plus a signed number of pages.
+    Known {
+        /// Which known range.
+        index: u8,
+        /// Its end instead of its start.
+        end: bool,
+        /// Pages added (wrapping).
+        pages: i8,
+    },
+}
+
+impl Num {
+    fn value(self, h: &Harness) -> u64 {
+        match self {
+            Num::Raw(v) => v,
+            Num::Edge { index, delta } => {
+                EDGES[usize::from(index) % EDGES.len()].wrapping_add(i64::from(delta) as u64)
+            }
+            Num::Pow2 { shift, delta } => {
+                (1u64 << (shift % 64)).wrapping_add(i64::from(delta) as u64)
+            }
+            Num::Arena { page, offset } => {
+                let pages = (ARENA_END - ARENA) / PAGE_SIZE;
+                ARENA + (u64::from(page) % pages) * PAGE_SIZE + u64::from(offset)
+            }
+            Num::Known { index, end, pages } => {
+                let base = match h.known_range(index) {
+                    Some(r) if end => r.end(),
+                    Some(r) => r.start(),
+                    None => ARENA,
+                };
+                base.wrapping_add((i64::from(pages) as u64).wrapping_mul(PAGE_SIZE))
+            }
+        }
+    }
+}
+
+/// A `u32` identifier: one the machine uses (a device's id or owner), or any value.
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Id {
+    /// The id of device `dev` (modulo the number of devices): its pagemap id, or its owner.
+    Device(u8),
+    /// Any value.
+    Raw(u32),
+}
+
+/// A notifier id for `invalidate_begin`/`invalidate_end`.
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierSpec {
+    /// One the platform registered (index modulo the registered ones), if any.
+    Registered(u8),
+    /// Any value.
+    Raw(Num),
+}
+
+/// An [`Event`].
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSpec {
+    /// [`Event::Unmap`].
+    Unmap,
+    /// [`Event::Clear`].
+    Clear,
+    /// [`Event::Protection`].
+    Protection,
+    /// [`Event::Migrate`] by an owner.
+    Migrate(Option<Id>),
+    /// [`Event::Release`].
+    Release,
+}
+
+/// A [`PagesCtx`].
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtxSpec {
+    /// `read_only`.
+    pub read_only: bool,
+    /// `devmem_only`.
+    pub devmem_only: bool,
+    /// `allow_mixed`.
+    pub allow_mixed: bool,
+    /// `owner`: none, or an id.
+    pub owner: Option<Id>,
+}
+
+/// A chunk-size list: the default, a list of powers of two, or any values.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub enum ChunksSpec {
+    /// 2 MiB, 64 KiB, 4 KiB.
+    Default,
+    /// `2^(s % 64)` for each `s` (at most [`MAX_CHUNK_SIZES`]).
+    Shifts(Vec<u8>),
+    /// Any values (at most [`MAX_CHUNK_SIZES`]).
+    Raw(Vec<Num>),
+}
+
+/// A possibly hostile [`SvmConfig`]: every field any value.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSpec {
+    /// `mm_start`.
+    pub mm_start: Num,
+    /// `mm_range`.
+    pub mm_range: Num,
+    /// `notifier_size`.
+    pub notifier_size: Num,
+    /// `chunk_sizes`.
+    pub chunks: ChunksSpec,
+    /// `check_pages_threshold`.
+    pub check_pages_threshold: Num,
+    /// `retry.deadline_ns`.
+    pub deadline_ns: Num,
+    /// `retry.max_attempts` (capped, see the module docs).
+    pub max_attempts: u32,
+    /// `owner`.
+    pub owner: Option<Id>,
+    /// `prefer_devmem`.
+    pub prefer_devmem: bool,
+    /// `atomic_timeslice_ns`.
+    pub atomic_timeslice_ns: Num,
+    /// `source_peer_migrates`.
+    pub source_peer_migrates: bool,
+    /// `can_migrate_same_pagemap`.
+    pub can_migrate_same_pagemap: bool,
+    /// `policy.migrate_threshold`.
+    pub migrate_threshold: Num,
+    /// `policy.devmem_only_retries` (capped).
+    pub devmem_only_retries: u32,
+    /// `policy.atomics_on_sysmem`.
+    pub atomics_on_sysmem: bool,
+}
+
+/// One device of the machine.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceSpec {
+    /// Device memory in pages: none, 64, 512 or 2048 (`vram % 4`).
+    pub vram: u8,
+    /// A hostile configuration (used if [`Svm::new`](crate::Svm::new) accepts it, else the
+    /// default configuration over `[0, 2^47)`).
+    pub config: Option<ConfigSpec>,
+}
+
+/// The machine.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Setup {
+    /// Two devices instead of one.
+    pub two_devices: bool,
+    /// The devices.
+    pub devices: [DeviceSpec; 2],
+    /// Link the two devices (one owner, peer access).
+    pub link: bool,
+}
+
+/// A range argument: one the harness has seen (from the devices, `Range::new`, or removed), or
+/// a fresh one.
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRef {
+    /// A known range (index modulo their number; a fresh arena page if none).
+    Known(u8),
+    /// A fresh range with these bounds (an arena page if `Range::new` refuses them).
+    Fresh {
+        /// First byte.
+        start: Num,
+        /// One past the last byte.
+        end: Num,
+    },
+    /// The range device `dev` holds at `addr`, if any (else as `Known(0)`).
+    At {
+        /// Which device.
+        dev: u8,
+        /// The address.
+        addr: Num,
+    },
+}
+
+/// An attribute update (each field `None` or any value).
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateSpec {
+    /// Preferred location: 0 device default, 1 system, else a pagemap.
+    pub preferred: Option<(u8, Id)>,
+    /// Migration policy.
+    pub migration: Option<bool>,
+    /// Atomic policy (modulo 4).
+    pub atomic: Option<u8>,
+}
+
+/// A raw attribute (any bits).
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawAttrSpec {
+    /// `kind` (small values are the valid ones).
+    pub kind: u32,
+    /// `value`.
+    pub value: Num,
+    /// `reserved`.
+    pub reserved: u64,
+}
+
+/// A device frame number for the pagemap callbacks.
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSpec {
+    /// A frame of a live allocation of the pagemap (index, page; modulo), or the first frame
+    /// of the device memory if there is none.
+    Alloc {
+        /// Which allocation.
+        index: u8,
+        /// Which page of it.
+        page: u16,
+    },
+    /// The device memory's frame `n` (the simulator numbers device frames from
+    /// `(id + 1) << 32`).
+    Device(u16),
+    /// Any value.
+    Raw(Num),
+}
+
+/// A [`ChunkQuery`] with any values.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub struct QuerySpec {
+    /// `addr`.
+    pub addr: Num,
+    /// `vma`.
+    pub vma: (Num, Num),
+    /// `notifier`.
+    pub notifier: (Num, Num),
+    /// `window`.
+    pub window: (Num, Num),
+    /// `chunk_sizes`.
+    pub chunks: ChunksSpec,
+    /// `check_pages_threshold`.
+    pub threshold: Num,
+    /// Answers of the `overlaps` callback, one bit per call (then `false`).
+    pub overlaps: u16,
+    /// Answers of the `all_present` callback, one bit per call (then `true`).
+    pub present: u16,
+}
+
+/// One call. `dev` is taken modulo the number of devices.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq)]
+pub enum ApiOp {
+    /// `Range::new(start, end)`: `Ok` iff `start < end` and both page aligned.
+    RangeNew {
+        /// First byte.
+        start: Num,
+        /// One past the last byte.
+        end: Num,
+    },
+    /// Insert a range into the harness's own [`RangeTree`]: refused iff it is linked or
+    /// overlaps.
+    TreeInsert {
+        /// Which range.
+        range: RangeRef,
+    },
+    /// Remove a range from the harness's tree.
+    TreeRemove {
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `find`, `find_arc`, `overlapping`, `any_overlap` and `pop_front` on the harness's tree.
+    TreeQuery {
+        /// Lookup address / start of the interval.
+        start: Num,
+        /// End of the interval.
+        end: Num,
+        /// Also pop the first range.
+        pop: bool,
+    },
+    /// `PageEntry::new` with any bits: `Ok` iff aligned, order and protocol in range; then the
+    /// fields round-trip.
+    PageEntryNew {
+        /// Address.
+        addr: Num,
+        /// Order.
+        order: u8,
+        /// Direction (modulo 3).
+        dir: u8,
+        /// Protocol.
+        proto: u8,
+    },
+    /// A userptr over any interval on device `dev`: `new`, `get_pages`, `bind`, an
+    /// invalidation over any interval, `pages_valid`, `unmap_pages`, `free_pages`.
+    Userptr {
+        /// Which device's platform.
+        dev: u8,
+        /// First byte.
+        start: Num,
+        /// One past the last byte.
+        end: Num,
+        /// The collection context.
+        ctx: CtxSpec,
+        /// Retry budget.
+        attempts: u8,
+        /// An invalidation `[start, end)` after the collection.
+        inval: Option<(Num, Num)>,
+    },
+    /// `Svm::new` with any configuration (on the simulated platform), then a fault through
+    /// it, then `close`.
+    SvmNew {
+        /// The configuration.
+        config: ConfigSpec,
+        /// Where to fault.
+        addr: Num,
+    },
+    /// `Svm::find_or_insert` with any address, window and context.
+    FindOrInsert {
+        /// Which device.
+        dev: u8,
+        /// The address.
+        addr: Num,
+        /// The window (`None`: everything).
+        window: Option<(Num, Num)>,
+        /// The context.
+        ctx: CtxSpec,
+    },
+    /// `Svm::find`.
+    Find {
+        /// Which device.
+        dev: u8,
+        /// The address.
+        addr: Num,
+    },
+    /// `Svm::remove` of any range.
+    Remove {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `Svm::get_pages` of any range with any context.
+    GetPages {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+        /// The context.
+        ctx: CtxSpec,
+    },
+    /// `Svm::bind` of any range; the entries are written into the device page table (as a
+    /// driver does) when the range belongs to the device.
+    Bind {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `Svm::unmap_pages` (after zapping the device mappings, as the contract says).
+    UnmapPages {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `Svm::free_pages` (after zapping the device mappings).
+    FreePages {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `Svm::pages_valid` (`false` for a range not in the instance).
+    PagesValid {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `Svm::handle_fault` with any address, access and window.
+    HandleFault {
+        /// Which device.
+        dev: u8,
+        /// The address.
+        addr: Num,
+        /// 0 read, 1 write, else atomic.
+        access: u8,
+        /// The window (`None`: everything).
+        window: Option<(Num, Num)>,
+    },
+    /// A device access of the simulated GPU (fault, bind, access) at any address.
+    DevAccess {
+        /// Which device.
+        dev: u8,
+        /// The address.
+        addr: Num,
+        /// 0 read, 1 write, else atomic.
+        access: u8,
+    },
+    /// `Svm::invalidate_begin` with any notifier id, interval and event (not necessarily
+    /// followed by an end).
+    InvalidateBegin {
+        /// Which device.
+        dev: u8,
+        /// Notifier id.
+        id: NotifierSpec,
+        /// First byte.
+        start: Num,
+        /// One past the last byte.
+        end: Num,
+        /// The event.
+        event: EventSpec,
+    },
+    /// `Svm::invalidate_end` with any notifier id and interval (not necessarily after a begin).
+    InvalidateEnd {
+        /// Which device.
+        dev: u8,
+        /// Notifier id.
+        id: NotifierSpec,
+        /// First byte.
+        start: Num,
+        /// One past the last byte.
+        end: Num,
+    },
+    /// `Svm::gc_run`.
+    GcRun {
+        /// Which device.
+        dev: u8,
+    },
+    /// `Svm::close` (then every call that needs an open instance returns `Closed`).
+    Close {
+        /// Which device.
+        dev: u8,
+    },
+    /// `Svm::set_attrs` with any interval and update.
+    SetAttrs {
+        /// Which device.
+        dev: u8,
+        /// Start.
+        start: Num,
+        /// Length.
+        len: Num,
+        /// The update.
+        update: UpdateSpec,
+    },
+    /// `Svm::set_attrs_raw` with any raw attributes.
+    SetAttrsRaw {
+        /// Which device.
+        dev: u8,
+        /// Start.
+        start: Num,
+        /// Length.
+        len: Num,
+        /// The raw attributes (at most 4 used).
+        raw: Vec<RawAttrSpec>,
+    },
+    /// `Svm::prefetch` with any interval and location.
+    Prefetch {
+        /// Which device.
+        dev: u8,
+        /// Start.
+        start: Num,
+        /// Length.
+        len: Num,
+        /// 0 system, 1 device, else the pagemap `id`.
+        loc: u8,
+        /// The pagemap for `loc >= 2`.
+        id: Id,
+    },
+    /// `Svm::migrate_to_devmem` of any range with any details.
+    MigrateToDevmem {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+        /// `timeslice_ns`.
+        timeslice_ns: Num,
+        /// `can_migrate_same_pagemap`.
+        same_pagemap: bool,
+        /// `source_peer_migrates`.
+        source_peer: bool,
+    },
+    /// `Svm::evict` of any range.
+    Evict {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+    },
+    /// `Svm::place_in` of any range into any target.
+    PlaceIn {
+        /// Which device.
+        dev: u8,
+        /// Which range.
+        range: RangeRef,
+        /// The target pagemap (`None`: the local one).
+        target: Option<Id>,
+        /// The timeslice.
+        timeslice_ns: Num,
+    },
+    /// `Pagemap::page_free` of device `dev`'s pagemap with any frame (see the module docs).
+    PageFree {
+        /// Which device.
+        dev: u8,
+        /// The frame.
+        frame: FrameSpec,
+    },
+    /// `Pagemap::migrate_to_ram` of device `dev`'s pagemap with any address and frame.
+    MigrateToRam {
+        /// Which device.
+        dev: u8,
+        /// The faulting address.
+        addr: Num,
+        /// The frame.
+        frame: FrameSpec,
+    },
+    /// `OwnerRegistry::join` on a registry of the harness (peers `a`, `b` are linked iff
+    /// `(a ^ b) & 3 == 0`).
+    OwnerJoin {
+        /// The peer.
+        peer: u64,
+    },
+    /// `OwnerRegistry::leave`.
+    OwnerLeave {
+        /// The peer.
+        peer: u64,
+    },
+    /// `select_chunk` with any query; an `Ok` must satisfy the documented rules.
+    SelectChunk(QuerySpec),
+    /// `Error::from_errno` with any value.
+    FromErrno(i32),
+    /// `policy::decide` with any input and configuration.
+    Decide {
+        /// `range_size`.
+        range_size: Num,
+        /// 0 read, 1 write, else atomic.
+        access: u8,
+        /// The attributes.
+        attrs: UpdateSpec,
+        /// `caps.has_devmem`.
+        has_devmem: bool,
+        /// `caps.default_to_devmem`.
+        default_to_devmem: bool,
+        /// `history.migrate_failed`.
+        migrate_failed: bool,
+        /// `migrate_threshold`.
+        threshold: Num,
+        /// `devmem_only_retries`.
+        retries: u32,
+        /// `atomics_on_sysmem`.
+        atomics_on_sysmem: bool,
+    },
+    /// CPU write of a word of the arena (the simulator; sets up pages).
+    CpuWrite {
+        /// Page of the arena.
+        page: u16,
+        /// Value.
+        value: u64,
+    },
+    /// `munmap` of arena pages `[page, page + npages)` (the simulator).
+    Munmap {
+        /// First page of the arena.
+        page: u16,
+        /// Number of pages (1..=512).
+        npages: u16,
+    },
+    /// `mmap` (fixed) of arena pages (the simulator); refused over a mapping.
+    Mmap {
+        /// First page of the arena.
+        page: u16,
+        /// Number of pages (1..=512).
+        npages: u16,
+        /// Read-only instead of read-write.
+        read_only: bool,
+    },
+    /// `mprotect` of arena pages (the simulator).
+    Mprotect {
+        /// First page of the arena.
+        page: u16,
+        /// Number of pages (1..=512).
+        npages: u16,
+        /// Read-only instead of read-write.
+        read_only: bool,
+    },
+    /// Let time pass (timeslices expire).
+    Advance {
+        /// Milliseconds.
+        ms: u8,
+    },
+}
+
+/// A whole input: the machine and the calls.
+#[derive(arbitrary::Arbitrary, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApiInput {
+    /// The machine.
+    pub setup: Setup,
+    /// The calls (at most [`MAX_OPS`] are run).
+    pub ops: Vec<ApiOp>,
+}
+
+/// Check that an error is one of the crate's, with an errno that maps back to it.
+fn typed(e: Error) -> Result<(), String> {
+    if Error::from_errno(e.errno()) != Some(e) {
+        return Err(format!("{e:?}: errno {} does not map back", e.errno()));
+    }
+    Ok(())
+}
+
+fn access_of(a: u8) -> Access {
+    match a % 3 {
+        0 => Access::Read,
+        1 => Access::Write,
+        _ => Access::Atomic,
+    }
+}
+
+fn chunks_of(c: &ChunksSpec, h: &Harness) -> Vec<u64> {
+    match c {
+        ChunksSpec::Default => std::vec![2 << 20, 64 << 10, PAGE_SIZE],
+        ChunksSpec::Shifts(s) => s
+            .iter()
+            .take(MAX_CHUNK_SIZES)
+            .map(|&s| 1u64 << (s % 64))
+            .collect(),
+        ChunksSpec::Raw(v) => v.iter().take(MAX_CHUNK_SIZES).map(|n| n.value(h)).collect(),
+    }
+}
+
+/// The machine the ops run on.
+struct Harness {
+    world: Arc<SimWorld>,
+    mm: Arc<SimMm>,
+    gpus: Vec<SimGpu>,
+    /// Whether each device was closed.
+    closed: Vec<bool>,
+    /// Range objects seen (from the devices, `Range::new`, removals), oldest first.
+    known: Vec<Arc<Range>>,
+    /// The harness's own range tree and its model (start, end, object).
+    tree: RangeTree,
+    tree_model: Vec<Arc<Range>>,
+    /// The harness's owner registry and its members.
+    owners: OwnerRegistry<fn(PeerId, PeerId) -> bool>,
+    members: BTreeSet<u64>,
+    /// Device ids handed to `SvmNew` devices.
+    next_id: u32,
+}
+
+fn linked_peers(a: PeerId, b: PeerId) -> bool {
+    (a.0 ^ b.0) & 3 == 0
+}
+
+impl Harness {
+    fn new(setup: &Setup) -> Result<Harness, String> {
+        let world = SimWorld::new();
+        let mm = SimMm::new(&world);
+        let rw = VmaFlags::READ | VmaFlags::WRITE;
+        let maps = [
+            (0, SLOT, rw, false),
+            (ARENA, SLOT, rw, true),
+            (ARENA + SLOT, SLOT, rw, false),
+            (ARENA + 2 * SLOT, SLOT, VmaFlags::READ, false),
+            (TOP47, SLOT, rw, true),
+            (TOP64, TOP64_END - TOP64, rw, false),
+        ];
+        for (addr, len, flags, huge) in maps {
+            mm.mmap_fixed(addr, len, flags, huge)
+                .map_err(|e| format!("setup mmap_fixed({addr:#x}, {len:#x}): {e:?}"))?;
+        }
+        let n = if setup.two_devices { 2 } else { 1 };
+        if setup.link && n == 2 {
+            world.link(0, 1);
+        }
+        let mut h = Harness {
+            world,
+            mm,
+            gpus: Vec::new(),
+            closed: Vec::new(),
+            known: Vec::new(),
+            tree: RangeTree::new(),
+            tree_model: Vec::new(),
+            owners: OwnerRegistry::new(linked_peers as fn(PeerId, PeerId) -> bool),
+            members: BTreeSet::new(),
+            next_id: 8,
+        };
+        for (i, spec) in setup.devices.iter().take(n).enumerate() {
+            let id = i as u32;
+            let pages = match spec.vram % 4 {
+                0 => 0,
+                1 => 64,
+                2 => 512,
+                _ => 2048,
+            };
+            let default = || {
+                let mut c = SvmConfig::new(0, 1 << 47);
+                c.prefer_devmem = pages > 0;
+                c
+            };
+            let cfg = match &spec.config {
+                Some(c) => {
+                    let cfg = h.config(c);
+                    match cfg.validate() {
+                        Ok(()) => cfg,
+                        Err(e) => {
+                            typed(e)?;
+                            if e != Error::Invalid {
+                                return Err(format!("validate: {e:?} for {cfg:?}"));
+                            }
+                            default()
+                        }
+                    }
+                }
+                None => default(),
+            };
+            let g = SimGpu::join_with(&h.mm, id, pages, cfg)
+                .map_err(|e| format!("setup device {id}: {e:?}"))?;
+            h.gpus.push(g);
+            h.closed.push(false);
+        }
+        Ok(h)
+    }
+
+    /// The configuration a spec names (retry budgets capped, see the module docs).
+    fn config(&self, c: &ConfigSpec) -> SvmConfig {
+        let mut cfg = SvmConfig::new(c.mm_start.value(self), c.mm_range.value(self));
+        cfg.notifier_size = c.notifier_size.value(self);
+        cfg.chunk_sizes = heapless::Vec::new();
+        for s in chunks_of(&c.chunks, self) {
+            let _ = cfg.chunk_sizes.push(s);
+        }
+        cfg.check_pages_threshold = c.check_pages_threshold.value(self);
+        cfg.retry = RetryPolicy {
+            deadline_ns: c.deadline_ns.value(self),
+            max_attempts: c.max_attempts % (MAX_RETRY_ATTEMPTS + 1),
+        };
+        cfg.owner = c.owner.map(|o| self.owner_id(o));
+        cfg.prefer_devmem = c.prefer_devmem;
+        cfg.atomic_timeslice_ns = c.atomic_timeslice_ns.value(self);
+        cfg.source_peer_migrates = c.source_peer_migrates;
+        cfg.can_migrate_same_pagemap = c.can_migrate_same_pagemap;
+        cfg.policy = PolicyConfig {
+            migrate_threshold: c.migrate_threshold.value(self),
+            devmem_only_retries: c.devmem_only_retries % (MAX_DEVMEM_RETRIES + 1),
+            atomics_on_sysmem: c.atomics_on_sysmem,
+        };
+        cfg
+    }
+
+    fn dev(&self, d: u8) -> usize {
+        usize::from(d) % self.gpus.len().max(1)
+    }
+
+    fn gpu(&self, d: u8) -> &SimGpu {
+        &self.gpus[self.dev(d)]
+    }
+
+    fn owner_id(&self, id: Id) -> OwnerId {
+        match id {
+            Id::Device(d) => self
+                .gpus
+                .get(self.dev(d))
+                .and_then(|g| g.svm.owner())
+                .unwrap_or(OwnerId(u32::from(d))),
+            Id::Raw(v) => OwnerId(v),
+        }
+    }
+
+    fn pagemap_id(&self, id: Id) -> PagemapId {
+        match id {
+            Id::Device(d) => PagemapId(self.dev(d) as u32),
+            Id::Raw(v) => PagemapId(v),
+        }
+    }
+
+    fn ctx(&self, c: CtxSpec) -> PagesCtx {
+        PagesCtx {
+            read_only: c.read_only,
+            devmem_only: c.devmem_only,
+            allow_mixed: c.allow_mixed,
+            owner: c.owner.map(|o| self.owner_id(o)),
+        }
+    }
+
+    fn window(&self, w: Option<(Num, Num)>) -> Window {
+        match w {
+            None => Window::ALL,
+            Some((s, e)) => Window {
+                start: s.value(self),
+                end: e.value(self),
+            },
+        }
+    }
+
+    fn known_range(&self, index: u8) -> Option<&Arc<Range>> {
+        let n = self.known.len();
+        if n == 0 {
+            return None;
+        }
+        self.known.get(usize::from(index) % n)
+    }
+
+    fn remember(&mut self, r: &Arc<Range>) {
+        if self.known.iter().any(|k| Arc::ptr_eq(k, r)) {
+            return;
+        }
+        if self.known.len() >= MAX_KNOWN {
+            self.known.remove(0);
+        }
+        self.known.push(r.clone());
+    }
+
+    fn range(&mut self, r: RangeRef) -> Result<Arc<Range>, String> {
+        let fallback = || Range::new(ARENA, ARENA + PAGE_SIZE).map_err(|e| format!("{e:?}"));
+        let out = match r {
+            RangeRef::Known(i) => match self.known_range(i) {
+                Some(r) => r.clone(),
+                None => fallback()?,
+            },
+            RangeRef::Fresh { start, end } => {
+                match Range::new(start.value(self), end.value(self)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        typed(e)?;
+                        fallback()?
+                    }
+                }
+            }
+            RangeRef::At { dev, addr } => {
+                let a = addr.value(self);
+                match self.gpu(dev).svm.find(a) {
+                    Some(r) => r,
+                    None => match self.known_range(0) {
+                        Some(r) => r.clone(),
+                        None => fallback()?,
+                    },
+                }
+            }
+        };
+        self.remember(&out);
+        Ok(out)
+    }
+
+    fn frame(&self, d: u8, f: FrameSpec) -> u64 {
+        let base = (u64::from(self.dev(d) as u32) + 1) << 32;
+        match f {
+            FrameSpec::Alloc { index, page } => {
+                let allocs = self
+                    .gpu(d)
+                    .svm
+                    .pagemap()
+                    .map(|pm| pm.allocations())
+                    .unwrap_or_default();
+                if allocs.is_empty() {
+                    return base;
+                }
+                let a = &allocs[usize::from(index) % allocs.len()];
+                let frames = a.dpfns();
+                if frames.is_empty() {
+                    return base;
+                }
+                frames[usize::from(page) % frames.len()]
+            }
+            FrameSpec::Device(n) => base + u64::from(n),
+            FrameSpec::Raw(n) => n.value(self),
+        }
+    }
+
+    fn notifier(&self, n: NotifierSpec) -> NotifierId {
+        match n {
+            NotifierSpec::Registered(i) => {
+                let regs = self.mm.notifiers();
+                if regs.is_empty() {
+                    return NotifierId(0);
+                }
+                regs[usize::from(i) % regs.len()].1
+            }
+            NotifierSpec::Raw(v) => NotifierId(v.value(self)),
+        }
+    }
+
+    fn update(&self, u: UpdateSpec) -> AttrUpdate {
+        AttrUpdate {
+            preferred: u.preferred.map(|(k, id)| match k % 3 {
+                0 => PreferredLoc::DeviceDefault,
+                1 => PreferredLoc::System,
+                _ => PreferredLoc::Pagemap(self.pagemap_id(id)),
+            }),
+            migration: u.migration.map(|s| {
+                if s {
+                    MigrationPolicy::SystemPagesOnly
+                } else {
+                    MigrationPolicy::AllPages
+                }
+            }),
+            atomic: u.atomic.map(|a| match a % 4 {
+                0 => AtomicPolicy::Undefined,
+                1 => AtomicPolicy::Device,
+                2 => AtomicPolicy::Global,
+                _ => AtomicPolicy::Cpu,
+            }),
+        }
+    }
+
+    /// Arena pages `[page, page + npages)` clamped to the arena.
+    fn arena_span(page: u16, npages: u16) -> (u64, u64) {
+        let pages = (ARENA_END - ARENA) / PAGE_SIZE;
+        let first = u64::from(page) % pages;
+        let n = u64::from(npages) % 512 + 1;
+        let last = (first + n).min(pages);
+        (ARENA + first * PAGE_SIZE, ARENA + last * PAGE_SIZE)
+    }
+
+    /// Zap device `d`'s page table over `[start, end)` (what a driver does before unmapping
+    /// pages it bound).
+    fn zap(&self, d: u8, start: u64, end: u64) {
+        let mut pt = lock(&self.gpu(d).dev.pt);
+        let (s, e) = (start >> PAGE_SHIFT, end >> PAGE_SHIFT);
+        let keys: Vec<u64> = pt.range(s..e).map(|(k, _)| *k).collect();
+        for k in keys {
+            pt.remove(&k);
+        }
+    }
+
+    /// After a call that needs an open instance: on a closed device it must say `Closed`.
+    fn expect_closed_if<T: core::fmt::Debug>(
+        &self,
+        d: u8,
+        what: &str,
+        got: &Result<T, Error>,
+    ) -> Result<(), String> {
+        if self.closed[self.dev(d)] && !matches!(got, Err(Error::Closed)) {
+            return Err(format!("{what} on a closed device: {got:?}"));
+        }
+        if let Err(e) = got {
+            typed(*e)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn step(&mut self, op: &ApiOp) -> Result<(), String> {
+        match op {
+            ApiOp::RangeNew { start, end } => {
+                let (s, e) = (start.value(self), end.value(self));
+                let valid = s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0;
+                match Range::new(s, e) {
+                    Ok(r) if valid => {
+                        if r.start() != s || r.end() != e || r.is_linked() {
+                            return Err(format!("Range::new({s:#x}, {e:#x}) = {r:?}"));
+                        }
+                        if r.size() != e - s || r.npages() != (e - s) / PAGE_SIZE {
+                            return Err(format!("{r:?}: size {:#x}", r.size()));
+                        }
+                        self.remember(&r);
+                    }
+                    Err(Error::Invalid) if !valid => {}
+                    other => return Err(format!("Range::new({s:#x}, {e:#x}) = {other:?}")),
+                }
+            }
+            ApiOp::TreeInsert { range } => {
+                let r = self.range(*range)?;
+                let linked = r.is_linked();
+                let overlaps = self
+                    .tree_model
+                    .iter()
+                    .any(|m| m.overlaps(r.start(), r.end()));
+                match self.tree.insert(r.clone()) {
+                    Ok(()) if !linked && !overlaps => {
+                        self.tree_model.push(r);
+                        self.tree_model.sort_by_key(|m| m.start());
+                    }
+                    Err(Error::Invalid) if linked || overlaps => {
+                        if r.is_linked() != linked {
+                            return Err(format!("refused insert changed the link of {r:?}"));
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "tree insert {r:?} (linked {linked}, overlaps {overlaps}): {other:?}"
+                        ))
+                    }
+                }
+            }
+            ApiOp::TreeRemove { range } => {
+                let r = self.range(*range)?;
+                let pos = self.tree_model.iter().position(|m| Arc::ptr_eq(m, &r));
+                match (self.tree.remove(&r), pos) {
+                    (Some(out), Some(i)) if Arc::ptr_eq(&out, &r) && !out.is_linked() => {
+                        self.tree_model.remove(i);
+                    }
+                    (None, None) => {}
+                    (got, pos) => {
+                        return Err(format!("tree remove {r:?} (model {pos:?}): {got:?}"));
+                    }
+                }
+            }
+            ApiOp::TreeQuery { start, end, pop } => {
+                let (s, e) = (start.value(self), end.value(self));
+                let want = self.tree_model.iter().find(|m| m.contains(s));
+                let got = self.tree.find(s);
+                if got.map(|r| r as *const Range) != want.map(Arc::as_ptr) {
+                    return Err(format!("tree find({s:#x}) = {got:?}, model {want:?}"));
+                }
+                let got_arc = self.tree.find_arc(s);
+                if got_arc.as_ref().map(Arc::as_ptr) != want.map(Arc::as_ptr) {
+                    return Err(format!("tree find_arc({s:#x}) = {got_arc:?}"));
+                }
+                let want: Vec<*const Range> = self
+                    .tree_model
+                    .iter()
+                    .filter(|m| s < e && m.overlaps(s, e))
+                    .map(Arc::as_ptr)
+                    .collect();
+                let got: Vec<*const Range> = self
+                    .tree
+                    .overlapping(s, e)
+                    .take(want.len() + 1)
+                    .map(|r| r as *const Range)
+                    .collect();
+                if got != want {
+                    return Err(format!("tree overlapping({s:#x}, {e:#x}) differs"));
+                }
+                let peek = self.tree.overlapping(s, e).peek_arc();
+                if peek.as_ref().map(Arc::as_ptr) != want.first().copied() {
+                    return Err(format!("tree peek_arc({s:#x}, {e:#x}) = {peek:?}"));
+                }
+                if self.tree.any_overlap(s, e) == want.is_empty() {
+                    return Err(format!("tree any_overlap({s:#x}, {e:#x})"));
+                }
+                if *pop {
+                    let got = self.tree.pop_front();
+                    let want = if self.tree_model.is_empty() {
+                        None
+                    } else {
+                        Some(self.tree_model.remove(0))
+                    };
+                    if got.as_ref().map(Arc::as_ptr) != want.as_ref().map(Arc::as_ptr) {
+                        return Err(format!("tree pop_front = {got:?}, model {want:?}"));
+                    }
+                }
+                if self.tree.len() != self.tree_model.len() {
+                    return Err(format!(
+                        "tree len {} model {}",
+                        self.tree.len(),
+                        self.tree_model.len()
+                    ));
+                }
+            }
+            ApiOp::PageEntryNew {
+                addr,
+                order,
+                dir,
+                proto,
+            } => {
+                let a = addr.value(self);
+                let d = match dir % 3 {
+                    0 => DmaDirection::ToDevice,
+                    1 => DmaDirection::FromDevice,
+                    _ => DmaDirection::Bidirectional,
+                };
+                let valid = a % PAGE_SIZE == 0 && *order <= MAX_ORDER && *proto <= Protocol::MAX;
+                match PageEntry::new(a, *order, d, Protocol(*proto)) {
+                    Ok(e) if valid => {
+                        let ok = e.addr() == a
+                            && e.order() == *order
+                            && e.dir() == d
+                            && e.protocol() == Protocol(*proto)
+                            && e.npages() == 1u64 << order
+                            && e.size() == PAGE_SIZE << order
+                            && e.writable() == (d != DmaDirection::ToDevice);
+                        if !ok {
+                            return Err(format!("PageEntry does not round-trip: {e:?}"));
+                        }
+                    }
+                    Err(Error::Invalid) if !valid => {}
+                    other => {
+                        return Err(format!(
+                            "PageEntry::new({a:#x}, {order}, {d:?}, {proto}) = {other:?}"
+                        ))
+                    }
+                }
+            }
+            ApiOp::Userptr {
+                dev,
+                start,
+                end,
+                ctx,
+                attempts,
+                inval,
+            } => {
+                let (s, e) = (start.value(self), end.value(self));
+                let valid = s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0;
+                let u = match Userptr::new(s, e) {
+                    Ok(u) if valid => u,
+                    Err(Error::Invalid) if !valid => return Ok(()),
+                    other => return Err(format!("Userptr::new({s:#x}, {e:#x}) = {other:?}")),
+                };
+                let g = self.gpu(*dev);
+                let p = g.svm.platform();
+                let dma = p.dma();
+                if e - s <= MAX_USERPTR_BYTES {
+                    let policy = RetryPolicy {
+                        deadline_ns: 1_000_000_000,
+                        max_attempts: u32::from(*attempts % 8),
+                    };
+                    let got = u.get_pages(p, &self.ctx(*ctx), &policy);
+                    if let Err(err) = got {
+                        typed(err)?;
+                    }
+                    if got.is_ok() != u.pages_valid() {
+                        return Err(format!(
+                            "userptr get_pages {got:?}, valid {}",
+                            u.pages_valid()
+                        ));
+                    }
+                }
+                let covered = u.bind(|at, entries| {
+                    (
+                        at,
+                        entries
+                            .iter()
+                            .map(|x| x.size())
+                            .fold(0u64, u64::saturating_add),
+                    )
+                });
+                match covered {
+                    Ok((at, bytes)) if at == s && bytes == e - s => {}
+                    Err(Error::Again) if !u.pages_valid() => {}
+                    other => return Err(format!("userptr bind: {other:?}")),
+                }
+                if let Some((is, ie)) = inval {
+                    let (is, ie) = (is.value(self), ie.value(self));
+                    u.invalidate_begin(dma, is, ie);
+                    if is < e && s < ie && u.pages_valid() {
+                        return Err(format!(
+                            "userptr valid inside invalidation [{is:#x},{ie:#x})"
+                        ));
+                    }
+                    u.invalidate_end();
+                }
+                u.unmap_pages(dma);
+                if u.pages_valid() {
+                    return Err("userptr valid after unmap_pages".into());
+                }
+                u.free_pages(dma);
+            }
+            ApiOp::SvmNew { config, addr } => {
+                let cfg = self.config(config);
+                let valid = cfg.validate();
+                if let Err(e) = valid {
+                    typed(e)?;
+                }
+                let id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1).max(8);
+                match SimGpu::new(&self.mm, id, cfg.clone()) {
+                    Ok(g) => {
+                        if valid.is_err() {
+                            return Err(format!("Svm::new accepted {cfg:?} ({valid:?})"));
+                        }
+                        let a = addr.value(self);
+                        let got = g.svm.handle_fault(a, Access::Read, Window::ALL);
+                        match &got {
+                            Ok(r) if !r.contains(a) => {
+                                return Err(format!("handle_fault({a:#x}) = {r:?}"))
+                            }
+                            Ok(_) => {}
+                            Err(e) => typed(*e)?,
+                        }
+                        let gpus: Vec<&SimGpu> =
+                            self.gpus.iter().chain(core::iter::once(&g)).collect();
+                        check_invariants(&self.mm, &gpus)
+                            .map_err(|e| format!("with the new Svm: {e}"))?;
+                        g.svm.close();
+                        check_closed(&g).map_err(|e| format!("new Svm after close: {e}"))?;
+                    }
+                    Err(e) => {
+                        typed(e)?;
+                        if valid.is_ok() || e != Error::Invalid {
+                            return Err(format!("Svm::new({cfg:?}) = {e:?} (validate {valid:?})"));
+                        }
+                    }
+                }
+            }
+            ApiOp::FindOrInsert {
+                dev,
+                addr,
+                window,
+                ctx,
+            } => {
+                let a = addr.value(self);
+                let w = self.window(*window);
+                let got = self.gpu(*dev).svm.find_or_insert(a, w, &self.ctx(*ctx));
+                self.expect_closed_if(*dev, "find_or_insert", &got)?;
+                if let Ok(r) = &got {
+                    if !r.contains(a) {
+                        return Err(format!("find_or_insert({a:#x}) = {r:?}"));
+                    }
+                    self.remember(r);
+                }
+            }
+            ApiOp::Find { dev, addr } => {
+                let a = addr.value(self);
+                if let Some(r) = self.gpu(*dev).svm.find(a) {
+                    if !r.contains(a) {
+                        return Err(format!("find({a:#x}) = {r:?}"));
+                    }
+                    self.remember(&r);
+                }
+            }
+            ApiOp::Remove { dev, range } => {
+                let r = self.range(*range)?;
+                let got = self.gpu(*dev).svm.remove(&r);
+                self.expect_closed_if(*dev, "remove", &got)?;
+                if got.is_ok()
+                    && self
+                        .gpu(*dev)
+                        .svm
+                        .find(r.start())
+                        .is_some_and(|f| Arc::ptr_eq(&f, &r))
+                {
+                    return Err(format!("removed {r:?} is still found"));
+                }
+            }
+            ApiOp::GetPages { dev, range, ctx } => {
+                let r = self.range(*range)?;
+                let got = self.gpu(*dev).svm.get_pages(&r, &self.ctx(*ctx));
+                self.expect_closed_if(*dev, "get_pages", &got)?;
+                if got.is_ok() && !self.gpu(*dev).svm.pages_valid(&r) {
+                    return Err(format!("get_pages({r:?}) Ok but pages not valid"));
+                }
+            }
+            ApiOp::Bind { dev, range } => {
+                let r = self.range(*range)?;
+                let g = self.gpu(*dev);
+                let pt = &g.dev.pt;
+                let got = g.svm.bind(&r, |range, entries| {
+                    let mut pt = lock(pt);
+                    let mut vpn = range.start() >> PAGE_SHIFT;
+                    let mut bytes = 0u64;
+                    for e in entries {
+                        for i in 0..e.npages() {
+                            pt.insert(
+                                vpn + i,
+                                DevPte {
+                                    addr: e.addr() + (i << PAGE_SHIFT),
+                                    proto: e.protocol(),
+                                    writable: e.writable(),
+                                },
+                            );
+                        }
+                        vpn += e.npages();
+                        bytes = bytes.saturating_add(e.size());
+                    }
+                    bytes
+                });
+                self.expect_closed_if(*dev, "bind", &got)?;
+                if let Ok(bytes) = got {
+                    if bytes != r.size() {
+                        return Err(format!("bind of {r:?}: entries cover {bytes:#x} bytes"));
+                    }
+                }
+            }
+            ApiOp::UnmapPages { dev, range } => {
+                let r = self.range(*range)?;
+                if self
+                    .gpu(*dev)
+                    .svm
+                    .find(r.start())
+                    .is_some_and(|f| Arc::ptr_eq(&f, &r))
+                {
+                    self.zap(*dev, r.start(), r.end());
+                }
+                let got = self.gpu(*dev).svm.unmap_pages(&r);
+                self.expect_closed_if(*dev, "unmap_pages", &got)?;
+                if got.is_ok() && self.gpu(*dev).svm.pages_valid(&r) {
+                    return Err(format!("{r:?} valid after unmap_pages"));
+                }
+            }
+            ApiOp::FreePages { dev, range } => {
+                let r = self.range(*range)?;
+                if self
+                    .gpu(*dev)
+                    .svm
+                    .find(r.start())
+                    .is_some_and(|f| Arc::ptr_eq(&f, &r))
+                {
+                    self.zap(*dev, r.start(), r.end());
+                }
+                let got = self.gpu(*dev).svm.free_pages(&r);
+                self.expect_closed_if(*dev, "free_pages", &got)?;
+                if got.is_ok() && self.gpu(*dev).svm.pages_valid(&r) {
+                    return Err(format!("{r:?} valid after free_pages"));
+                }
+            }
+            ApiOp::PagesValid { dev, range } => {
+                let r = self.range(*range)?;
+                let mine = self
+                    .gpu(*dev)
+                    .svm
+                    .find(r.start())
+                    .is_some_and(|f| Arc::ptr_eq(&f, &r));
+                if self.gpu(*dev).svm.pages_valid(&r) && !mine {
+                    return Err(format!("pages_valid of a foreign range {r:?}"));
+                }
+            }
+            ApiOp::HandleFault {
+                dev,
+                addr,
+                access,
+                window,
+            } => {
+                let a = addr.value(self);
+                let w = self.window(*window);
+                let got = self.gpu(*dev).svm.handle_fault(a, access_of(*access), w);
+                self.expect_closed_if(*dev, "handle_fault", &got)?;
+                if let Ok(r) = &got {
+                    if !r.contains(a) || r.start() < w.start || r.end() > w.end {
+                        return Err(format!("handle_fault({a:#x}, {w:?}) = {r:?}"));
+                    }
+                    self.remember(r);
+                }
+            }
+            ApiOp::DevAccess { dev, addr, access } => {
+                let a = addr.value(self);
+                let g = self.gpu(*dev);
+                let got = match access_of(*access) {
+                    Access::Read => g.read_u64(a),
+                    Access::Write => g.write_u64(a, a).map(|()| 0),
+                    Access::Atomic => g.atomic_add(a, 1),
+                };
+                if let Err(e) = got {
+                    typed(e)?;
+                }
+            }
+            ApiOp::InvalidateBegin {
+                dev,
+                id,
+                start,
+                end,
+                event,
+            } => {
+                let event = match event {
+                    EventSpec::Unmap => Event::Unmap,
+                    EventSpec::Clear => Event::Clear,
+                    EventSpec::Protection => Event::Protection,
+                    EventSpec::Migrate(o) => Event::Migrate {
+                        owner: o.map(|o| self.owner_id(o)),
+                    },
+                    EventSpec::Release => Event::Release,
+                };
+                let (s, e) = (start.value(self), end.value(self));
+                // A driver zaps its own bindings inside the callback: the crate does it through
+                // `DevicePageTable::zap`.
+                self.gpu(*dev)
+                    .svm
+                    .invalidate_begin(self.notifier(*id), s, e, event);
+            }
+            ApiOp::InvalidateEnd {
+                dev,
+                id,
+                start,
+                end,
+            } => {
+                let (s, e) = (start.value(self), end.value(self));
+                self.gpu(*dev).svm.invalidate_end(self.notifier(*id), s, e);
+            }
+            ApiOp::GcRun { dev } => {
+                self.gpu(*dev).svm.gc_run();
+            }
+            ApiOp::Close { dev } => {
+                let i = self.dev(*dev);
+                self.gpus[i].svm.close();
+                self.closed[i] = true;
+                check_closed(&self.gpus[i]).map_err(|e| format!("after close: {e}"))?;
+            }
+            ApiOp::SetAttrs {
+                dev,
+                start,
+                len,
+                update,
+            } => {
+                let (s, l) = (start.value(self), len.value(self));
+                let u = self.update(*update);
+                let got = self.gpu(*dev).svm.set_attrs(s, l, &u);
+                self.expect_closed_if(*dev, "set_attrs", &got)?;
+            }
+            ApiOp::SetAttrsRaw {
+                dev,
+                start,
+                len,
+                raw,
+            } => {
+                let (s, l) = (start.value(self), len.value(self));
+                let raw: Vec<RawAttr> = raw
+                    .iter()
+                    .take(4)
+                    .map(|r| RawAttr {
+                        kind: r.kind % 5,
+                        value: r.value.value(self),
+                        reserved: if r.reserved % 4 == 0 { 0 } else { r.reserved },
+                    })
+                    .collect();
+                let got = self.gpu(*dev).svm.set_attrs_raw(s, l, &raw);
+                if let Err(e) = got {
+                    typed(e)?;
+                }
+            }
+            ApiOp::Prefetch {
+                dev,
+                start,
+                len,
+                loc,
+                id,
+            } => {
+                let (s, l) = (start.value(self), len.value(self));
+                let loc = match loc % 3 {
+                    0 => PrefetchLoc::System,
+                    1 => PrefetchLoc::Device,
+                    _ => PrefetchLoc::Pagemap(self.pagemap_id(*id)),
+                };
+                let got = self.gpu(*dev).svm.prefetch(s, l, loc);
+                self.expect_closed_if(*dev, "prefetch", &got)?;
+            }
+            ApiOp::MigrateToDevmem {
+                dev,
+                range,
+                timeslice_ns,
+                same_pagemap,
+                source_peer,
+            } => {
+                let r = self.range(*range)?;
+                let details = MigrateDetails {
+                    timeslice_ns: timeslice_ns.value(self),
+                    can_migrate_same_pagemap: *same_pagemap,
+                    source_peer_migrates: *source_peer,
+                };
+                let got = self.gpu(*dev).svm.migrate_to_devmem(&r, &details);
+                if let Err(e) = got {
+                    typed(e)?;
+                }
+            }
+            ApiOp::Evict { dev, range } => {
+                let r = self.range(*range)?;
+                let got = self.gpu(*dev).svm.evict(&r);
+                self.expect_closed_if(*dev, "evict", &got)?;
+            }
+            ApiOp::PlaceIn {
+                dev,
+                range,
+                target,
+                timeslice_ns,
+            } => {
+                let r = self.range(*range)?;
+                let t = match target {
+                    None => DeviceTarget::Local,
+                    Some(id) => DeviceTarget::Pagemap(self.pagemap_id(*id)),
+                };
+                let got = self.gpu(*dev).svm.place_in(&r, t, timeslice_ns.value(self));
+                if let Err(e) = got {
+                    typed(e)?;
+                }
+            }
+            ApiOp::PageFree { dev, frame } => {
+                let f = self.frame(*dev, *frame);
+                let Some(pm) = self.gpu(*dev).svm.pagemap() else {
+                    return Ok(());
+                };
+                if pm.alloc_of(f).is_some_and(|a| a.page_live(f)) {
+                    // Freeing a page the CPU still maps: a platform bug (see the module docs).
+                    return Ok(());
+                }
+                let before = pm.stray_frees();
+                pm.page_free(f);
+                if pm.stray_frees() != before + 1 {
+                    return Err(format!(
+                        "page_free({f:#x}) of a free frame not counted stray"
+                    ));
+                }
+            }
+            ApiOp::MigrateToRam { dev, addr, frame } => {
+                let a = addr.value(self);
+                let f = self.frame(*dev, *frame);
+                let Some(pm) = self.gpu(*dev).svm.pagemap() else {
+                    return Ok(());
+                };
+                let view = self.mm.view(usize::MAX);
+                if let Err(e) = pm.migrate_to_ram(&view, a, f) {
+                    typed(e)?;
+                }
+            }
+            ApiOp::OwnerJoin { peer } => {
+                let was = self.members.contains(peer);
+                match self.owners.join(PeerId(*peer)) {
+                    Ok(o) if !was => {
+                        self.members.insert(*peer);
+                        if self.owners.owner_of(PeerId(*peer)) != Some(o)
+                            || !self.owners.members(o).contains(&PeerId(*peer))
+                        {
+                            return Err(format!("join({peer}) = {o:?} but not a member"));
+                        }
+                        for m in self.owners.members(o) {
+                            if !linked_peers(m, PeerId(*peer)) {
+                                return Err(format!("join({peer}) grouped it with {m:?}"));
+                            }
+                        }
+                    }
+                    Err(Error::Invalid) if was => {}
+                    other => return Err(format!("join({peer}) (member {was}) = {other:?}")),
+                }
+            }
+            ApiOp::OwnerLeave { peer } => {
+                let was = self.members.remove(peer);
+                match self.owners.leave(PeerId(*peer)) {
+                    Ok(_) if was => {
+                        if self.owners.owner_of(PeerId(*peer)).is_some() {
+                            return Err(format!("leave({peer}) but still a member"));
+                        }
+                    }
+                    Err(Error::Invalid) if !was => {}
+                    other => return Err(format!("leave({peer}) (member {was}) = {other:?}")),
+                }
+            }
+            ApiOp::SelectChunk(q) => self.select_chunk(q)?,
+            ApiOp::FromErrno(n) => match Error::from_errno(*n) {
+                Some(e) => {
+                    let a = n.unsigned_abs();
+                    let expect = if a == 108 {
+                        Error::Closed.errno()
+                    } else {
+                        -(a as i32)
+                    };
+                    if e.errno() != expect {
+                        return Err(format!("from_errno({n}) = {e:?}"));
+                    }
+                }
+                None => {
+                    if [16u32, 11, 14, 12, 22, 95, 1, 13, 67, 19, 108].contains(&n.unsigned_abs()) {
+                        return Err(format!("from_errno({n}) = None"));
+                    }
+                }
+            },
+            ApiOp::Decide {
+                range_size,
+                access,
+                attrs,
+                has_devmem,
+                default_to_devmem,
+                migrate_failed,
+                threshold,
+                retries,
+                atomics_on_sysmem,
+            } => {
+                let a = self.update(*attrs).apply(Attrs::default());
+                let input = DecisionInput {
+                    range_size: range_size.value(self),
+                    access: access_of(*access),
+                    attrs: a,
+                    caps: DeviceCaps {
+                        has_devmem: *has_devmem,
+                        default_to_devmem: *default_to_devmem,
+                    },
+                    history: RangeHistory {
+                        migrate_failed: *migrate_failed,
+                    },
+                };
+                let cfg = PolicyConfig {
+                    migrate_threshold: threshold.value(self),
+                    devmem_only_retries: *retries,
+                    atomics_on_sysmem: *atomics_on_sysmem,
+                };
+                match decide(&input, &cfg) {
+                    Ok(d) => {
+                        if d.devmem_only && (d.migrate_to.is_none() || !has_devmem) {
+                            return Err(format!("decide: {d:?} for {input:?}"));
+                        }
+                    }
+                    Err(e) => {
+                        typed(e)?;
+                        if input.access != Access::Atomic {
+                            return Err(format!("decide refused a non-atomic access: {e:?}"));
+                        }
+                    }
+                }
+            }
+            ApiOp::CpuWrite { page, value } => {
+                let (a, _) = Self::arena_span(*page, 0);
+                if let Err(e) = self.mm.write_u64(a + 8, *value) {
+                    typed(e)?;
+                }
+            }
+            ApiOp::Munmap { page, npages } => {
+                let (s, e) = Self::arena_span(*page, *npages);
+                self.mm
+                    .munmap(s, e - s)
+                    .map_err(|err| format!("munmap({s:#x}, {:#x}): {err:?}", e - s))?;
+            }
+            ApiOp::Mmap {
+                page,
+                npages,
+                read_only,
+            } => {
+                let (s, e) = Self::arena_span(*page, *npages);
+                let flags = if *read_only {
+                    VmaFlags::READ
+                } else {
+                    VmaFlags::READ | VmaFlags::WRITE
+                };
+                if let Err(err) = self.mm.mmap_fixed(s, e - s, flags, false) {
+                    typed(err)?;
+                }
+            }
+            ApiOp::Mprotect {
+                page,
+                npages,
+                read_only,
+            } => {
+                let (s, e) = Self::arena_span(*page, *npages);
+                let flags = if *read_only {
+                    VmaFlags::READ
+                } else {
+                    VmaFlags::READ | VmaFlags::WRITE
+                };
+                if let Err(err) = self.mm.mprotect(s, e - s, flags) {
+                    typed(err)?;
+                }
+            }
+            ApiOp::Advance { ms } => self.world.advance(u64::from(*ms) * 1_000_000),
+        }
+        Ok(())
+    }
+
+    fn select_chunk(&self, q: &QuerySpec) -> Result<(), String> {
+        let chunks = chunks_of(&q.chunks, self);
+        let pair = |p: &(Num, Num)| (p.0.value(self), p.1.value(self));
+        let query = ChunkQuery {
+            addr: q.addr.value(self),
+            vma: pair(&q.vma),
+            notifier: pair(&q.notifier),
+            window: pair(&q.window),
+            chunk_sizes: &chunks,
+            check_pages_threshold: q.threshold.value(self),
+        };
+        let (mut ov, mut pr) = (q.overlaps, q.present);
+        let mut overlap_calls: Vec<(u64, u64)> = Vec::new();
+        let got = select_chunk(
+            &query,
+            |s, e| {
+                overlap_calls.push((s, e));
+                let b = ov & 1 == 1;
+                ov >>= 1;
+                b
+            },
+            |_, _| {
+                let b = pr & 1 == 0;
+                pr >>= 1;
+                b
+            },
+        );
+        let inside = |o: (u64, u64), s: u64, e: u64| o.0 <= s && e <= o.1;
+        match got {
+            Ok((s, e)) => {
+                let size = e.wrapping_sub(s);
+                let ok = s < e
+                    && s <= query.addr
+                    && query.addr < e
+                    && chunks.contains(&size)
+                    && s % size == 0
+                    && inside(query.vma, s, e)
+                    && inside(query.notifier, s, e)
+                    && inside(query.window, s, e)
+                    && overlap_calls.last() == Some(&(s, e));
+                if !ok {
+                    return Err(format!("select_chunk({query:?}) = [{s:#x}, {e:#x})"));
+                }
+            }
+            Err(e) => {
+                typed(e)?;
+                if !matches!(e, Error::Invalid | Error::Fault) {
+                    return Err(format!("select_chunk({query:?}) = {e:?}"));
+                }
+            }
+        }
+        for (s, e) in overlap_calls {
+            if !(s < e
+                && inside(query.vma, s, e)
+                && inside(query.notifier, s, e)
+                && inside(query.window, s, e))
+            {
+                return Err(format!(
+                    "select_chunk asked overlaps({s:#x}, {e:#x}) outside"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants after every step.
+    fn check(&self) -> Result<(), String> {
+        let gpus: Vec<&SimGpu> = self.gpus.iter().collect();
+        check_invariants(&self.mm, &gpus)?;
+        for (g, &closed) in self.gpus.iter().zip(&self.closed) {
+            if closed {
+                check_closed(g).map_err(|e| format!("dev {} closed: {e}", g.dev.id()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close everything and check that nothing is left behind.
+    fn finish(&mut self) -> Result<(), String> {
+        for i in 0..self.gpus.len() {
+            self.gpus[i].svm.close();
+            self.closed[i] = true;
+        }
+        self.check()?;
+        while self.tree.pop_front().is_some() {}
+        Ok(())
+    }
+}
+
+/// Run `input`: build the machine, apply at most [`MAX_OPS`] calls, checking after each, then
+/// close every device. Returns the first violation (step, call, what went wrong).
+pub fn run(input: &ApiInput) -> Result<(), String> {
+    run_stats(input).map(|_| ())
+}
+
+/// [`run`], returning the counters of each device at the end (to check that inputs reach deep
+/// paths, not only argument checks).
+pub fn run_stats(input: &ApiInput) -> Result<Vec<StatsSnapshot>, String> {
+    let mut h = Harness::new(&input.setup)?;
+    for (i, op) in input.ops.iter().take(MAX_OPS).enumerate() {
+        h.step(op)
+            .and_then(|()| h.check())
+            .map_err(|e| format!("step {i} {op:?}: {e}"))?;
+    }
+    h.finish().map_err(|e| format!("at the end: {e}"))?;
+    Ok(h.gpus.iter().map(|g| g.svm.stats()).collect())
+}

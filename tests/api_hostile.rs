@@ -1,0 +1,205 @@
+//! The public API with hostile arguments, on the stable toolchain: the harness of the cargo-fuzz
+//! target `fuzz/fuzz_targets/api.rs` (`gpusvm::sim::harness::api::run`) over many seeded random
+//! inputs, decoded with `arbitrary` exactly as libFuzzer's `fuzz_target!` decodes them, plus the
+//! committed seed corpus `fuzz/corpus/api/` and any crash libFuzzer left in
+//! `fuzz/artifacts/api/`.
+//!
+//! Replay one file: `GPUSVM_REPLAY=<file> cargo test --features sim --test api_hostile replay`.
+#![cfg(feature = "sim")]
+
+use arbitrary::{Arbitrary, Unstructured};
+use gpusvm::sim::harness::api::{run, run_stats, ApiInput, ApiOp, Num, Setup};
+use gpusvm::sim::Rng;
+use std::path::{Path, PathBuf};
+
+/// Decode bytes the way `libfuzzer_sys::fuzz_target!(|input: ApiInput| ..)` does.
+fn decode(bytes: &[u8]) -> ApiInput {
+    ApiInput::arbitrary_take_rest(Unstructured::new(bytes)).unwrap_or_default()
+}
+
+/// A machine and `ops` calls decoded from random bytes of `seed` (the calls one by one, so
+/// that their number does not depend on the bytes).
+fn input_for(seed: u64, ops: usize) -> ApiInput {
+    let mut rng = Rng::new(seed);
+    let bytes: Vec<u8> = (0..ops * 48 + 256).map(|_| rng.next_u64() as u8).collect();
+    let mut u = Unstructured::new(&bytes);
+    let setup = Setup::arbitrary(&mut u).unwrap_or_default();
+    let mut calls = Vec::with_capacity(ops);
+    while calls.len() < ops {
+        match ApiOp::arbitrary(&mut u) {
+            Ok(op) => calls.push(op),
+            Err(_) => break,
+        }
+    }
+    ApiInput { setup, ops: calls }
+}
+
+fn check(input: &ApiInput) {
+    if let Err(e) = run(input) {
+        panic!("{e}\ninput: {input:?}");
+    }
+}
+
+/// 500 seeds × about 50 calls (fewer under Miri).
+#[test]
+fn seeded_random_inputs() {
+    let (seeds, ops) = if cfg!(miri) { (2, 12) } else { (500u64, 50) };
+    let mut calls = 0usize;
+    let mut total = [0usize; 6];
+    for seed in 0..seeds {
+        let input = input_for(seed, ops);
+        calls += input.ops.len();
+        match run_stats(&input) {
+            Ok(stats) => {
+                for s in stats {
+                    let got = [
+                        s.ranges_created,
+                        s.pages_committed,
+                        s.invalidations,
+                        s.gc_ranges,
+                        s.migrations_to_devmem,
+                        s.migrations_to_ram,
+                    ];
+                    for (t, g) in total.iter_mut().zip(got) {
+                        *t += g;
+                    }
+                }
+            }
+            Err(e) => panic!("seed {seed}: {e}\ninput: {input:?}"),
+        }
+    }
+    eprintln!(
+        "{calls} calls; ranges created, pages committed, invalidations, ranges collected, \
+         migrations to devmem, to RAM: {total:?}"
+    );
+    if !cfg!(miri) {
+        assert!(
+            calls >= 20_000,
+            "the inputs must decode to many calls: {calls}"
+        );
+        // Hostile inputs must still reach the deep paths, not only the argument checks.
+        assert!(total.iter().all(|&t| t > 0), "{total:?}");
+    }
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/api")
+}
+
+/// Every committed seed (and every crash left in `fuzz/artifacts/api/`) runs cleanly.
+#[test]
+#[cfg_attr(miri, ignore = "file system access; covered by seeded_random_inputs")]
+fn replay() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("GPUSVM_REPLAY") {
+        files.push(PathBuf::from(p));
+    } else {
+        let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/artifacts/api");
+        for dir in [corpus_dir(), artifacts] {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+        assert!(
+            files.len() >= 8,
+            "seed corpus {} is missing",
+            corpus_dir().display()
+        );
+    }
+    files.sort();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let input = decode(&bytes);
+        if let Err(e) = run(&input) {
+            panic!("{}: {e}\ninput: {input:?}", f.display());
+        }
+    }
+}
+
+/// Hand-written hostile calls: the extremes of every argument.
+#[test]
+fn extremes() {
+    let edges = [
+        0u64,
+        1,
+        0xfff,
+        0x1000,
+        1 << 47,
+        1 << 63,
+        u64::MAX - 0xfff,
+        u64::MAX,
+    ];
+    let mut ops = Vec::new();
+    for (i, &a) in edges.iter().enumerate() {
+        let b = edges[(i + 3) % edges.len()];
+        let (a, b) = (Num::Raw(a), Num::Raw(b));
+        for dev in 0..2 {
+            ops.push(ApiOp::FindOrInsert {
+                dev,
+                addr: a,
+                window: Some((a, b)),
+                ctx: gpusvm::sim::harness::api::CtxSpec {
+                    read_only: false,
+                    devmem_only: true,
+                    allow_mixed: false,
+                    owner: None,
+                },
+            });
+            for access in 0..3 {
+                ops.push(ApiOp::HandleFault {
+                    dev,
+                    addr: a,
+                    access,
+                    window: None,
+                });
+            }
+            ops.push(ApiOp::SetAttrs {
+                dev,
+                start: a,
+                len: b,
+                update: gpusvm::sim::harness::api::UpdateSpec {
+                    preferred: Some((2, gpusvm::sim::harness::api::Id::Raw(u32::MAX))),
+                    migration: Some(true),
+                    atomic: Some(3),
+                },
+            });
+            ops.push(ApiOp::Prefetch {
+                dev,
+                start: a,
+                len: b,
+                loc: 1,
+                id: gpusvm::sim::harness::api::Id::Device(dev),
+            });
+            ops.push(ApiOp::InvalidateBegin {
+                dev,
+                id: gpusvm::sim::harness::api::NotifierSpec::Raw(a),
+                start: a,
+                end: b,
+                event: gpusvm::sim::harness::api::EventSpec::Unmap,
+            });
+            ops.push(ApiOp::InvalidateEnd {
+                dev,
+                id: gpusvm::sim::harness::api::NotifierSpec::Raw(a),
+                start: b,
+                end: a,
+            });
+        }
+        ops.push(ApiOp::RangeNew { start: a, end: b });
+        ops.push(ApiOp::PageEntryNew {
+            addr: a,
+            order: (i as u8).wrapping_mul(37),
+            dir: i as u8,
+            proto: i as u8,
+        });
+        ops.push(ApiOp::FromErrno(i32::MIN + i as i32));
+        ops.push(ApiOp::FromErrno(-(i as i32) * 11));
+    }
+    let mut setup = Setup {
+        two_devices: true,
+        link: true,
+        ..Setup::default()
+    };
+    setup.devices[0].vram = 3;
+    setup.devices[1].vram = 1;
+    check(&ApiInput { setup, ops });
+}
