@@ -25,11 +25,10 @@
 //! - [`leave_and_rejoin_racing`]: two members of one fully linked owner each leave and join
 //!   again concurrently: they always end in one owner; if the first owner died on the way, the
 //!   survivor is a fresh one and the dead id never comes back.
-//! - [`device_peers_join_back_to_back_racing_a_leave`] (**ignored: a known hazard**): a device
-//!   joins as two peers (its `Svm` and its pagemap, as `SimGpu::join_with` does) while a member
-//!   it has no link to leaves an owner it otherwise qualifies for: the two peers can end up in
-//!   *different* owners (the first join saw the unlinked member, the second did not). Loom
-//!   finds that interleaving; see the test's ignore reason.
+//! - [`device_peers_join_back_to_back_racing_a_leave`]: a device joins as two peers (its `Svm`
+//!   and its pagemap) while a member it has no link to leaves an owner it otherwise qualifies
+//!   for. Joined one by one, the two peers could end up in different owners (loom found that
+//!   interleaving); joined as one unit with `OwnerRegistry::join_all` they always share one.
 #![cfg(loom)]
 
 use gpusvm::pagemap::{Interconnect, OwnerRegistry, PeerId};
@@ -213,27 +212,23 @@ fn device_graph(a: PeerId, b: PeerId) -> bool {
 }
 
 #[test]
-#[ignore = "known hazard (reported): a device that joins as two peers (Svm, then pagemap; \
-            SimGpu::join_with) while an unlinked member leaves the owner it qualifies for can \
-            get two different owners; its Svm then refuses its own device pages (get_pages: \
-            Busy). Needs an atomic multi-peer join or one registry peer per device."]
 fn device_peers_join_back_to_back_racing_a_leave() {
     loom::model(|| {
         let r = Arc::new(OwnerRegistry::new(device_graph));
         let o = r.join(PeerId(0)).unwrap();
         assert_eq!(r.join(PeerId(1)).unwrap(), o, "X joins A's owner");
         let (r1, r2) = (r.clone(), r.clone());
-        let dev = thread::spawn(move || {
-            let s = r1.join(PeerId(2)).unwrap();
-            let q = r1.join(PeerId(3)).unwrap();
-            (s, q)
-        });
+        // The device's Svm and pagemap join as one unit (`join_all`, as
+        // `SimGpu::join_with` does): they can never end in different owners.
+        let dev = thread::spawn(move || r1.join_all(&[PeerId(2), PeerId(3)]).unwrap());
         let x = thread::spawn(move || r2.leave(PeerId(1)).unwrap());
-        let (s, q) = dev.join().unwrap();
+        let s = dev.join().unwrap();
         x.join().unwrap();
+        assert_eq!(r.owner_of(PeerId(2)), Some(s));
         assert_eq!(
-            s, q,
-            "the device's Svm ({s:?}) and pagemap ({q:?}) ended in different owners"
+            r.owner_of(PeerId(3)),
+            Some(s),
+            "the device's Svm and pagemap ended in different owners"
         );
     });
 }

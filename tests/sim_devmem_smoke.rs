@@ -30,7 +30,6 @@ fn devmem_roundtrip() {
     assert_eq!(mm.read_u64(a + 65536).unwrap(), 2);
     assert!(mm.pte(a).unwrap().dev.is_none());
     gpu.check().unwrap();
-    eprintln!("after cpu read: {:?} ptes {}", gpu.svm.stats(), gpu.dev.ptes().len());
     // Ping-pong.
     for round in 0..5u64 {
         gpu.write_u64(a + 24, round).unwrap();

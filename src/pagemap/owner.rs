@@ -77,28 +77,58 @@ impl<F: Interconnect> OwnerRegistry<F> {
     /// Errors: [`Error::Invalid`] if the peer already joined; [`Error::NoMem`]; on error
     /// nothing changes.
     pub fn join(&self, peer: PeerId) -> Result<OwnerId> {
+        self.join_all(core::slice::from_ref(&peer))
+    }
+
+    fn linked(&self, a: PeerId, b: PeerId) -> bool {
+        self.has_interconnect.has_interconnect(a, b) && self.has_interconnect.has_interconnect(b, a)
+    }
+
+    /// Join several peers as one unit (for example a device's `Svm` and its pagemap), so
+    /// that they always get the same owner even while other peers join and leave: the group
+    /// adopted is the first all of whose members have a fast interconnect with every one of
+    /// `peers`; otherwise they start a new owner together.
+    ///
+    /// Errors: [`Error::Invalid`] if `peers` is empty, holds duplicates or a peer that already
+    /// joined, or if two of them lack an interconnect with each other; [`Error::NoMem`]. On
+    /// error nothing changes.
+    pub fn join_all(&self, peers: &[PeerId]) -> Result<OwnerId> {
+        if peers.is_empty() {
+            return Err(Error::Invalid);
+        }
+        for (i, &p) in peers.iter().enumerate() {
+            for &q in peers.iter().skip(i.saturating_add(1)) {
+                if p == q || !self.linked(p, q) {
+                    return Err(Error::Invalid);
+                }
+            }
+        }
         let mut g = self.inner.lock();
-        if g.groups.iter().any(|gr| gr.members.contains(&peer)) {
+        if g.groups
+            .iter()
+            .any(|gr| peers.iter().any(|p| gr.members.contains(p)))
+        {
             return Err(Error::Invalid);
         }
         let pick = g.groups.iter().position(|gr| {
-            gr.members.iter().all(|&m| {
-                self.has_interconnect.has_interconnect(m, peer)
-                    && self.has_interconnect.has_interconnect(peer, m)
-            })
+            gr.members
+                .iter()
+                .all(|&m| peers.iter().all(|&p| self.linked(m, p)))
         });
         match pick.and_then(|i| g.groups.get_mut(i)) {
             Some(gr) => {
-                gr.members.try_reserve(1).map_err(|_| Error::NoMem)?;
-                gr.members.push(peer);
+                gr.members
+                    .try_reserve(peers.len())
+                    .map_err(|_| Error::NoMem)?;
+                gr.members.extend_from_slice(peers);
                 Ok(gr.owner)
             }
             None => {
                 let owner = OwnerId(g.next);
                 let next = g.next.checked_add(1).ok_or(Error::NoMem)?;
                 let mut members = Vec::new();
-                members.try_reserve(1).map_err(|_| Error::NoMem)?;
-                members.push(peer);
+                members.try_reserve(peers.len()).map_err(|_| Error::NoMem)?;
+                members.extend_from_slice(peers);
                 g.groups.try_reserve(1).map_err(|_| Error::NoMem)?;
                 g.groups.push(Group { owner, members });
                 g.next = next;

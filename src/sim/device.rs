@@ -685,17 +685,17 @@ impl SimGpu {
     pub fn join_with(mm: &Arc<SimMm>, id: u32, vram_pages: u64, cfg: SvmConfig) -> Result<SimGpu> {
         let gpu = SimGpu::new(mm, id, cfg)?;
         let world = mm.world();
-        let owner = world.owners.join(PeerId(2 * u64::from(id) + 1))?;
+        let svm_peer = PeerId(2 * u64::from(id) + 1);
+        let pm_peer = PeerId(2 * u64::from(id));
+        // The device's Svm and pagemap join as one unit so they always share an owner.
+        let owner = if vram_pages > 0 {
+            world.owners.join_all(&[svm_peer, pm_peer])?
+        } else {
+            world.owners.join(svm_peer)?
+        };
         gpu.svm.set_owner(Some(owner));
         if vram_pages > 0 {
-            let pm_owner = match world.owners.join(PeerId(2 * u64::from(id))) {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = world.owners.leave(PeerId(2 * u64::from(id) + 1));
-                    return Err(e);
-                }
-            };
-            gpu.add_devmem(vram_pages, pm_owner.0);
+            gpu.add_devmem(vram_pages, owner.0);
         }
         Ok(gpu)
     }
