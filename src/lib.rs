@@ -75,7 +75,7 @@
 //! | `madvise`-like ioctl | [`Svm::set_attrs`] / [`Svm::prefetch`] |
 //! | process exit / device removal | [`Svm::close`] |
 //!
-//! `examples/backend_skeleton.rs` is a commented template; the [`sim`] module (feature `sim`)
+//! `examples/backend_skeleton.rs` is a commented template; the `sim` module (feature `sim`)
 //! is a complete simulated backend to test an integration against.
 //!
 //! ## Locking and context rules
@@ -105,7 +105,7 @@
 //! | --- | --- |
 //! | (none) | the `no_std` + `alloc` core; builds for bare-metal targets such as `x86_64-unknown-none` |
 //! | `std` | `std::error::Error` for [`Error`] |
-//! | `sim` | the simulated platform ([`sim`]) and the fuzz/replay harnesses; implies `std` |
+//! | `sim` | the simulated platform (`gpusvm::sim`) and the fuzz/replay harnesses; implies `std` |
 //!
 //! ## Example
 //!

@@ -66,6 +66,9 @@ impl SeqCounter {
     }
 
     /// An invalidation begins (notifier lock held for write).
+    ///
+    /// `active` and `seq` are two atomics: `begin` must never run concurrently with `end` (the
+    /// write lock guarantees it), or the counter could turn even while an invalidation runs.
     pub fn begin(&self) {
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
             self.seq.fetch_add(1, Ordering::AcqRel);
