@@ -75,16 +75,31 @@ impl<P: Platform> Svm<P> {
                 owner: self.owner(),
                 ..PagesCtx::default()
             };
+            let caps = DeviceCaps {
+                has_devmem: self.pagemap().is_some(),
+                default_to_devmem: self.config().prefer_devmem,
+            };
+            if access == Access::Atomic {
+                // Refusals (atomic policy `cpu`, device memory required but absent) do not
+                // depend on the range: refuse before creating one, so nothing changes.
+                policy::decide(
+                    &DecisionInput {
+                        range_size: 0,
+                        access,
+                        attrs,
+                        caps,
+                        history: RangeHistory::default(),
+                    },
+                    &self.config().policy,
+                )?;
+            }
             let range = self.find_or_insert(addr, window, &ctx)?;
             let dec = policy::decide(
                 &DecisionInput {
                     range_size: range.size(),
                     access,
                     attrs,
-                    caps: DeviceCaps {
-                        has_devmem: self.pagemap().is_some(),
-                        default_to_devmem: self.config().prefer_devmem,
-                    },
+                    caps,
                     history: RangeHistory {
                         migrate_failed: range.flags().contains(RangeFlags::MIGRATE_FAILED),
                     },
