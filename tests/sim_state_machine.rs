@@ -9,7 +9,7 @@
 //!   `fuzz_target!(|input: Input| ..)` decodes them;
 //! - `corpus`: every file of the committed seed corpus `fuzz/corpus/state_machine/`;
 //! - `replay`: `GPUSVM_REPLAY=path cargo test --features sim --test sim_state_machine replay`
-//!   replays a fuzz crash file;
+//!   replays a fuzz crash file (and the ignored `minimize` shrinks it);
 //! - hand-written scenarios (and regressions found by fuzzing).
 #![cfg(feature = "sim")]
 
@@ -178,6 +178,35 @@ fn replay() {
     if let Err(e) = run_input(&input) {
         panic!("{e}");
     }
+}
+
+/// Shrink a failing input: `GPUSVM_REPLAY=path cargo test --features sim --test
+/// sim_state_machine minimize -- --ignored --nocapture` drops ops one at a time while the run
+/// still fails with the same message (ignoring the step number) and prints what is left.
+#[test]
+#[ignore = "needs GPUSVM_REPLAY"]
+fn minimize() {
+    let path = std::env::var("GPUSVM_REPLAY").expect("GPUSVM_REPLAY=path");
+    let input = decode(&std::fs::read(&path).unwrap()).expect("decodes");
+    let tail = |e: &str| {
+        e.split_once(": ")
+            .map_or(e.to_string(), |(_, t)| t.to_string())
+    };
+    let want = tail(&run_input(&input).expect_err("the input must fail"));
+    let setup = input.setup.clone();
+    let fails = |ops: &[Op]| run(setup.clone(), ops).is_err_and(|e| tail(&e) == want);
+    let mut ops = input.ops.clone();
+    let mut i = 0;
+    while i < ops.len() {
+        let mut t = ops.clone();
+        t.remove(i);
+        if fails(&t) {
+            ops = t;
+        } else {
+            i += 1;
+        }
+    }
+    println!("setup: {setup:?}\nops: {ops:#?}\nerror: {want}");
 }
 
 const fn loc(slot: u8, block: u8, word: u8) -> Loc {

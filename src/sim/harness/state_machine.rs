@@ -23,11 +23,17 @@
 //! unmapped memory, `Perm` for a write or atomic to read-only memory, `Invalid` for `mmap` over
 //! a mapping, `NoMem` for `mprotect` over a hole — and otherwise must succeed, with these
 //! exceptions, each a documented behaviour: any error when an injected failure fired during the
-//! call (nothing may be lost even then); `Perm` for a device write/atomic whose existing range
-//! also covers read-only pages (ranges are not split by `mprotect`); `Fault` for a device atomic
-//! (atomics need device memory: SPEC §8) unless the device has room for the whole arena, no
-//! fork child shares pages, and no injection fired; `Busy`/`NoMem`/`Again`/`NotSupported` for an
-//! explicit migration.
+//! call (nothing may be lost even then); `Fault` for a device atomic (atomics need device
+//! memory: SPEC §8) unless the device has room for the whole arena, no fork child shares
+//! pages, and no injection fired; `Busy`/`NoMem`/`Again`/`NotSupported` for an explicit
+//! migration. (A device write to a writable page whose range also covers pages an `mprotect`
+//! made read-only must succeed: the fault service rebuilds the range; `Summary` counts them.)
+//!
+//! **Extending.** More devices: raise [`MAX_DEVICES`] (up to 4: [`Setup::vram`] has 4 entries
+//! and every `dev` is taken modulo the device count). New operations (attribute changes,
+//! prefetch, ...) are new [`Op`] variants with their expectation in `Machine::apply`; add them
+//! at the end of the enum and regenerate the seed corpus (`write_seed_corpus` in
+//! `tests/sim_state_machine.rs`), since `arbitrary` maps variant numbers by the variant count.
 //!
 //! ```
 //! use gpusvm::sim::harness::state_machine::{run, Loc, Op, Setup};
