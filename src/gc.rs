@@ -3,8 +3,9 @@
 //! destroyed here, outside the notifier, at the start of every fault or from a driver worker.
 //!
 //! Locking: the queue has its own spin lock, taken inside the notifier lock by the invalidation
-//! path and alone by [`Svm::gc_run`]; a range is queued at most once (`RangeFlags::IN_GC`), and
-//! closing the instance stops queueing and drains the queue.
+//! path ([`Svm::invalidate_begin`], once per invalidation) and alone by [`Svm::gc_run`]; a range
+//! is queued at most once (`RangeFlags::IN_GC`), and closing the instance stops queueing and
+//! drains the queue.
 
 use crate::platform::Platform;
 use crate::range::{Range, RangeFlags};
@@ -14,13 +15,6 @@ use crate::sync::Ordering;
 use alloc::sync::Arc;
 
 impl<P: Platform> Svm<P> {
-    pub(crate) fn gc_queue(&self, r: Arc<Range>) {
-        if self.is_closed() || r.set_flags(RangeFlags::IN_GC).contains(RangeFlags::IN_GC) {
-            return;
-        }
-        self.gc.lock().push_back(r);
-    }
-
     /// Number of ranges waiting for the garbage collector.
     pub fn gc_pending(&self) -> usize {
         self.gc.lock().iter().count()

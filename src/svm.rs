@@ -544,6 +544,12 @@ impl<P: Platform> Svm<P> {
         Ok(())
     }
 
+    /// Whether `range` (the very object) is linked into a notifier of this instance, unmapped
+    /// or not (takes the notifier lock shared).
+    pub(crate) fn owns_range(&self, range: &Range) -> bool {
+        Self::owns(&self.notifiers.read(), range)
+    }
+
     /// Check that `range` is live in this instance (takes the notifier lock shared).
     pub(crate) fn check_live(&self, range: &Range) -> Result<()> {
         let t = self.notifiers.read();
@@ -738,35 +744,42 @@ impl<P: Platform> Svm<P> {
         if s >= e {
             return;
         }
-        // Zap once over the span of the ranges hit, before any DMA mapping goes away.
-        let mut span: Option<(u64, u64)> = None;
-        for r in n.ranges.overlapping(s, e) {
-            span = Some(match span {
-                None => (r.start(), r.end()),
-                Some((a, _)) => (a, r.end()),
-            });
-        }
-        let Some((zs, ze)) = span else {
+        // Zap once over the span of the ranges hit, before any DMA mapping goes away: the span
+        // runs from the first to the last overlapping range (two descents, no walk).
+        let mut it = n.ranges.overlapping(s, e);
+        let (Some(first), Some(last)) = (it.peek(), n.ranges.last_overlapping(s, e)) else {
             return;
         };
-        self.platform.page_table().zap(zs, ze);
+        self.platform.page_table().zap(first.start(), last.end());
         let unmap = matches!(event, Event::Unmap | Event::Release);
-        let mut it = n.ranges.overlapping(s, e);
+        let closed = self.is_closed();
+        // One GC-queue lock per invalidation (lock order: notifier, then GC queue), taken only
+        // if a range is queued.
+        let mut gc = None;
         loop {
-            let queued = if unmap { it.peek_arc() } else { None };
+            // Flags in one atomic operation; the `Arc` is cloned only for a range that joins
+            // the queue now.
+            let queue_it = if unmap {
+                it.peek().is_some_and(|r| {
+                    let mut f = RangeFlags::UNMAPPED;
+                    if s > r.start() || e < r.end() {
+                        f |= RangeFlags::PARTIAL_UNMAP;
+                    }
+                    if !closed {
+                        f |= RangeFlags::IN_GC;
+                    }
+                    !closed && !r.set_flags(f).contains(RangeFlags::IN_GC)
+                })
+            } else {
+                false
+            };
+            let queued = if queue_it { it.peek_arc() } else { None };
             let Some(r) = it.next() else {
                 break;
             };
             r.pages.lock().unmap(self.platform.dma());
-            if unmap {
-                let mut f = RangeFlags::UNMAPPED;
-                if s > r.start() || e < r.end() {
-                    f |= RangeFlags::PARTIAL_UNMAP;
-                }
-                r.set_flags(f);
-                if let Some(a) = queued {
-                    self.gc_queue(a);
-                }
+            if let Some(a) = queued {
+                gc.get_or_insert_with(|| self.gc.lock()).push_back(a);
             }
         }
     }

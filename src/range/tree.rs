@@ -243,6 +243,17 @@ impl RangeTree {
         }
     }
 
+    /// The last range overlapping `[start, end)` (one descent), if any.
+    pub fn last_overlapping(&self, start: u64, end: u64) -> Option<&Range> {
+        if start >= end {
+            return None;
+        }
+        self.tree
+            .upper_bound(Bound::Excluded(&end))
+            .get()
+            .filter(|r| r.end() > start)
+    }
+
     /// Whether any range overlaps `[start, end)`.
     pub fn any_overlap(&self, start: u64, end: u64) -> bool {
         self.overlapping(start, end).next().is_some()
@@ -339,7 +350,15 @@ impl<'a> Iterator for Overlapping<'a> {
     }
 }
 
-impl Overlapping<'_> {
+impl<'a> Overlapping<'a> {
+    /// The range `next` would return, without advancing.
+    pub fn peek(&self) -> Option<&'a Range> {
+        let link = self.cur?;
+        // SAFETY: `cur` is a node of `self.tree`, borrowed shared for 'a.
+        let r: &'a Range = unsafe { range_of(link) };
+        (r.start() < self.end && self.start < self.end).then_some(r)
+    }
+
     /// The current range as a new reference (the one `next` would return).
     pub fn peek_arc(&self) -> Option<Arc<Range>> {
         // SAFETY: `cur` is a live link; `get_value` only subtracts the link offset.
