@@ -8,11 +8,10 @@
 //! drains the queue.
 
 use crate::platform::Platform;
-use crate::range::{Range, RangeFlags};
+use crate::range::RangeFlags;
 use crate::stats::Stats;
 use crate::svm::Svm;
 use crate::sync::Ordering;
-use alloc::sync::Arc;
 
 impl<P: Platform> Svm<P> {
     /// Number of ranges waiting for the garbage collector.
