@@ -232,11 +232,16 @@ impl<P: Platform> Svm<P> {
     /// Evict `range` (SPEC §7 "Evict"): migrate every device page in it back to system memory.
     /// Used on partial unmap, mixed pages, memory pressure and before populate retries.
     ///
-    /// Errors: [`Error::Busy`] if pages could still not be isolated after 3 attempts;
+    /// Errors: [`Error::Closed`]; [`Error::Invalid`] if the range is not in this instance
+    /// (removed, or another instance's or never inserted: its interval, which may be anything,
+    /// is not looked at); [`Error::Busy`] if pages could still not be isolated after 3 attempts;
     /// [`Error::NoMem`]; copy errors. On error nothing is lost (pages not moved stay in device
     /// memory).
     pub fn evict(&self, range: &Range) -> Result<MigrateReport> {
         self.check_open()?;
+        if !self.owns_range(range) {
+            return Err(Error::Invalid);
+        }
         let rep = self.evict_interval(range.start(), range.end())?;
         range.clear_flags(RangeFlags::DEVMEM);
         if rep.pages > 0 {
@@ -329,13 +334,19 @@ impl<P: Platform> Svm<P> {
     /// data stays intact wherever it is.
     ///
     /// Errors: [`Error::NoLink`] if the target pagemap is not attached or not of this device's
-    /// owner; [`Error::NotSupported`] without device memory; those of the migration.
+    /// owner; [`Error::NotSupported`] without device memory; [`Error::Closed`];
+    /// [`Error::Invalid`]/[`Error::Again`] if the range is not live in this instance (checked
+    /// before its pages are looked at); those of the migration.
     pub fn place_in(&self, range: &Range, target: DeviceTarget, timeslice_ns: u64) -> Result<()> {
         let pm = match (target, self.target_pagemap(target)) {
             (_, Some(pm)) => pm,
             (DeviceTarget::Local, None) => return Err(Error::NotSupported),
             (DeviceTarget::Pagemap(_), None) => return Err(Error::NoLink),
         };
+        // A range that is not ours may have any bounds: refuse it before `resident` snapshots
+        // its pages (an allocation proportional to its size).
+        self.check_open()?;
+        self.check_live(range)?;
         if self.resident(range, target, pm.owner()) {
             return Ok(());
         }

@@ -203,3 +203,34 @@ fn extremes() {
     setup.devices[1].vram = 1;
     check(&ApiInput { setup, ops });
 }
+
+/// Found by the fuzz target: `evict` and `place_in` of a range that is not in the instance
+/// (here: never inserted, 2^62 bytes) snapshotted its pages — an allocation proportional to its
+/// size (libFuzzer: allocation-size-too-big) — and `evict` migrated whatever lay in its
+/// interval. Both now refuse it first.
+#[test]
+fn foreign_ranges_are_refused_before_their_pages_are_looked_at() {
+    use gpusvm::migrate::MigrateDetails;
+    use gpusvm::policy::DeviceTarget;
+    use gpusvm::range::Range;
+    use gpusvm::sim::{SimGpu, SimMm, SimWorld};
+    use gpusvm::Error;
+    let world = SimWorld::new();
+    let mm = SimMm::new(&world);
+    let gpu = SimGpu::with_devmem(&mm, 0, 512, 0).unwrap();
+    for (s, e) in [(0, 1u64 << 62), (0x1000, 0x2000), (0, !0xfff)] {
+        let r = Range::new(s, e).unwrap();
+        assert_eq!(gpu.svm.evict(&r), Err(Error::Invalid));
+        assert_eq!(
+            gpu.svm.place_in(&r, DeviceTarget::Local, 0),
+            Err(Error::Invalid)
+        );
+        assert_eq!(
+            gpu.svm
+                .migrate_to_devmem(&r, &MigrateDetails::default())
+                .map(|_| ()),
+            Err(Error::Invalid)
+        );
+    }
+    gpu.check().unwrap();
+}

@@ -1050,6 +1050,14 @@ impl Harness {
         }
     }
 
+    /// Whether `r` (the very object) is a range of device `d`.
+    fn owns(&self, d: u8, r: &Arc<Range>) -> bool {
+        self.gpu(d)
+            .svm
+            .find(r.start())
+            .is_some_and(|f| Arc::ptr_eq(&f, r))
+    }
+
     /// After a call that needs an open instance: on a closed device it must say `Closed`.
     fn expect_closed_if<T: core::fmt::Debug>(
         &self,
@@ -1318,11 +1326,14 @@ impl Harness {
             } => {
                 let a = addr.value(self);
                 let w = self.window(*window);
+                let before = self.gpu(*dev).svm.find(a);
                 let got = self.gpu(*dev).svm.find_or_insert(a, w, &self.ctx(*ctx));
                 self.expect_closed_if(*dev, "find_or_insert", &got)?;
                 if let Ok(r) = &got {
-                    if !r.contains(a) {
-                        return Err(format!("find_or_insert({a:#x}) = {r:?}"));
+                    // The window bounds new ranges only: an existing range is returned as is.
+                    let new = !before.is_some_and(|b| Arc::ptr_eq(&b, r));
+                    if !r.contains(a) || (new && (r.start() < w.start || r.end() > w.end)) {
+                        return Err(format!("find_or_insert({a:#x}, {w:?}) = {r:?}"));
                     }
                     self.remember(r);
                 }
@@ -1440,10 +1451,13 @@ impl Harness {
             } => {
                 let a = addr.value(self);
                 let w = self.window(*window);
+                let before = self.gpu(*dev).svm.find(a);
                 let got = self.gpu(*dev).svm.handle_fault(a, access_of(*access), w);
                 self.expect_closed_if(*dev, "handle_fault", &got)?;
                 if let Ok(r) = &got {
-                    if !r.contains(a) || r.start() < w.start || r.end() > w.end {
+                    // The window bounds new ranges only: an existing range is returned as is.
+                    let new = !before.is_some_and(|b| Arc::ptr_eq(&b, r));
+                    if !r.contains(a) || (new && (r.start() < w.start || r.end() > w.end)) {
                         return Err(format!("handle_fault({a:#x}, {w:?}) = {r:?}"));
                     }
                     self.remember(r);
@@ -1570,8 +1584,12 @@ impl Harness {
             }
             ApiOp::Evict { dev, range } => {
                 let r = self.range(*range)?;
+                let mine = self.owns(*dev, &r);
                 let got = self.gpu(*dev).svm.evict(&r);
                 self.expect_closed_if(*dev, "evict", &got)?;
+                if !mine && !self.closed[self.dev(*dev)] && got.is_ok() {
+                    return Err(format!("evict of {r:?}, not in the instance: {got:?}"));
+                }
             }
             ApiOp::PlaceIn {
                 dev,
