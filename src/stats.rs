@@ -57,7 +57,9 @@ counters! {
     copy_runs,
     /// Ranges evicted from device memory.
     evictions,
-    /// Migrations to device memory that failed (the range then stays in system memory).
+    /// Migration attempts to device memory that failed. The fault path may then make room
+    /// (evict) or evict the range and try once more; only a final failure leaves the range in
+    /// system memory and marks it "migrate once" failed.
     migrate_failures,
     /// Faults that required device memory and migrated again (the `devmem_only` budget).
     devmem_retries,

@@ -485,7 +485,14 @@ impl SimMm {
             .collect();
         for (addr, pm, dpfn) in devpages {
             if let Some(h) = self.world.pagemap_hooks(pm) {
-                let _ = h.migrate_to_ram(self, addr, dpfn);
+                // Inside an atomic timeslice (or busy) the page cannot come back yet: let time
+                // pass, as a retried CPU fault does, instead of leaving it out of the child.
+                for _ in 0..CPU_FAULT_ATTEMPTS {
+                    match h.migrate_to_ram(self, addr, dpfn) {
+                        Err(Error::Again) | Err(Error::Busy) => self.world.advance(1_000_000),
+                        _ => break,
+                    }
+                }
             }
         }
         let child = SimMm::new(&self.world);
