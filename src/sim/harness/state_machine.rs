@@ -49,7 +49,9 @@
 
 use crate::error::Error;
 use crate::migrate::MigrateDetails;
+use crate::platform::PagemapId;
 use crate::platform::{VmaFlags, PAGE_SHIFT, PAGE_SIZE};
+use crate::policy::{AtomicPolicy, AttrUpdate, MigrationPolicy, PreferredLoc, PrefetchLoc};
 use crate::range::RangeFlags;
 use crate::sim::{check_closed, check_invariants, SimGpu, SimMm, SimWorld};
 use crate::svm::SvmConfig;
@@ -61,7 +63,7 @@ use std::vec::Vec;
 
 /// Devices a run uses at most (`Setup::devices` is reduced modulo this). The op encoding
 /// (`dev: u8`, taken modulo the device count) and [`Setup::vram`] already allow 4.
-pub const MAX_DEVICES: usize = 2;
+pub const MAX_DEVICES: usize = 4;
 /// Slots of the arena (each 2 MiB, 2 MiB aligned, adjacent).
 pub const SLOTS: u8 = 4;
 /// Size of one slot.
@@ -280,6 +282,28 @@ pub enum Op {
     },
     /// CPU-read every word of the model.
     CpuSweep,
+    /// Set policy attributes on a span for one device (`madvise`).
+    SetAttrs {
+        /// Which device.
+        dev: u8,
+        /// Where.
+        span: Span,
+        /// Preferred location: 0 device default, 1 system, `2 + i` device `i`'s pagemap.
+        preferred: u8,
+        /// Atomic policy: 0 undefined, 1 device, 2 global, 3 cpu (modulo 4).
+        atomic: u8,
+        /// Migration policy: only system pages.
+        system_pages_only: bool,
+    },
+    /// Prefetch a span for one device.
+    Prefetch {
+        /// Which device.
+        dev: u8,
+        /// Where.
+        span: Span,
+        /// 0 system, 1 the device's memory, `2 + i` device `i`'s pagemap.
+        to: u8,
+    },
 }
 
 /// Device memory of one device, in base pages.
@@ -352,6 +376,8 @@ pub struct Setup {
     pub can_migrate_same_pagemap: bool,
     /// `SvmConfig::source_peer_migrates` of every device.
     pub source_peer_migrates: bool,
+    /// More links, one bit per pair: 0-1, 0-2, 0-3, 1-2, 1-3, 2-3 (bit 0 adds to `linked`).
+    pub links: u8,
 }
 
 impl Default for Setup {
@@ -365,6 +391,7 @@ impl Default for Setup {
             timeslice: Timeslice::Default,
             can_migrate_same_pagemap: false,
             source_peer_migrates: false,
+            links: 0,
         }
     }
 }
@@ -409,6 +436,16 @@ pub struct Summary {
     pub migrate_failures: usize,
     /// See `migrations_to_devmem`.
     pub gc_ranges: usize,
+    /// Attribute changes applied / refused (`NoLink`, `Invalid`, as the model predicts).
+    pub attrs_set: usize,
+    /// See `attrs_set`.
+    pub attrs_refused: usize,
+    /// Device atomics refused with `Access` (atomic policy `cpu`).
+    pub atomics_forbidden: usize,
+    /// Prefetches that completed / failed (a hole, no room, ...).
+    pub prefetches_ok: usize,
+    /// See `prefetches_ok`.
+    pub prefetches_failed: usize,
 }
 
 type Pending = Vec<(u64, u64, u64)>;
@@ -426,6 +463,8 @@ struct Machine {
     data: BTreeMap<u64, u64>,
     step: usize,
     sum: Summary,
+    /// Some attribute was set (a preferred pagemap may lack room for an atomic's range).
+    attrs_touched: bool,
 }
 
 fn err<T>(what: String) -> Result<T, String> {
@@ -438,6 +477,12 @@ impl Machine {
         let n = 1 + usize::from(setup.devices) % MAX_DEVICES;
         if setup.linked && n >= 2 {
             world.link(0, 1);
+        }
+        const PAIRS: [(u32, u32); 6] = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)];
+        for (bit, (a, b)) in PAIRS.iter().enumerate() {
+            if setup.links & (1 << bit) != 0 && (*b as usize) < n {
+                world.link(*a, *b);
+            }
         }
         let mm = SimMm::new(&world);
         let mut gpus = Vec::new();
@@ -473,6 +518,7 @@ impl Machine {
             data: BTreeMap::new(),
             step: 0,
             sum: Summary::default(),
+            attrs_touched: false,
         };
         for (slot, p) in setup.premap.iter().enumerate() {
             let (prot, huge) = match p {
@@ -538,6 +584,7 @@ impl Machine {
     fn atomic_must_succeed(&self, dev: u8, fired: usize) -> bool {
         let i = usize::from(dev) % self.gpus.len();
         fired == 0
+            && !self.attrs_touched
             && self.child.is_none()
             && self.vram.get(i).copied().unwrap_or(0) >= u64::from(SLOTS) * SLOT_SIZE / PAGE_SIZE
     }
@@ -695,9 +742,21 @@ impl Machine {
                 let got = self.gpu(dev).atomic_add(addr, add);
                 let fired = self.fired(&before);
                 let want = self.expect(addr);
-                let must = self.atomic_must_succeed(dev, fired);
+                let forbidden = self.gpu(dev).svm.attrs_at(addr).atomic == AtomicPolicy::Cpu;
+                let must = !forbidden && self.atomic_must_succeed(dev, fired);
                 let mut allowed = Vec::new();
-                if !must {
+                if forbidden {
+                    // The policy refuses device atomics: nothing else may happen.
+                    allowed.push(Error::Access);
+                    if got.is_ok() {
+                        return err(format!(
+                            "device atomic at {addr:#x} succeeded under the cpu atomic policy"
+                        ));
+                    }
+                    if got == Err(Error::Access) {
+                        self.sum.atomics_forbidden += 1;
+                    }
+                } else if !must {
                     allowed.push(Error::Fault);
                 }
                 match got {
@@ -851,6 +910,77 @@ impl Machine {
                 let words: Vec<u64> = self.data.keys().copied().collect();
                 for a in words {
                     self.cpu_read(a)?;
+                }
+            }
+            Op::SetAttrs {
+                dev,
+                span,
+                preferred,
+                atomic,
+                system_pages_only,
+            } => {
+                let (s, e) = span.bounds();
+                let g = self.gpu(dev);
+                let (pref, expect) = match preferred % (2 + MAX_DEVICES as u8) {
+                    0 => (PreferredLoc::DeviceDefault, Ok(())),
+                    1 => (PreferredLoc::System, Ok(())),
+                    i => {
+                        let id = PagemapId(u32::from(i - 2));
+                        // The model: an attached pagemap of the device's owner is accepted;
+                        // another owner's is NoLink; one that does not exist is Invalid.
+                        let expect = match g.svm.pagemap_by_id(id) {
+                            None => Err(Error::Invalid),
+                            Some(pm) if Some(pm.owner()) == g.svm.owner() => Ok(()),
+                            Some(_) => Err(Error::NoLink),
+                        };
+                        (PreferredLoc::Pagemap(id), expect)
+                    }
+                };
+                let update = AttrUpdate {
+                    preferred: Some(pref),
+                    migration: Some(if system_pages_only {
+                        MigrationPolicy::SystemPagesOnly
+                    } else {
+                        MigrationPolicy::AllPages
+                    }),
+                    atomic: Some(match atomic % 4 {
+                        0 => AtomicPolicy::Undefined,
+                        1 => AtomicPolicy::Device,
+                        2 => AtomicPolicy::Global,
+                        _ => AtomicPolicy::Cpu,
+                    }),
+                };
+                let got = g.svm.set_attrs(s, e - s, &update);
+                let fired = self.fired(&before);
+                match (expect, got) {
+                    (Ok(()), Ok(())) => {
+                        self.sum.attrs_set += 1;
+                        self.attrs_touched = true;
+                    }
+                    (Err(x), Err(y)) if x == y => self.sum.attrs_refused += 1,
+                    (_, Err(_)) if fired > 0 => self.sum.injected_errors += 1,
+                    (x, y) => {
+                        return err(format!(
+                            "set_attrs [{s:#x}, {e:#x}) {update:?} on device {}: expected {x:?}, got {y:?}",
+                            g.dev.id()
+                        ))
+                    }
+                }
+            }
+            Op::Prefetch { dev, span, to } => {
+                let (s, e) = span.bounds();
+                let g = self.gpu(dev);
+                let loc = match to % (2 + MAX_DEVICES as u8) {
+                    0 => PrefetchLoc::System,
+                    1 => PrefetchLoc::Device,
+                    i => PrefetchLoc::Pagemap(PagemapId(u32::from(i - 2))),
+                };
+                // Any outcome is allowed (a hole is `Fault`, no room is `NoMem`/`Busy`, a
+                // foreign or missing pagemap `NoLink`/`Invalid`); what must hold is checked
+                // after the step: the invariants and every word of the model.
+                match g.svm.prefetch(s, e - s, loc) {
+                    Ok(()) => self.sum.prefetches_ok += 1,
+                    Err(_) => self.sum.prefetches_failed += 1,
                 }
             }
         }
