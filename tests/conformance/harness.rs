@@ -425,6 +425,15 @@ impl Machine {
         self.check("munmap");
     }
 
+    /// Many munmaps as one step (one check at the end).
+    pub fn munmap_batch(&mut self, spans: &[(u64, u64)]) {
+        for &(addr, len) in spans {
+            self.procs[0].mm.munmap(addr, len).expect("munmap");
+            self.forget(0, addr, addr + len);
+        }
+        self.check("munmap batch");
+    }
+
     pub fn mprotect(&mut self, addr: u64, len: u64, flags: VmaFlags) {
         self.procs[0]
             .mm
