@@ -25,6 +25,9 @@
 //!   created, registered, unregistered and dropped every iteration;
 //! - `cycle_huge`: `cycle` over a VMA backed by 2 MiB huge pages (one page entry; `bind` still
 //!   writes 512 PTEs);
+//! - `invalidate`, `invalidate_huge`: `invalidate_begin` + `invalidate_end` (`Event::Clear`,
+//!   null zap, no-op DMA unmap) of one bound 2 MiB range with 512 entries / 1 entry (the range is
+//!   faulted again, untimed, between iterations): the cost per page entry of invalidation;
 //! - `sim_cycle` (feature `sim`): `cycle` on the simulator (`SimGpu::with_defaults`), to show
 //!   what the simulator's IOMMU and page tables cost.
 
@@ -145,6 +148,7 @@ fn bench_fault(c: &mut Criterion) {
             t
         })
     });
+    bench_invalidate(&mut g, "invalidate", &svm, &pt, &r);
     svm.remove(&r).expect("remove");
     drop(r);
 
@@ -197,11 +201,45 @@ fn bench_fault(c: &mut Criterion) {
             huge.remove(&r).expect("remove");
         })
     });
+    let r = fault(&huge, &huge_pt, BASE);
+    bench_invalidate(&mut g, "invalidate_huge", &huge, &huge_pt, &r);
+    huge.remove(&r).expect("remove");
+    drop(r);
 
     #[cfg(feature = "sim")]
     sim_cycle(&mut g);
 
     g.finish();
+}
+
+/// `invalidate_begin` + `invalidate_end` (`Event::Clear`, null zap, no-op DMA unmap) of the
+/// bound range `r`, which is faulted again (untimed) after each.
+fn bench_invalidate(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    svm: &Svm<FastPlatform>,
+    pt: &DevPt,
+    r: &Range,
+) {
+    let ctx = PagesCtx::default();
+    svm.get_pages(r, &ctx).expect("pages");
+    svm.invalidate_begin(NotifierId(BASE), BASE, BASE + RANGE, Event::Clear);
+    svm.invalidate_end(NotifierId(BASE), BASE, BASE + RANGE);
+    assert!(!svm.pages_valid(r), "the invalidation unmapped the range");
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                svm.get_pages(r, &ctx).expect("pages");
+                svm.bind(r, |r, e| pt.write(r, e)).expect("bind");
+                let t0 = Instant::now();
+                svm.invalidate_begin(NotifierId(BASE), BASE, BASE + RANGE, Event::Clear);
+                svm.invalidate_end(NotifierId(BASE), BASE, BASE + RANGE);
+                t += t0.elapsed();
+            }
+            t
+        })
+    });
 }
 
 #[cfg(feature = "sim")]
@@ -302,6 +340,19 @@ fn main() {
             r("cycle_new_notifier", "baseline_loop", None),
             r("cycle_huge", "baseline_loop", None),
             r("sim_cycle", "baseline_loop", None),
+            r("invalidate", "invalidate_huge", None),
         ],
     );
+    if let (Some(a), Some(b)) = (
+        common::median_ns("fault_2m", "invalidate"),
+        common::median_ns("fault_2m", "invalidate_huge"),
+    ) {
+        println!(
+            "  invalidation of one bound 2 MiB range: {} with 1 entry, {} with 512 entries: \
+             {:.2} ns per extra page entry",
+            common::fmt_ns(b),
+            common::fmt_ns(a),
+            (a - b) / 511.0
+        );
+    }
 }
