@@ -7,7 +7,8 @@
 //!   failures firing, atomics, model-predicted errors);
 //! - `ops_from_bytes`: proptest over random byte inputs decoded exactly as libFuzzer's
 //!   `fuzz_target!(|input: Input| ..)` decodes them;
-//! - `corpus`: every file of the committed seed corpus `fuzz/corpus/state_machine/`;
+//! - `corpus`: the committed corpus `fuzz/corpus/state_machine/` (hand-made `seed-*` inputs
+//!   and what the fuzzer kept; all of it with `--release`, a sample in debug builds);
 //! - `replay`: `GPUSVM_REPLAY=path cargo test --features sim --test sim_state_machine replay`
 //!   replays a fuzz crash file (and the ignored `minimize` shrinks it);
 //! - hand-written scenarios (and regressions found by fuzzing).
@@ -127,9 +128,21 @@ fn corpus_dir() -> PathBuf {
 
 #[test]
 fn corpus() {
+    // Debug builds replay the `seed-*` inputs and every 8th of the fuzzer's (sorted by name);
+    // release builds (`cargo test --release`) replay all of them.
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
+        .expect("the seed corpus is committed")
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
     let (mut n, mut steps) = (0, 0);
-    for entry in std::fs::read_dir(corpus_dir()).expect("the seed corpus is committed") {
-        let path = entry.unwrap().path();
+    for (i, path) in paths.into_iter().enumerate() {
+        let seed = path
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("seed-"));
+        if cfg!(debug_assertions) && !seed && i % 8 != 0 {
+            continue;
+        }
         let bytes = std::fs::read(&path).unwrap();
         if let Some(input) = decode(&bytes) {
             match run_input(&input) {
