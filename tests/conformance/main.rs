@@ -21,6 +21,7 @@
 //! | module | theme |
 //! | --- | --- |
 //! | [`memory`] | malloc / mmap / new memory, protections, free while bound, remap, teardown |
+//! | [`migrate`] | explicit migration to device memory and back, mixed residency |
 //! | [`unmap`] | partial unmaps: front, middle, back, across ranges |
 //! | [`races`] | racing threads: device faults vs munmap / mprotect / CPU writes, two devices |
 //! | [`fork`] | fork and copy-on-write, in RAM and with device pages |
@@ -41,6 +42,7 @@ mod huge;
 mod madvise;
 mod many;
 mod memory;
+mod migrate;
 mod multi;
 mod races;
 mod unmap;
