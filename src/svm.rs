@@ -637,7 +637,10 @@ impl<P: Platform> Svm<P> {
                 unchanged.then_some(t)
             },
             |seq, m| {
-                let t = self.notifiers.write();
+                // Shared is enough: invalidations (the only writers of page state besides
+                // commits) take the lock exclusively, and commits of one range serialise on
+                // its page-state lock, so faults on different ranges commit in parallel.
+                let t = self.notifiers.read();
                 if let Err(e) = self.check_open().and_then(|()| self.check_range(&t, range)) {
                     m.unmap(self.platform.dma());
                     return Err(e);
