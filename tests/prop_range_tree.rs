@@ -56,11 +56,32 @@ fn op() -> impl Strategy<Value = RangeTreeOp> {
     ]
 }
 
+/// Under Miri (which runs these tests for the tree's unsafe code) a few short cases, and no
+/// failure-persistence file (Miri isolates the file system).
+fn config() -> ProptestConfig {
+    if cfg!(miri) {
+        ProptestConfig {
+            cases: 3,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    } else {
+        ProptestConfig {
+            cases: 512,
+            ..ProptestConfig::default()
+        }
+    }
+}
+
+/// Longest byte input and op sequence (shorter under Miri).
+const MAX_BYTES: usize = if cfg!(miri) { 384 } else { 4096 };
+const MAX_OPS: usize = if cfg!(miri) { 40 } else { 300 };
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
-    fn ops_from_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+    fn ops_from_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..MAX_BYTES)) {
         let ops = decode(&bytes);
         if let Err(e) = run(&ops) {
             prop_assert!(false, "{e}\nops: {ops:?}");
@@ -68,7 +89,7 @@ proptest! {
     }
 
     #[test]
-    fn ops_from_strategy(ops in proptest::collection::vec(op(), 0..300)) {
+    fn ops_from_strategy(ops in proptest::collection::vec(op(), 0..MAX_OPS)) {
         if let Err(e) = run(&ops) {
             prop_assert!(false, "{e}\nops: {ops:?}");
         }
@@ -82,6 +103,10 @@ fn corpus_dir() -> PathBuf {
 /// Every committed seed (and, when present, every crash libFuzzer left in
 /// `fuzz/artifacts/range_tree/`) runs cleanly. `GPUSVM_REPLAY=<file>` replays one file.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "reads the corpus from the file system, which Miri isolates"
+)]
 fn replay() {
     let mut files: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("GPUSVM_REPLAY") {
@@ -250,21 +275,27 @@ fn raw_bounds_are_validated() {
     ]);
 }
 
-/// Many ranges, then lookups and overlap queries everywhere.
+/// Many ranges, then lookups and overlap queries everywhere (a quarter of the pages under
+/// Miri: the harness checks the whole tree after every step).
 #[test]
 fn dense_tree() {
+    let (start_pages, query_pages) = if cfg!(miri) {
+        (START_PAGES / 4, QUERY_PAGES / 4)
+    } else {
+        (START_PAGES, QUERY_PAGES)
+    };
     let mut ops = Vec::new();
-    for p in 0..START_PAGES {
+    for p in 0..start_pages {
         ops.push(ins(lo(p), 1 + p % 3));
         ops.push(ins(hi(p), 1));
     }
-    for p in 0..QUERY_PAGES {
+    for p in 0..query_pages {
         for high in [false, true] {
             ops.push(find(at(high, p, 7)));
             ops.push(ov(at(high, p, 0), at(high, p.saturating_add(5), 1)));
         }
     }
-    for p in (0..START_PAGES).step_by(3) {
+    for p in (0..start_pages).step_by(3) {
         ops.push(RangeTreeOp::Remove { at: lo(p) });
     }
     ops.push(ov(Addr::Zero, Addr::Max));
