@@ -3,9 +3,44 @@
 
 use crate::error::{Error, Result};
 use crate::platform::{
-    CopyKind, CopyRun, DmaDirection, DmaMapper, PagemapId, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
+    AddressSpace, CopyKind, CopyRun, DmaDirection, DmaMapper, MigrateDst, MigrateRequest,
+    MigrateSrc, PagemapId, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
 use alloc::vec::Vec;
+
+/// The source slots of a migration of `[start, end)`, all [`MigrateSrc::Skip`]. Errors:
+/// [`Error::Invalid`] for an empty or misaligned interval, [`Error::NoMem`].
+pub(crate) fn source_slots(start: u64, end: u64) -> Result<Vec<MigrateSrc>> {
+    if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+        return Err(Error::Invalid);
+    }
+    let n = usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
+    let mut src = Vec::new();
+    src.try_reserve_exact(n).map_err(|_| Error::NoMem)?;
+    src.resize(n, MigrateSrc::Skip);
+    Ok(src)
+}
+
+/// Put every isolated source of a migration back (the restore edge of both state machines).
+/// Without memory for the destination array it restores page by page: the sources must come
+/// back whatever happens.
+pub(crate) fn restore_sources<A: AddressSpace>(mm: &A, req: &MigrateRequest, src: &[MigrateSrc]) {
+    let mut keep: Vec<MigrateDst> = Vec::new();
+    if keep.try_reserve_exact(src.len()).is_ok() {
+        keep.resize(src.len(), MigrateDst::Keep);
+        mm.migrate_finalize(req, src, &keep);
+        return;
+    }
+    for (i, s) in src.iter().enumerate() {
+        let a = req.start.wrapping_add((i as u64) << PAGE_SHIFT);
+        let one = MigrateRequest {
+            start: a,
+            end: a.wrapping_add(PAGE_SIZE),
+            ..*req
+        };
+        mm.migrate_finalize(&one, core::slice::from_ref(s), &[MigrateDst::Keep]);
+    }
+}
 
 /// Orders tried when chunking, largest first (2 MiB, 64 KiB, 4 KiB).
 pub(crate) const ORDERS: [u8; 3] = [HUGE_ORDER, 4, 0];

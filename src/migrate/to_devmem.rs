@@ -1,14 +1,15 @@
 //! RAM (and peer device memory) → device memory, as an explicit state machine.
 
 use super::plan::{
-    build_runs, bus_of, install_orders, map_chunks, run_bytes, unmap_chunks, DmaChunk,
+    build_runs, bus_of, install_orders, map_chunks, restore_sources, run_bytes, source_slots,
+    unmap_chunks, DmaChunk,
 };
 use super::{MigrateDetails, MigrateReport, Peers};
 use crate::error::{Error, Result};
 use crate::pagemap::{DevmemAlloc, Pagemap};
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
-    MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT, PAGE_SIZE,
+    MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -81,13 +82,7 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
     details: &MigrateDetails,
     mut trace: Option<&mut dyn FnMut(ToDevmemState)>,
 ) -> Result<MigrateReport> {
-    if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
-        return Err(Error::Invalid);
-    }
-    let n = usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
-    let mut src = Vec::new();
-    src.try_reserve_exact(n).map_err(|_| Error::NoMem)?;
-    src.resize(n, MigrateSrc::Skip);
+    let src = source_slots(start, end)?;
     let mut m = Machine {
         mm,
         pm,
@@ -324,24 +319,7 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
             self.pm.mem().release(&self.dpfns);
             self.allocated = false;
         }
-        let keep_len = self.src.len();
-        let mut keep: Vec<MigrateDst> = Vec::new();
-        if keep.try_reserve_exact(keep_len).is_ok() {
-            keep.resize(keep_len, MigrateDst::Keep);
-            self.mm.migrate_finalize(&self.req, &self.src, &keep);
-        } else {
-            // Even without memory the sources must come back: restore page by page.
-            for (i, s) in self.src.iter().enumerate() {
-                let a = self.req.start.wrapping_add((i as u64) << PAGE_SHIFT);
-                let one = MigrateRequest {
-                    start: a,
-                    end: a.wrapping_add(PAGE_SIZE),
-                    ..self.req
-                };
-                self.mm
-                    .migrate_finalize(&one, core::slice::from_ref(s), &[MigrateDst::Keep]);
-            }
-        }
+        restore_sources(self.mm, &self.req, &self.src);
         ToDevmemState::Done
     }
 }

@@ -1,12 +1,15 @@
 //! Device memory → RAM (CPU fault or eviction), as an explicit state machine.
 
-use super::plan::{build_runs, bus_of, map_chunks, run_bytes, unmap_chunks, DmaChunk};
+use super::plan::{
+    build_runs, bus_of, map_chunks, restore_sources, run_bytes, source_slots, unmap_chunks,
+    DmaChunk,
+};
 use super::MigrateReport;
 use crate::error::{Error, Result};
 use crate::pagemap::Pagemap;
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
-    MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT, PAGE_SIZE,
+    MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
 use alloc::vec::Vec;
 
@@ -57,13 +60,7 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
     start: u64,
     end: u64,
 ) -> Result<MigrateReport> {
-    if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
-        return Err(Error::Invalid);
-    }
-    let n = usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
-    let mut src = Vec::new();
-    src.try_reserve_exact(n).map_err(|_| Error::NoMem)?;
-    src.resize(n, MigrateSrc::Skip);
+    let src = source_slots(start, end)?;
     let mut m = Machine {
         mm,
         pm,
@@ -227,22 +224,7 @@ impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
             self.mm.free_system_pages(&self.pfns);
             self.allocated = false;
         }
-        let mut keep: Vec<MigrateDst> = Vec::new();
-        if keep.try_reserve_exact(self.src.len()).is_ok() {
-            keep.resize(self.src.len(), MigrateDst::Keep);
-            self.mm.migrate_finalize(&self.req, &self.src, &keep);
-        } else {
-            for (i, s) in self.src.iter().enumerate() {
-                let a = self.req.start.wrapping_add((i as u64) << PAGE_SHIFT);
-                let one = MigrateRequest {
-                    start: a,
-                    end: a.wrapping_add(PAGE_SIZE),
-                    ..self.req
-                };
-                self.mm
-                    .migrate_finalize(&one, core::slice::from_ref(s), &[MigrateDst::Keep]);
-            }
-        }
+        restore_sources(self.mm, &self.req, &self.src);
         ToRamState::Done
     }
 }
