@@ -234,3 +234,29 @@ fn foreign_ranges_are_refused_before_their_pages_are_looked_at() {
     }
     gpu.check().unwrap();
 }
+
+/// `DevmemAlloc::new` refuses duplicate frames, also a duplicate of `u64::MAX` right after a run
+/// that ends at the top of the frame space (found while adding `DevmemAlloc` to the API harness:
+/// the overlap check saturated at `u64::MAX` and accepted it, and the page then could never be
+/// freed, so the allocation was never released).
+#[test]
+fn devmem_alloc_refuses_duplicates_at_the_top() {
+    use gpusvm::pagemap::{DevmemAlloc, PutPage};
+    use gpusvm::platform::PagemapId;
+    use gpusvm::Error;
+    let new = |f: Vec<u64>| DevmemAlloc::new(PagemapId(0), 0, 0x10000, f).map(|_| ());
+    assert_eq!(
+        new(vec![u64::MAX - 1, u64::MAX, u64::MAX]),
+        Err(Error::Invalid)
+    );
+    assert_eq!(
+        new(vec![u64::MAX, u64::MAX - 1, u64::MAX]),
+        Err(Error::Invalid)
+    );
+    assert_eq!(new(vec![u64::MAX, u64::MAX]), Err(Error::Invalid));
+    let a = DevmemAlloc::new(PagemapId(0), 0, 0x3000, vec![u64::MAX - 1, u64::MAX, 0]).unwrap();
+    assert_eq!(a.index_of(u64::MAX), Some(1));
+    assert_eq!(a.put_page(u64::MAX), PutPage::Freed);
+    assert_eq!(a.put_page(u64::MAX - 1), PutPage::Freed);
+    assert_eq!(a.put_page(0), PutPage::Last);
+}

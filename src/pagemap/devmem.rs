@@ -79,7 +79,9 @@ impl DevmemAlloc {
         runs.sort_unstable_by_key(|r| r.dpfn);
         for w in runs.windows(2) {
             if let [a, b] = w {
-                if a.dpfn.saturating_add(a.len) > b.dpfn {
+                // A run whose end overflows reaches the last frame, `u64::MAX`: every later run
+                // overlaps it (saturating here would accept a duplicate `u64::MAX`).
+                if a.dpfn.checked_add(a.len).is_none_or(|end| end > b.dpfn) {
                     return Err(Error::Invalid);
                 }
             }

@@ -45,14 +45,14 @@
 use crate::error::Error;
 use crate::fault::Access;
 use crate::migrate::MigrateDetails;
-use crate::pagemap::{OwnerRegistry, PeerId};
+use crate::pagemap::{DevmemAlloc, OwnerRegistry, PeerId, PutPage};
 use crate::pages::{PageEntry, PagesCtx, Protocol, RetryPolicy, Userptr};
 use crate::platform::{
     DmaDirection, NotifierId, OwnerId, PagemapId, Platform, VmaFlags, MAX_ORDER, PAGE_SHIFT,
     PAGE_SIZE,
 };
 use crate::policy::{
-    decide, AtomicPolicy, AttrUpdate, Attrs, DecisionInput, DeviceCaps, DeviceTarget,
+    decide, AtomicPolicy, AttrStore, AttrUpdate, Attrs, DecisionInput, DeviceCaps, DeviceTarget,
     MigrationPolicy, PolicyConfig, PreferredLoc, PrefetchLoc, RangeHistory, RawAttr,
 };
 use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
@@ -680,6 +680,33 @@ pub enum ApiOp {
         /// `atomics_on_sysmem`.
         atomics_on_sysmem: bool,
     },
+    /// `DevmemAlloc::new` with any interval and frames (`Ok` iff the interval is non-empty and
+    /// the frames are non-empty and distinct), then `index_of`/`contains`/`page_live` and a
+    /// sequence of `put_page` calls checked against a model.
+    DevmemAlloc {
+        /// `va_start`.
+        va_start: Num,
+        /// `va_end`.
+        va_end: Num,
+        /// The frames (the first `n % 7` are used).
+        frames: [Num; 6],
+        /// How many frames.
+        n: u8,
+        /// `put_page` calls: a frame of the allocation (index modulo its size), or any frame.
+        puts: [Option<u8>; 8],
+    },
+    /// `AttrStore::set` with any interval and update on a store of the harness, then `get`,
+    /// `extent` and the segment invariants.
+    AttrStore {
+        /// Start.
+        start: Num,
+        /// End.
+        end: Num,
+        /// The update.
+        update: UpdateSpec,
+        /// An address to look up.
+        probe: Num,
+    },
     /// CPU write of a word of the arena (the simulator; sets up pages).
     CpuWrite {
         /// Page of the arena.
@@ -771,6 +798,8 @@ struct Harness {
     /// The harness's owner registry and its members.
     owners: OwnerRegistry<fn(PeerId, PeerId) -> bool>,
     members: BTreeSet<u64>,
+    /// The harness's attribute store.
+    attrs: AttrStore,
     /// Device ids handed to `SvmNew` devices.
     next_id: u32,
 }
@@ -810,6 +839,7 @@ impl Harness {
             tree_model: Vec::new(),
             owners: OwnerRegistry::new(linked_peers as fn(PeerId, PeerId) -> bool),
             members: BTreeSet::new(),
+            attrs: AttrStore::new(),
             next_id: 8,
         };
         for (i, spec) in setup.devices.iter().take(n).enumerate() {
@@ -1727,6 +1757,105 @@ impl Harness {
                             return Err(format!("decide refused a non-atomic access: {e:?}"));
                         }
                     }
+                }
+            }
+            ApiOp::DevmemAlloc {
+                va_start,
+                va_end,
+                frames,
+                n,
+                puts,
+            } => {
+                let (vs, ve) = (va_start.value(self), va_end.value(self));
+                let frames: Vec<u64> = frames
+                    .iter()
+                    .take(usize::from(n % 7))
+                    .map(|f| f.value(self))
+                    .collect();
+                let distinct: BTreeSet<u64> = frames.iter().copied().collect();
+                let valid = vs < ve && !frames.is_empty() && distinct.len() == frames.len();
+                let a = match DevmemAlloc::new(PagemapId(0), vs, ve, frames.clone()) {
+                    Ok(a) if valid => a,
+                    Err(Error::Invalid) if !valid => return Ok(()),
+                    other => {
+                        return Err(format!(
+                            "DevmemAlloc::new({vs:#x}, {ve:#x}, {frames:x?}) = {other:?}"
+                        ))
+                    }
+                };
+                for (i, &f) in frames.iter().enumerate() {
+                    if a.index_of(f) != Some(i as u64) || !a.contains(f) || !a.page_live(f) {
+                        return Err(format!("{a:?}: frame {f:#x} is not page {i}"));
+                    }
+                }
+                let mut live = distinct;
+                for p in puts {
+                    let f = match p {
+                        Some(i) => frames[usize::from(*i) % frames.len()],
+                        None => frames[0].wrapping_add(frames.len() as u64),
+                    };
+                    let got = a.put_page(f);
+                    let want = if !frames.contains(&f) {
+                        PutPage::NotMine
+                    } else if !live.remove(&f) {
+                        PutPage::AlreadyFree
+                    } else if live.is_empty() {
+                        PutPage::Last
+                    } else {
+                        PutPage::Freed
+                    };
+                    if got != want || a.live_pages() != live.len() || a.page_live(f) {
+                        return Err(format!("{a:?}: put_page({f:#x}) = {got:?}, model {want:?}"));
+                    }
+                }
+            }
+            ApiOp::AttrStore {
+                start,
+                end,
+                update,
+                probe,
+            } => {
+                let (s, e, p) = (start.value(self), end.value(self), probe.value(self));
+                let u = self.update(*update);
+                let before = self.attrs.clone();
+                let want_at = |a: u64| {
+                    let old = before.get(a);
+                    if s <= a && a < e {
+                        u.apply(old)
+                    } else {
+                        old
+                    }
+                };
+                match self.attrs.set(s, e, &u) {
+                    Ok(()) if s < e => {}
+                    Err(Error::Invalid) if s >= e => {
+                        if self.attrs != before {
+                            return Err("refused AttrStore::set changed the store".into());
+                        }
+                    }
+                    other => return Err(format!("AttrStore::set({s:#x}, {e:#x}) = {other:?}")),
+                }
+                let points = [p, s, e, s.wrapping_sub(1), e.wrapping_sub(1), 0, u64::MAX];
+                for a in points {
+                    let got = self.attrs.get(a);
+                    let want = if s < e { want_at(a) } else { before.get(a) };
+                    if got != want {
+                        return Err(format!("AttrStore::get({a:#x}) = {got:?}, want {want:?}"));
+                    }
+                    let (lo, hi) = self.attrs.extent(a);
+                    if !(lo <= a && (a < hi || hi == u64::MAX)) {
+                        return Err(format!("AttrStore::extent({a:#x}) = [{lo:#x}, {hi:#x})"));
+                    }
+                }
+                let mut prev: Option<(u64, Attrs)> = None;
+                for (ss, se, at) in self.attrs.iter() {
+                    let bad = ss >= se
+                        || at == Attrs::default()
+                        || prev.is_some_and(|(pe, pa)| pe > ss || (pe == ss && pa == at));
+                    if bad {
+                        return Err(format!("AttrStore segments malformed: {:?}", self.attrs));
+                    }
+                    prev = Some((se, at));
                 }
             }
             ApiOp::CpuWrite { page, value } => {
