@@ -149,6 +149,7 @@ impl<P: Platform> Svm<P> {
             Ok(rep) => {
                 if !rep.already_there {
                     range.set_flags(RangeFlags::DEVMEM);
+                    range.set_placed_ns(self.platform().now_ns());
                     Stats::inc(&self.stats.migrations_to_devmem);
                     Stats::add(&self.stats.bytes_to_devmem, rep.bytes);
                     Stats::add(&self.stats.copy_runs, rep.copy_runs as u64);
@@ -250,17 +251,20 @@ impl<P: Platform> Svm<P> {
         Ok(rep)
     }
 
-    /// Make room in device memory by evicting one other range that holds device pages.
-    /// Returns whether one was evicted.
+    /// Make room in device memory by evicting one other range that holds device pages: the
+    /// one migrated in longest ago (so a range just migrated is not the next victim). Returns
+    /// whether one was evicted.
     fn evict_one_other(&self, keep: &Range) -> bool {
-        let mut victim: Option<Arc<Range>> = None;
+        let mut victim: Option<(u64, u64)> = None;
         self.for_each_range(|_, r| {
-            if victim.is_none() && !core::ptr::eq(r, keep) && r.flags().contains(RangeFlags::DEVMEM)
+            if !core::ptr::eq(r, keep)
+                && r.flags().contains(RangeFlags::DEVMEM)
+                && victim.is_none_or(|(t, _)| r.placed_ns() < t)
             {
-                victim = self.find(r.start());
+                victim = Some((r.placed_ns(), r.start()));
             }
         });
-        match victim {
+        match victim.and_then(|(_, start)| self.find(start)) {
             Some(v) => self.evict(&v).is_ok_and(|rep| rep.pages > 0),
             None => false,
         }

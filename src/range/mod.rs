@@ -23,7 +23,7 @@ pub use tree::{Overlapping, RangeTree};
 use crate::error::{Error, Result};
 use crate::pages::PageState;
 use crate::platform::PAGE_SIZE;
-use crate::sync::{AtomicU32, Mutex, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 use alloc::sync::Arc;
 use bitflags::bitflags;
 use intrusive_collections::{intrusive_adapter, linked_list, rbtree, KeyAdapter};
@@ -59,6 +59,8 @@ pub struct Range {
     start: u64,
     end: u64,
     flags: AtomicU32,
+    /// Platform time of the last migration into device memory (eviction picks the oldest).
+    placed_ns: AtomicU64,
     pub(crate) pages: Mutex<PageState>,
 }
 
@@ -98,6 +100,7 @@ impl Range {
             start,
             end,
             flags: AtomicU32::new(0),
+            placed_ns: AtomicU64::new(0),
             pages: Mutex::new(PageState::new()),
         }))
     }
@@ -133,6 +136,13 @@ impl Range {
     /// The current life-cycle flags.
     pub fn flags(&self) -> RangeFlags {
         RangeFlags::from_bits_truncate(self.flags.load(Ordering::Acquire))
+    }
+    /// Platform time of the last migration of the range into device memory (0: never).
+    pub fn placed_ns(&self) -> u64 {
+        self.placed_ns.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_placed_ns(&self, t: u64) {
+        self.placed_ns.store(t, Ordering::Relaxed);
     }
     pub(crate) fn set_flags(&self, f: RangeFlags) -> RangeFlags {
         RangeFlags::from_bits_truncate(self.flags.fetch_or(f.bits(), Ordering::AcqRel))
