@@ -6,9 +6,7 @@ use crate::migrate::{self, MigrateDetails, MigrateReport};
 use crate::pagemap::Pagemap;
 use crate::pages::DevicePlace;
 use crate::pages::PageFlags;
-use crate::platform::{
-    AddressSpace, CollectRequest, CpuPage, DeviceMemory, OwnerId, PagemapId, Platform,
-};
+use crate::platform::{CpuPage, DeviceMemory, OwnerId, PagemapId, Platform};
 use crate::policy::DeviceTarget;
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
@@ -164,31 +162,14 @@ impl<P: Platform> Svm<P> {
     /// page tables; nothing is faulted in or invalidated).
     fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem>>> {
         let mut out: Vec<Arc<Pagemap<P::Mem>>> = Vec::new();
-        let Ok(n) = usize::try_from(end.saturating_sub(start) / crate::platform::PAGE_SIZE) else {
-            return out;
-        };
-        let mut pages: Vec<CpuPage> = Vec::new();
-        if n == 0 || pages.try_reserve_exact(n).is_err() {
+        if start >= end {
             return out;
         }
-        pages.resize(n, CpuPage::Absent);
-        let req = CollectRequest {
-            start,
-            end,
-            fault: false,
-            write: false,
-            owner: None,
-        };
-        if self
-            .platform()
-            .mm()
-            .collect_pages(&req, &mut pages)
-            .is_err()
-        {
+        let Some(pages) = self.snapshot(start, end, None) else {
             // Cannot tell: try every attached pagemap.
             out.extend(self.pagemaps.read().all.values().cloned());
             return out;
-        }
+        };
         let set = self.pagemaps.read();
         for p in &pages {
             if let CpuPage::Device { pagemap, .. } = p {
@@ -315,20 +296,8 @@ impl<P: Platform> Svm<P> {
         owner: Option<OwnerId>,
         f: impl Fn(&CpuPage) -> bool,
     ) -> bool {
-        let n = usize::try_from(range.npages()).unwrap_or(usize::MAX);
-        let mut pages: Vec<CpuPage> = Vec::new();
-        if pages.try_reserve_exact(n).is_err() {
-            return false;
-        }
-        pages.resize(n, CpuPage::Absent);
-        let req = CollectRequest {
-            start: range.start(),
-            end: range.end(),
-            fault: false,
-            write: false,
-            owner,
-        };
-        self.platform().mm().collect_pages(&req, &mut pages).is_ok() && pages.iter().all(f)
+        self.snapshot(range.start(), range.end(), owner)
+            .is_some_and(|pages| pages.iter().all(f))
     }
 
     /// Move `range` into the device memory `target` names (SPEC §7 populate, with the fault

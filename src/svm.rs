@@ -295,15 +295,19 @@ impl<P: Platform> Svm<P> {
         )
     }
 
-    /// Whether every CPU page of `[start, end)` is present (snapshot, no faulting); device pages
-    /// count only if they belong to `owner`.
-    fn all_present(&self, start: u64, end: u64, owner: Option<OwnerId>) -> bool {
-        let Ok(n) = usize::try_from(end.saturating_sub(start) / PAGE_SIZE) else {
-            return false;
-        };
+    /// A snapshot of the CPU pages of `[start, end)`: nothing is faulted in or invalidated
+    /// (Linux: `hmm_range_fault` without `HMM_PFN_REQ_FAULT`). `None` if the interval is empty
+    /// or too large, memory runs out, or the platform fails.
+    pub(crate) fn snapshot(
+        &self,
+        start: u64,
+        end: u64,
+        owner: Option<OwnerId>,
+    ) -> Option<Vec<CpuPage>> {
+        let n = usize::try_from(end.saturating_sub(start) / PAGE_SIZE).ok()?;
         let mut pages: Vec<CpuPage> = Vec::new();
-        if pages.try_reserve_exact(n).is_err() {
-            return false;
+        if n == 0 || pages.try_reserve_exact(n).is_err() {
+            return None;
         }
         pages.resize(n, CpuPage::Absent);
         let req = CollectRequest {
@@ -313,9 +317,16 @@ impl<P: Platform> Svm<P> {
             write: false,
             owner,
         };
-        if self.platform.mm().collect_pages(&req, &mut pages).is_err() {
+        self.platform.mm().collect_pages(&req, &mut pages).ok()?;
+        Some(pages)
+    }
+
+    /// Whether every CPU page of `[start, end)` is present (snapshot, no faulting); device pages
+    /// count only if they belong to `owner`.
+    fn all_present(&self, start: u64, end: u64, owner: Option<OwnerId>) -> bool {
+        let Some(pages) = self.snapshot(start, end, owner) else {
             return false;
-        }
+        };
         pages.iter().all(|p| match *p {
             CpuPage::Absent => false,
             CpuPage::System { .. } => true,
