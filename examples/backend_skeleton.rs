@@ -312,10 +312,24 @@ impl SkelPageTable {
     /// sleeping). Each entry covers `entry.size()` bytes from where the previous one ended;
     /// `entry.protocol()` tells system memory ([`Protocol::SYSTEM`], a DMA address), the
     /// device's own memory ([`Protocol::DEVICE_LOCAL`], a VRAM address) or a peer's.
-    fn write_ptes(&self, start: u64, entries: &[gpusvm::PageEntry]) -> usize {
+    /// `atomics` (from [`Svm::device_atomics`]) sets the PTE's atomic-enable bit: an atomic
+    /// through a PTE without it must raise a fault with [`Access::Atomic`].
+    fn write_ptes(
+        &self,
+        start: u64,
+        entries: &[gpusvm::PageEntry],
+        atomics: gpusvm::policy::DeviceAtomics,
+    ) -> usize {
         let mut va = start;
         for e in entries {
-            let _pte = (va, e.addr(), e.order(), e.writable(), e.protocol());
+            let _pte = (
+                va,
+                e.addr(),
+                e.order(),
+                e.writable(),
+                e.protocol(),
+                atomics.allows(*e),
+            );
             va = va.saturating_add(e.size());
         }
         entries.len()
@@ -528,7 +542,7 @@ mod kernel_glue {
         let window = gpusvm::Window::ALL; // or the GPU VMA (`drm_gpuva`) containing `addr`
         let pt = &svm.platform().pt;
         match svm.handle_fault_and_bind(addr, access, window, |range, entries| {
-            pt.write_ptes(range.start(), entries)
+            pt.write_ptes(range.start(), entries, svm.device_atomics(range))
         }) {
             Ok((_range, _entries)) => 0,
             Err(e) => e.errno(),

@@ -680,7 +680,8 @@ impl<P: Platform> Svm<P> {
     /// (shared), so no invalidation can complete meanwhile: this is where the driver writes its
     /// device page-table entries. `f` gets the range and its entries in address order, each
     /// covering `entry.size()` bytes from where the previous one ended; it must not sleep or
-    /// call back into this `Svm`.
+    /// call back into this `Svm` other than through [`device_atomics`](Self::device_atomics)
+    /// (which says whether each entry may be bound with device atomics enabled).
     ///
     /// Errors: [`Error::Closed`]; [`Error::Again`] if the pages are no longer valid (an
     /// invalidation ran: fault again); [`Error::Invalid`] if the range is not in this instance.

@@ -202,8 +202,17 @@ fn huge_pages_under_small_ranges_are_clamped_to_the_range() {
 
 #[test]
 fn cpu_and_device_writes_interleaved_are_seen_by_the_other_side() {
-    let mut s = Sim::new();
+    // This device has no memory of its own: its atomics work on system memory only where the
+    // atomic policy is `Device` and the device supports them there.
+    let mut cfg = SvmConfig::new(0, 1 << 47);
+    cfg.policy.atomics_on_sysmem = true;
+    let mut s = Sim::with_config(cfg);
     let d = s.mmap(4 * M, RW, false);
+    let dev_atomics = gpusvm::policy::AttrUpdate {
+        atomic: Some(gpusvm::policy::AtomicPolicy::Device),
+        ..Default::default()
+    };
+    s.gpu.svm.set_attrs(d, 4 * M, &dev_atomics).unwrap();
     s.cpu_fill(d, d + M2, K64, |a| tag(a, 0));
     assert_eq!(s.dev_read(d), Ok(tag(d, 0)));
     let st0 = s.stats();

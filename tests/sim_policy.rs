@@ -15,7 +15,8 @@
 use gpusvm::pages::Protocol;
 use gpusvm::platform::{PagemapId, VmaFlags, PAGE_SIZE};
 use gpusvm::policy::{
-    AtomicPolicy, AttrUpdate, Attrs, MigrationPolicy, PreferredLoc, PrefetchLoc, RawAttr,
+    AtomicPolicy, AttrUpdate, Attrs, DeviceAtomics, MigrationPolicy, PreferredLoc, PrefetchLoc,
+    RawAttr,
 };
 use gpusvm::range::RangeFlags;
 use gpusvm::sim::{check_invariants, SimGpu, SimMm, SimWorld};
@@ -603,6 +604,68 @@ fn atomic_policy_device_with_sysmem_atomics_stays_in_ram() {
         .expect("set_attrs");
     assert_eq!(r.dev_atomic(0, buf, 1), Ok(buf ^ 0x78));
     assert_eq!(r.loc(buf), Some(PagemapId(0)));
+}
+
+/// Regression (found by the `ops_from_bytes` proptest): a device atomic through a page the
+/// device had already bound for a read used to complete without a fault, whatever the atomic
+/// policy. The atomic-enable bit of a bound entry now comes from `Svm::device_atomics`, so the
+/// atomic faults and the policy decides: `Cpu` refuses it (and changes nothing), `Global`
+/// moves the page to device memory first, and `Device` with atomics on system memory lets it
+/// complete in place.
+#[test]
+fn atomics_through_an_existing_mapping_follow_the_policy() {
+    let mut cfg = SvmConfig::new(0, 1 << 47);
+    cfg.prefer_devmem = false;
+    let mut r = one_device_with(4096, cfg);
+    let buf = r.mmap(2 * M2);
+    r.fill(buf, 2 * M2, 0x5a);
+    let svm = r.g(0).svm.clone();
+    svm.set_attrs(buf, M2, &atomic(AtomicPolicy::Cpu))
+        .expect("set_attrs");
+    // Bound by a read, in system memory, writable.
+    assert_eq!(r.dev_read(0, buf), Ok(buf ^ 0x5a));
+    r.dev_write(0, buf + 8, 3)
+        .expect("device write through the mapping");
+    let faults = r.stats(0).faults_atomic;
+    assert_eq!(r.dev_atomic(0, buf, 1), Err(Error::Access));
+    assert_eq!(r.stats(0).faults_atomic, faults + 1, "the atomic faulted");
+    assert_eq!(r.cpu_read(buf), buf ^ 0x5a, "value untouched");
+    let range = svm.find(buf).expect("range");
+    assert_eq!(svm.device_atomics(&range), DeviceAtomics::NONE);
+    r.check("cpu policy");
+
+    // Undefined (the default) on the second half: bound in RAM by a read, the atomic needs
+    // device memory, so it migrates.
+    assert_eq!(r.dev_read(0, buf + M2), Ok((buf + M2) ^ 0x5a));
+    assert_eq!(r.loc(buf + M2), None);
+    assert_eq!(r.dev_atomic(0, buf + M2, 1), Ok((buf + M2) ^ 0x5a));
+    assert_eq!(r.loc(buf + M2), Some(PagemapId(0)), "moved for the atomic");
+    let range = svm.find(buf + M2).expect("range");
+    let rights = svm.device_atomics(&range);
+    assert!(rights.device_memory && !rights.system_memory);
+    r.check("undefined policy");
+
+    // Device atomics on system memory: bound by a read, the atomic completes in place.
+    let mut cfg = SvmConfig::new(0, 1 << 47);
+    cfg.prefer_devmem = false;
+    cfg.policy.atomics_on_sysmem = true;
+    let mut r = one_device_with(4096, cfg);
+    let buf = r.mmap(M2);
+    r.fill(buf, M2, 0x5b);
+    r.g(0)
+        .svm
+        .set_attrs(buf, M2, &atomic(AtomicPolicy::Device))
+        .expect("set_attrs");
+    assert_eq!(r.dev_read(0, buf), Ok(buf ^ 0x5b));
+    let faults = r.stats(0).faults_atomic;
+    assert_eq!(r.dev_atomic(0, buf, 1), Ok(buf ^ 0x5b));
+    assert_eq!(
+        r.stats(0).faults_atomic,
+        faults,
+        "no fault: the entry allows atomics"
+    );
+    assert_eq!(r.loc(buf), None);
+    r.check("device policy, atomics on system memory");
 }
 
 // ---- migration policy --------------------------------------------------------------------

@@ -359,3 +359,35 @@ fn scenario_everything_once() {
         }
     }
 }
+
+/// Regression (CI's `ops_from_bytes`): a device read binds a page of a slot whose atomic policy
+/// is `cpu`; a device atomic through that mapping must still be refused with `Access`.
+#[test]
+fn atomic_refused_through_a_read_mapping() {
+    let setup = Setup {
+        vram: [VramSize::None; 4],
+        premap: [Premap::None, Premap::ReadWrite, Premap::None, Premap::None],
+        timeslice: Timeslice::Zero,
+        ..Setup::default()
+    };
+    let ops = [
+        Op::SetAttrs {
+            dev: 0,
+            span: Span::Slot { slot: 1 },
+            preferred: 0,
+            atomic: 3,
+            system_pages_only: false,
+        },
+        Op::DevRead {
+            dev: 0,
+            loc: loc(1, 0, 0),
+        },
+        Op::DevAtomic {
+            dev: 0,
+            loc: loc(1, 0, 0),
+            add: 0,
+        },
+    ];
+    let s = run_summary(setup, &ops).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((s.atomics_forbidden, s.atomics_ok), (1, 0), "{s:?}");
+}

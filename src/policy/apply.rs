@@ -1,7 +1,7 @@
 //! Applying policy to an [`Svm`]: setting attributes (and what that does to existing ranges),
 //! reading them, and prefetching.
 
-use super::{AttrUpdate, Attrs, DeviceTarget, PreferredLoc, RawAttr};
+use super::{AttrUpdate, Attrs, DeviceAtomics, DeviceTarget, PreferredLoc, RawAttr};
 use crate::error::{Error, Result};
 use crate::pages::PagesCtx;
 use crate::platform::{AddressSpace, PagemapId, Platform, PAGE_SIZE};
@@ -53,6 +53,31 @@ impl<P: Platform> Svm<P> {
     /// The attributes at `addr`.
     pub fn attrs_at(&self, addr: u64) -> Attrs {
         self.attrs.read().get(addr)
+    }
+
+    /// Where the device may perform atomics on the pages of `range` under the current atomic
+    /// policy (see [`DeviceAtomics`]): a driver sets the atomic-enable bit of each entry it
+    /// writes in the [`bind`](Self::bind) callback to `device_atomics(range).allows(entry)`, so
+    /// that an atomic the policy does not allow on that page faults instead of completing.
+    ///
+    /// Locking: takes only the attribute lock, which is never held while another lock of this
+    /// `Svm` is taken, so this may be called from inside the `bind` callback. A range lies inside
+    /// one attribute interval, so one answer covers all of it. If [`set_attrs`](Self::set_attrs)
+    /// changes the policy meanwhile, it clears the range's device mappings afterwards (or
+    /// [`bind`](Self::bind) sees the pages invalid), so a stale answer never outlives the
+    /// change.
+    ///
+    /// ```
+    /// # use gpusvm::policy::*;
+    /// # use gpusvm::pages::{PageEntry, Protocol};
+    /// # use gpusvm::platform::DmaDirection;
+    /// let rights = device_atomics(AtomicPolicy::Global, &PolicyConfig::default());
+    /// let sys = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::SYSTEM).unwrap();
+    /// let vram = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::DEVICE_LOCAL).unwrap();
+    /// assert!(!rights.allows(sys) && rights.allows(vram));
+    /// ```
+    pub fn device_atomics(&self, range: &Range) -> DeviceAtomics {
+        super::device_atomics(self.attrs_at(range.start()).atomic, &self.config().policy)
     }
 
     /// Set attributes on `[start, start+len)` (SPEC §8, like `madvise`).

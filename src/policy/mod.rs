@@ -288,6 +288,62 @@ pub fn decide(input: &DecisionInput, cfg: &PolicyConfig) -> Result<Decision> {
     })
 }
 
+/// Where the device may perform atomic accesses on the pages of one range: what a driver
+/// encodes in the atomic-enable bit of each device page-table entry it writes in the
+/// [`bind`](crate::Svm::bind) callback. An atomic access through an entry without that bit must
+/// fault with [`Access::Atomic`], so that [`decide`] can refuse it or move the pages first.
+///
+/// ```
+/// use gpusvm::policy::*;
+/// let cfg = PolicyConfig::default();
+/// let global = device_atomics(AtomicPolicy::Global, &cfg);
+/// assert!(global.device_memory && !global.system_memory);
+/// assert_eq!(device_atomics(AtomicPolicy::Cpu, &cfg), DeviceAtomics::NONE);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct DeviceAtomics {
+    /// Atomics are allowed on pages in device memory (the device's own or a peer's of its
+    /// owner).
+    pub device_memory: bool,
+    /// Atomics are allowed on system pages.
+    pub system_memory: bool,
+}
+
+impl DeviceAtomics {
+    /// No device atomics at all.
+    pub const NONE: DeviceAtomics = DeviceAtomics {
+        device_memory: false,
+        system_memory: false,
+    };
+
+    /// Whether the device may perform atomics through `entry` (a system page or a page of
+    /// device memory, judged by its protocol).
+    pub fn allows(self, entry: crate::pages::PageEntry) -> bool {
+        if entry.protocol() == crate::pages::Protocol::SYSTEM {
+            self.system_memory
+        } else {
+            self.device_memory
+        }
+    }
+}
+
+/// The device-atomic rights that go with an atomic policy (SPEC §8), consistent with
+/// [`decide`]: `Cpu` allows none; `Device` allows device memory, and system memory too if the
+/// device does atomics on system memory; `Undefined` and `Global` allow device memory only.
+pub fn device_atomics(atomic: AtomicPolicy, cfg: &PolicyConfig) -> DeviceAtomics {
+    match atomic {
+        AtomicPolicy::Cpu => DeviceAtomics::NONE,
+        AtomicPolicy::Device => DeviceAtomics {
+            device_memory: true,
+            system_memory: cfg.atomics_on_sysmem,
+        },
+        AtomicPolicy::Undefined | AtomicPolicy::Global => DeviceAtomics {
+            device_memory: true,
+            system_memory: false,
+        },
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -345,6 +401,41 @@ mod tests {
         let mut no_mem = input(Access::Atomic, Attrs::default());
         no_mem.caps.has_devmem = false;
         assert_eq!(decide(&no_mem, &cfg), Err(Error::Fault));
+    }
+
+    /// The rights a driver binds agree with the fault decision: a page where the rights allow
+    /// an atomic is exactly a page where `decide` would let the atomic complete.
+    #[test]
+    fn device_atomics_agree_with_decide() {
+        use crate::pages::{PageEntry, Protocol};
+        use crate::platform::DmaDirection;
+        let sys = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::SYSTEM).unwrap();
+        let local =
+            PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::DEVICE_LOCAL).unwrap();
+        let peer = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol(5)).unwrap();
+        for on_sys in [false, true] {
+            let cfg = PolicyConfig {
+                atomics_on_sysmem: on_sys,
+                ..PolicyConfig::default()
+            };
+            for pol in [
+                AtomicPolicy::Undefined,
+                AtomicPolicy::Device,
+                AtomicPolicy::Global,
+                AtomicPolicy::Cpu,
+            ] {
+                let a = Attrs {
+                    atomic: pol,
+                    ..Attrs::default()
+                };
+                let rights = device_atomics(pol, &cfg);
+                let d = decide(&input(Access::Atomic, a), &cfg);
+                assert_eq!(rights.allows(local), d.is_ok(), "{pol:?} {on_sys}");
+                assert_eq!(rights.allows(peer), d.is_ok(), "{pol:?} {on_sys}");
+                let on_system = matches!(d, Ok(x) if !x.devmem_only);
+                assert_eq!(rights.allows(sys), on_system, "{pol:?} {on_sys}");
+            }
+        }
     }
 
     #[test]

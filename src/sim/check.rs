@@ -19,7 +19,8 @@ use std::vec::Vec;
 ///    inside mapped VMAs.
 /// 2. Every device page-table entry maps, through a live DMA mapping, exactly the frame the CPU
 ///    page table maps at that address (so nothing stale survives an invalidation), and is
-///    writable only if the CPU mapping is writable. Unmapped ranges have no valid pages.
+///    writable only if the CPU mapping is writable, and allows device atomics only where the
+///    atomic policy does. Unmapped ranges have no valid pages.
 /// 3. Every live DMA mapping belongs to exactly one page entry of a valid range, maps live
 ///    frames, and the IOMMU never saw a bad or double unmap.
 /// 6. A committed collection that an invalidation overlapped would show up as a device or DMA
@@ -225,6 +226,24 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
                         "dev {}: device may write {:#x} but the CPU mapping is read-only",
                         dev.id(),
                         vpn << PAGE_SHIFT
+                    ));
+                }
+            }
+            if pte.atomic {
+                let va = vpn << PAGE_SHIFT;
+                let rights = crate::policy::device_atomics(
+                    g.svm.attrs_at(va).atomic,
+                    &g.svm.config().policy,
+                );
+                let allowed = if proto == Protocol::SYSTEM {
+                    rights.system_memory
+                } else {
+                    rights.device_memory
+                };
+                if !allowed {
+                    return Err(format!(
+                        "dev {}: device PTE at {va:#x} allows atomics the atomic policy forbids",
+                        dev.id()
                     ));
                 }
             }

@@ -63,6 +63,9 @@ pub struct DevPte {
     pub proto: Protocol,
     /// Writable by the device.
     pub writable: bool,
+    /// Device atomics allowed (the atomic-enable bit, from [`Svm::device_atomics`]); an atomic
+    /// through an entry without it faults.
+    pub atomic: bool,
 }
 
 #[derive(Debug, Default)]
@@ -766,6 +769,7 @@ impl SimGpu {
         let dev = &self.dev;
         self.svm
             .handle_fault_and_bind(addr, access, Window::ALL, |range, entries| {
+                let atomics = self.svm.device_atomics(range);
                 let mut pt = lock(&dev.pt);
                 let mut vpn = range.start() >> PAGE_SHIFT;
                 for e in entries {
@@ -776,6 +780,7 @@ impl SimGpu {
                                 addr: e.addr() + (i << PAGE_SHIFT),
                                 proto: e.protocol(),
                                 writable: e.writable(),
+                                atomic: atomics.allows(*e),
                             },
                         );
                     }
@@ -802,7 +807,13 @@ impl SimGpu {
             {
                 let pt = lock(&self.dev.pt);
                 if let Some(p) = pt.get(&vpn).copied() {
-                    if (access == Access::Read || p.writable) && p.proto == Protocol::DEVICE_LOCAL {
+                    // Writes need a writable entry; atomics also need the atomic-enable bit.
+                    let ok = match access {
+                        Access::Read => true,
+                        Access::Write => p.writable,
+                        Access::Atomic => p.writable && p.atomic,
+                    };
+                    if ok && p.proto == Protocol::DEVICE_LOCAL {
                         let mut v = lock(&self.dev.vram);
                         let dpfn = p.addr >> PAGE_SHIFT;
                         let mut b = [0u8; 8];
@@ -818,7 +829,7 @@ impl SimGpu {
                         }
                         return Ok(old);
                     }
-                    if (access == Access::Read || p.writable) && p.proto == SIM_P2P {
+                    if ok && p.proto == SIM_P2P {
                         let target = {
                             let io = lock(&self.dev.iommu);
                             io.lookup(p.addr)
@@ -842,7 +853,7 @@ impl SimGpu {
                         }
                         return Ok(old);
                     }
-                    if access == Access::Read || p.writable {
+                    if ok {
                         let pfn = match self.dev.frame_of(&p) {
                             Ok(pfn) => pfn,
                             Err(_) => {

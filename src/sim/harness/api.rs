@@ -1404,6 +1404,7 @@ impl Harness {
                 let g = self.gpu(*dev);
                 let pt = &g.dev.pt;
                 let got = g.svm.bind(&r, |range, entries| {
+                    let atomics = g.svm.device_atomics(range);
                     let mut pt = lock(pt);
                     let mut vpn = range.start() >> PAGE_SHIFT;
                     let mut bytes = 0u64;
@@ -1415,6 +1416,7 @@ impl Harness {
                                     addr: e.addr() + (i << PAGE_SHIFT),
                                     proto: e.protocol(),
                                     writable: e.writable(),
+                                    atomic: atomics.allows(*e),
                                 },
                             );
                         }
