@@ -852,8 +852,11 @@ impl SimMm {
                     Some(p) if p.migrating => *slot = MigrateSrc::Busy,
                     Some(p) => match p.dev {
                         None if req.select.contains(MigrateSelect::SYSTEM) => {
-                            let shared =
-                                p.cow || frames.map.get(&p.pfn).is_some_and(|f| f.refs > 1);
+                            // A frame another process still maps (copy-on-write after a
+                            // fork) cannot move; once the other side is gone (child exit, or
+                            // it broke the sharing) the write-protected page is ours alone and
+                            // migrates like any other.
+                            let shared = frames.map.get(&p.pfn).is_some_and(|f| f.refs > 1);
                             if shared {
                                 *slot = MigrateSrc::Busy;
                             } else {

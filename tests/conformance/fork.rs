@@ -123,6 +123,15 @@ fn migrate_shared() {
     );
     m.cpu_verify_in(child, buf, buf + M2);
     m.cpu_verify(buf, buf + M2);
+
+    // The child goes away: the write-protected pages are the parent's alone now, so the same
+    // prefetch migrates them (Linux: a page mapped once migrates, whatever its PTE's write bit).
+    m.munmap_in(child, buf, M2);
+    assert!(m.procs[0].mm.pte(buf).unwrap().cow, "still write-protected");
+    m.prefetch(0, buf, M2, PrefetchLoc::Device).unwrap();
+    assert!(m.all_at(buf, buf + M2, Loc::Dev(0)));
+    m.dev_verify(0, buf, buf + M2);
+    m.cpu_verify(buf, buf + M2);
 }
 
 /// xe_exec_system_allocator `process-*` (parent and child each drive their own GPU) on top of
