@@ -319,7 +319,14 @@ impl DeviceAtomics {
     /// Whether the device may perform atomics through `entry` (a system page or a page of
     /// device memory, judged by its protocol).
     pub fn allows(self, entry: crate::pages::PageEntry) -> bool {
-        if entry.protocol() == crate::pages::Protocol::SYSTEM {
+        self.allows_protocol(entry.protocol())
+    }
+
+    /// Whether the device may perform atomics on a page reached through `proto`
+    /// ([`Protocol::SYSTEM`](crate::pages::Protocol::SYSTEM): a system page; any other: device
+    /// memory).
+    pub fn allows_protocol(self, proto: crate::pages::Protocol) -> bool {
+        if proto == crate::pages::Protocol::SYSTEM {
             self.system_memory
         } else {
             self.device_memory

@@ -235,12 +235,7 @@ pub fn check_invariants(mm: &SimMm, gpus: &[&SimGpu]) -> Result<(), String> {
                     g.svm.attrs_at(va).atomic,
                     &g.svm.config().policy,
                 );
-                let allowed = if proto == Protocol::SYSTEM {
-                    rights.system_memory
-                } else {
-                    rights.device_memory
-                };
-                if !allowed {
+                if !rights.allows_protocol(proto) {
                     return Err(format!(
                         "dev {}: device PTE at {va:#x} allows atomics the atomic policy forbids",
                         dev.id()
