@@ -49,7 +49,9 @@
 //!    migrated into device memory ([`migrate`]), evicted, or left in system memory.
 //! 4. Its pages are collected and DMA-mapped without any lock held, then committed under the
 //!    notifier lock unless an invalidation raced ([`Svm::get_pages`]; retried).
-//! 5. The driver writes its page tables inside [`Svm::bind`], under the notifier lock.
+//! 5. The driver writes its page tables inside [`Svm::bind`], under the notifier lock, with
+//!    device atomics enabled only where [`Svm::device_atomics`] allows them (an atomic through
+//!    any other entry faults, and the atomic policy decides).
 //! 6. When the CPU side changes, the platform calls [`Svm::invalidate_begin`] (the device
 //!    mappings are zapped and the DMA mappings undone) and [`Svm::invalidate_end`]; the next
 //!    device access faults again. A CPU access to a device page comes back through
