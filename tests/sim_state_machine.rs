@@ -17,6 +17,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use gpusvm::sim::harness::state_machine::{
     run, run_summary, Input, Loc, Op, Premap, Prot, Setup, Span, Summary, Timeslice, VramSize,
+    ATOMICS_ON_SYSMEM,
 };
 use gpusvm::sim::Rng;
 use proptest::prelude::*;
@@ -361,33 +362,43 @@ fn scenario_everything_once() {
 }
 
 /// Regression (CI's `ops_from_bytes`): a device read binds a page of a slot whose atomic policy
-/// is `cpu`; a device atomic through that mapping must still be refused with `Access`.
+/// is `cpu`; a device atomic through that mapping must still be refused with `Access`. With
+/// the `device` policy on a device that does atomics on system memory, the same atomic
+/// completes in place (no device memory at all).
 #[test]
-fn atomic_refused_through_a_read_mapping() {
-    let setup = Setup {
-        vram: [VramSize::None; 4],
-        premap: [Premap::None, Premap::ReadWrite, Premap::None, Premap::None],
-        timeslice: Timeslice::Zero,
-        ..Setup::default()
-    };
-    let ops = [
-        Op::SetAttrs {
-            dev: 0,
-            span: Span::Slot { slot: 1 },
-            preferred: 0,
-            atomic: 3,
-            system_pages_only: false,
-        },
-        Op::DevRead {
-            dev: 0,
-            loc: loc(1, 0, 0),
-        },
-        Op::DevAtomic {
-            dev: 0,
-            loc: loc(1, 0, 0),
-            add: 0,
-        },
-    ];
-    let s = run_summary(setup, &ops).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((s.atomics_forbidden, s.atomics_ok), (1, 0), "{s:?}");
+fn atomic_through_a_read_mapping_follows_the_policy() {
+    for (policy, links, forbidden, ok) in [(3u8, 0u8, 1usize, 0usize), (1, ATOMICS_ON_SYSMEM, 0, 1)]
+    {
+        let setup = Setup {
+            vram: [VramSize::None; 4],
+            premap: [Premap::None, Premap::ReadWrite, Premap::None, Premap::None],
+            timeslice: Timeslice::Zero,
+            links,
+            ..Setup::default()
+        };
+        let ops = [
+            Op::SetAttrs {
+                dev: 0,
+                span: Span::Slot { slot: 1 },
+                preferred: 0,
+                atomic: policy,
+                system_pages_only: false,
+            },
+            Op::DevRead {
+                dev: 0,
+                loc: loc(1, 0, 0),
+            },
+            Op::DevAtomic {
+                dev: 0,
+                loc: loc(1, 0, 0),
+                add: 0,
+            },
+        ];
+        let s = run_summary(setup, &ops).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.atomics_forbidden, s.atomics_ok),
+            (forbidden, ok),
+            "{s:?}"
+        );
+    }
 }

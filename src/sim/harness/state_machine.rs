@@ -376,9 +376,15 @@ pub struct Setup {
     pub can_migrate_same_pagemap: bool,
     /// `SvmConfig::source_peer_migrates` of every device.
     pub source_peer_migrates: bool,
-    /// More links, one bit per pair: 0-1, 0-2, 0-3, 1-2, 1-3, 2-3 (bit 0 adds to `linked`).
+    /// More links, one bit per pair: 0-1, 0-2, 0-3, 1-2, 1-3, 2-3 (bit 0 adds to `linked`);
+    /// bit 6 ([`ATOMICS_ON_SYSMEM`]) sets `PolicyConfig::atomics_on_sysmem` on every device (a
+    /// bit here rather than a field of its own, so that the committed fuzz corpus keeps its
+    /// meaning).
     pub links: u8,
 }
+
+/// The bit of [`Setup::links`] that gives every device atomics on system memory.
+pub const ATOMICS_ON_SYSMEM: u8 = 1 << 6;
 
 impl Default for Setup {
     /// Two unlinked devices with plenty of device memory, every slot mapped read-write.
@@ -498,6 +504,7 @@ impl Machine {
             };
             cfg.can_migrate_same_pagemap = setup.can_migrate_same_pagemap;
             cfg.source_peer_migrates = setup.source_peer_migrates;
+            cfg.policy.atomics_on_sysmem = setup.links & ATOMICS_ON_SYSMEM != 0;
             let g = SimGpu::join_with(&mm, id as u32, pages, cfg)
                 .map_err(|e| format!("setup: device {id}: {e}"))?;
             gpus.push(g);
