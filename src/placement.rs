@@ -56,8 +56,21 @@ impl<P: Platform> Svm<P> {
     /// Attach a peer's pagemap: its pages are then mapped peer-to-peer when they share this
     /// device's owner, and evicted to system memory (when they block a migration) otherwise.
     /// A driver attaches every pagemap whose pages this device's address space may hold.
-    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem>>) {
-        self.pagemaps.write().all.insert(pagemap.id(), pagemap);
+    /// Attaching the same pagemap again does nothing.
+    ///
+    /// Errors: [`Error::Invalid`] if a different pagemap is attached under the same id (this
+    /// device's own, or a peer's): an id names one pagemap, whose pages are resolved, mapped
+    /// and evicted through it; nothing changes.
+    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem>>) -> Result<()> {
+        let mut set = self.pagemaps.write();
+        match set.all.get(&pagemap.id()) {
+            Some(p) if Arc::ptr_eq(p, &pagemap) => Ok(()),
+            Some(_) => Err(Error::Invalid),
+            None => {
+                set.all.insert(pagemap.id(), pagemap);
+                Ok(())
+            }
+        }
     }
 
     /// Detach a peer's pagemap (before it is destroyed). Returns it. The local pagemap is not

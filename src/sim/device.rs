@@ -665,7 +665,8 @@ impl SimGpu {
         mm.set_sink(slot, weak);
         // Meet the pagemaps of the devices already on the machine.
         for pm in mm.world().pagemaps() {
-            svm.attach_pagemap(pm);
+            // Refused only for a second pagemap with the same id: the first stays.
+            let _ = svm.attach_pagemap(pm);
         }
         mm.world().register_gpu(&svm);
         Ok(SimGpu {

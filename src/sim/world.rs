@@ -210,7 +210,8 @@ impl SimWorld {
     pub(crate) fn add_pagemap(&self, pm: Arc<Pagemap<SimDevmem>>) {
         lock(&self.pagemaps).push(Arc::downgrade(&pm));
         for g in self.live_gpus() {
-            g.attach_pagemap(pm.clone());
+            // Refused only if another pagemap has its id there: that one stays.
+            let _ = g.attach_pagemap(pm.clone());
         }
     }
 

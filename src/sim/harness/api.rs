@@ -8,8 +8,11 @@
 //! - the documented outcome holds where it is cheap to state (for example `Range::new`,
 //!   `PageEntry::new`, `Error::from_errno`, `select_chunk` and the owner registry against small
 //!   models; `find_or_insert`/`handle_fault` return a range containing the address; every call
-//!   that needs an open instance returns [`Error::Closed`] after `close`);
-//! - [`check_invariants`] holds for every device, and [`check_closed`] once it is closed.
+//!   that needs an open instance returns [`Error::Closed`] after `close`; the attached pagemaps
+//!   and the owner after `attach_pagemap`/`detach_pagemap`/`set_owner`; where the CPU pages
+//!   are after the free functions `migrate::to_ram`/`to_devmem`);
+//! - [`check_invariants`] holds for every device, and [`check_closed`] once it is closed; each
+//!   device's own pagemap is the one attached under its id.
 //!
 //! Shared by the cargo-fuzz target `fuzz/fuzz_targets/api.rs` and the stable replay test
 //! `tests/api_hostile.rs`.
@@ -23,6 +26,9 @@
 //!   harness calls it only for intervals of at most [`MAX_USERPTR_BYTES`] (libFuzzer reports a
 //!   single large `malloc` as a crash). `Userptr::new`, `bind`, the invalidation calls and
 //!   `free_pages` still get any bounds;
+//! - likewise `migrate::to_ram`/`to_devmem` allocate a slot per page of the interval: the
+//!   harness calls them directly with any empty or misaligned interval, but with a valid one only
+//!   up to [`MAX_MIGRATE_BYTES`];
 //! - simulator calls (`mmap`, `munmap`, `mprotect`, CPU accesses) only touch the arena: they
 //!   set up state, they are not the API under test;
 //! - `Pagemap::page_free` is a platform callback for a frame the CPU just stopped mapping; the
@@ -44,8 +50,8 @@
 
 use crate::error::Error;
 use crate::fault::Access;
-use crate::migrate::MigrateDetails;
-use crate::pagemap::{DevmemAlloc, OwnerRegistry, PeerId, PutPage};
+use crate::migrate::{self, MigrateDetails, ToDevmemState};
+use crate::pagemap::{DevmemAlloc, OwnerRegistry, Pagemap, PeerId, PutPage};
 use crate::pages::{PageEntry, PagesCtx, Protocol, RetryPolicy, Userptr};
 use crate::platform::{
     DmaDirection, NotifierId, OwnerId, PagemapId, Platform, VmaFlags, MAX_ORDER, PAGE_SHIFT,
@@ -56,7 +62,9 @@ use crate::policy::{
     MigrationPolicy, PolicyConfig, PreferredLoc, PrefetchLoc, RangeHistory, RawAttr,
 };
 use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
-use crate::sim::{check_closed, check_invariants, lock, DevPte, SimGpu, SimMm, SimWorld};
+use crate::sim::{
+    check_closed, check_invariants, lock, DevPte, SimDevice, SimDevmem, SimGpu, SimMm, SimWorld,
+};
 use crate::stats::StatsSnapshot;
 use crate::svm::{Event, SvmConfig, Window, MAX_CHUNK_SIZES};
 use std::collections::BTreeSet;
@@ -88,6 +96,8 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 64;
 pub const MAX_DEVMEM_RETRIES: u32 = 8;
 /// Largest userptr interval whose pages the harness collects.
 pub const MAX_USERPTR_BYTES: u64 = 16 << 20;
+/// Longest interval the harness hands to `migrate::to_ram`/`to_devmem` directly.
+pub const MAX_MIGRATE_BYTES: u64 = 16 << 20;
 /// How many range objects the harness remembers for later calls.
 pub const MAX_KNOWN: usize = 48;
 
@@ -355,6 +365,22 @@ pub enum FrameSpec {
     Device(u16),
     /// Any value.
     Raw(Num),
+}
+
+/// A pagemap argument for [`ApiOp::AttachPagemap`].
+#[derive(arbitrary::Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagemapSpec {
+    /// The pagemap of device `dev` (modulo the number of devices), if it has device memory.
+    Device(u8),
+    /// A new pagemap object with any id and owner, over a device memory of its own with no
+    /// pages (nothing can ever be migrated into it, so it never holds pages): attached under
+    /// a free id it is a harmless peer; under an id in use it is an impostor.
+    Fresh {
+        /// Its id.
+        id: Id,
+        /// Its owner.
+        owner: Id,
+    },
 }
 
 /// A [`ChunkQuery`] with any values.
@@ -744,6 +770,57 @@ pub enum ApiOp {
         /// Milliseconds.
         ms: u8,
     },
+    /// `Svm::set_owner` with any owner or none: afterwards `owner()` is that owner, or (with
+    /// `None`) the local pagemap's, else `config.owner`; the pagemaps are untouched.
+    SetOwner {
+        /// Which device.
+        dev: u8,
+        /// The owner.
+        owner: Option<Id>,
+    },
+    /// `Svm::attach_pagemap`: `Ok` iff no other pagemap object is attached under its id (then
+    /// `pagemap_by_id` returns it), else `Invalid` and nothing changes; the local pagemap and
+    /// the owner are untouched.
+    AttachPagemap {
+        /// Which device.
+        dev: u8,
+        /// The pagemap.
+        pagemap: PagemapSpec,
+    },
+    /// `Svm::detach_pagemap` of any id: `None` for the local pagemap (which stays attached),
+    /// else exactly the pagemap attached under that id (if any), which is then gone.
+    DetachPagemap {
+        /// Which device.
+        dev: u8,
+        /// The pagemap id.
+        id: Id,
+    },
+    /// The free functions of the migration state machine on device `dev`'s pagemap with any
+    /// interval: `migrate::to_ram`, or `migrate::to_devmem` (or `to_devmem_traced` with the
+    /// device's attached pagemaps as peers). `Invalid` iff the interval is empty or misaligned;
+    /// on any error no CPU page of the interval changed; on success the pages are where the
+    /// report says (to device memory: all of them in the pagemap, or nothing changed with
+    /// `already_there`; to RAM: at most the `busy` ones left in the pagemap, `pages` moved).
+    /// Traced, the states run from `Isolate` to `Done` through `Install` iff pages moved.
+    /// Intervals longer than [`MAX_MIGRATE_BYTES`] are not migrated (see the module docs).
+    MigrateDirect {
+        /// Which device's pagemap.
+        dev: u8,
+        /// First byte.
+        start: Num,
+        /// One past the last byte.
+        end: Num,
+        /// To device memory instead of RAM.
+        to_devmem: bool,
+        /// Use `to_devmem_traced` with peers (to device memory only).
+        traced: bool,
+        /// `timeslice_ns`.
+        timeslice_ns: Num,
+        /// `can_migrate_same_pagemap`.
+        same_pagemap: bool,
+        /// `source_peer_migrates`.
+        source_peer: bool,
+    },
 }
 
 /// A whole input: the machine and the calls.
@@ -802,6 +879,23 @@ struct Harness {
     attrs: AttrStore,
     /// Device ids handed to `SvmNew` devices.
     next_id: u32,
+}
+
+/// Which free migration function [`ApiOp::MigrateDirect`] calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direct {
+    ToRam,
+    ToDevmem,
+    Traced,
+}
+
+/// Whether two pagemap lookups name the same object (or both nothing).
+fn same_pagemap(a: &Option<Arc<Pagemap<SimDevmem>>>, b: &Option<Arc<Pagemap<SimDevmem>>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 fn linked_peers(a: PeerId, b: PeerId) -> bool {
@@ -1903,6 +1997,230 @@ impl Harness {
                 }
             }
             ApiOp::Advance { ms } => self.world.advance(u64::from(*ms) * 1_000_000),
+            ApiOp::SetOwner { dev, owner } => {
+                let o = owner.map(|o| self.owner_id(o));
+                let svm = &self.gpu(*dev).svm;
+                let local = svm.pagemap();
+                svm.set_owner(o);
+                let want = o.or(local.as_ref().map(|p| p.owner()).or(svm.config().owner));
+                if svm.owner() != want {
+                    return Err(format!("set_owner({o:?}): owner() = {:?}", svm.owner()));
+                }
+                if !same_pagemap(&svm.pagemap(), &local) {
+                    return Err(format!("set_owner({o:?}) changed the local pagemap"));
+                }
+            }
+            ApiOp::AttachPagemap { dev, pagemap } => {
+                let Some(pm) = self.pagemap_of(*pagemap) else {
+                    return Ok(());
+                };
+                let svm = &self.gpu(*dev).svm;
+                let (local, owner) = (svm.pagemap(), svm.owner());
+                let before = svm.pagemap_by_id(pm.id());
+                let free = before.as_ref().is_none_or(|b| Arc::ptr_eq(b, &pm));
+                let got = svm.attach_pagemap(pm.clone());
+                let after = svm.pagemap_by_id(pm.id());
+                match got {
+                    Ok(()) if free => {
+                        if !after.is_some_and(|a| Arc::ptr_eq(&a, &pm)) {
+                            return Err(format!(
+                                "attach_pagemap({:?}) Ok but not attached",
+                                pm.id()
+                            ));
+                        }
+                    }
+                    Err(Error::Invalid) if !free => {
+                        if !same_pagemap(&after, &before) {
+                            return Err(format!("refused attach_pagemap({:?}) replaced", pm.id()));
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "attach_pagemap({:?}) (id free {free}) = {other:?}",
+                            pm.id()
+                        ))
+                    }
+                }
+                if !same_pagemap(&svm.pagemap(), &local) || svm.owner() != owner {
+                    return Err(format!("attach_pagemap({:?}) changed the device", pm.id()));
+                }
+            }
+            ApiOp::DetachPagemap { dev, id } => {
+                let id = self.pagemap_id(*id);
+                let svm = &self.gpu(*dev).svm;
+                let (local, owner) = (svm.pagemap(), svm.owner());
+                let before = svm.pagemap_by_id(id);
+                let got = svm.detach_pagemap(id);
+                let after = svm.pagemap_by_id(id);
+                let is_local = local.as_ref().is_some_and(|l| l.id() == id);
+                let ok = if is_local {
+                    got.is_none() && same_pagemap(&after, &local)
+                } else {
+                    same_pagemap(&got, &before) && after.is_none()
+                };
+                if !ok {
+                    return Err(format!(
+                        "detach_pagemap({id:?}) (local {is_local}, attached {}) = {:?}",
+                        before.is_some(),
+                        got.map(|p| p.id())
+                    ));
+                }
+                if !same_pagemap(&svm.pagemap(), &local) || svm.owner() != owner {
+                    return Err(format!("detach_pagemap({id:?}) changed the device"));
+                }
+            }
+            ApiOp::MigrateDirect {
+                dev,
+                start,
+                end,
+                to_devmem,
+                traced,
+                timeslice_ns,
+                same_pagemap,
+                source_peer,
+            } => {
+                let details = MigrateDetails {
+                    timeslice_ns: timeslice_ns.value(self),
+                    can_migrate_same_pagemap: *same_pagemap,
+                    source_peer_migrates: *source_peer,
+                };
+                let how = match (to_devmem, traced) {
+                    (false, _) => Direct::ToRam,
+                    (true, false) => Direct::ToDevmem,
+                    (true, true) => Direct::Traced,
+                };
+                self.migrate_direct(*dev, start.value(self), end.value(self), how, &details)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pagemap object a spec names (`None`: the device has no device memory).
+    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<Arc<Pagemap<SimDevmem>>> {
+        match spec {
+            PagemapSpec::Device(d) => self.gpu(d).svm.pagemap(),
+            PagemapSpec::Fresh { id, owner } => {
+                let dev_id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1).max(8);
+                let dev = SimDevice::new(&self.world, dev_id);
+                Some(Pagemap::new(
+                    self.pagemap_id(id),
+                    self.owner_id(owner),
+                    SimDevmem(dev),
+                ))
+            }
+        }
+    }
+
+    /// The CPU pages of `[start, end)`: page number → (frame, device pagemap, isolated).
+    fn cpu_pages(&self, start: u64, end: u64) -> Vec<(u64, u64, Option<PagemapId>, bool)> {
+        let st = lock(&self.mm.st);
+        st.ptes
+            .range(start >> PAGE_SHIFT..end >> PAGE_SHIFT)
+            .map(|(vpn, p)| (*vpn, p.pfn, p.dev.map(|(pm, _)| pm), p.migrating))
+            .collect()
+    }
+
+    /// [`ApiOp::MigrateDirect`]: `migrate::to_ram`/`to_devmem` on device `d`'s pagemap.
+    ///
+    /// - an empty or misaligned interval is `Invalid` (and nothing changes);
+    /// - on any error, no CPU page of the interval changed (all-or-nothing; to RAM: pages that
+    ///   moved are only reported on success);
+    /// - `to_devmem` `Ok`: with `already_there`, nothing changed and every page was already in
+    ///   the pagemap; else every page of the interval is now a device page of the pagemap and
+    ///   `pages` counts them all;
+    /// - `to_ram` `Ok`: `pages` of the pagemap's pages in the interval moved to system memory,
+    ///   only the `busy` ones (at most) are left;
+    /// - traced: the states start with `Isolate` and end with `Done`, `Install` is reached iff
+    ///   pages moved, and a failure after isolation goes through `Restore`.
+    fn migrate_direct(
+        &self,
+        d: u8,
+        s: u64,
+        e: u64,
+        how: Direct,
+        details: &MigrateDetails,
+    ) -> Result<(), String> {
+        let Some(pm) = self.gpu(d).svm.pagemap() else {
+            return Ok(());
+        };
+        let valid = s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0;
+        if valid && e - s > MAX_MIGRATE_BYTES {
+            return Ok(());
+        }
+        let before = if valid {
+            self.cpu_pages(s, e)
+        } else {
+            Vec::new()
+        };
+        let view = self.mm.view(usize::MAX);
+        let mut states: Vec<ToDevmemState> = Vec::new();
+        let got = match how {
+            Direct::ToRam => migrate::to_ram(&view, &pm, s, e),
+            Direct::ToDevmem => migrate::to_devmem(&view, &pm, s, e, details),
+            Direct::Traced => {
+                let svm = &self.gpu(d).svm;
+                migrate::to_devmem_traced(
+                    &view,
+                    &pm,
+                    &|id| svm.pagemap_by_id(id),
+                    s,
+                    e,
+                    details,
+                    Some(&mut |st| states.push(st)),
+                )
+            }
+        };
+        let what = format!("{how:?}({:?}, {s:#x}, {e:#x})", pm.id());
+        if !valid {
+            return match got {
+                Err(Error::Invalid) if states.is_empty() => Ok(()),
+                other => Err(format!("{what}: {other:?} (states {states:?})")),
+            };
+        }
+        let after = self.cpu_pages(s, e);
+        let npages = ((e - s) / PAGE_SIZE) as usize;
+        let mine = |v: &[(u64, u64, Option<PagemapId>, bool)]| {
+            v.iter().filter(|p| p.2 == Some(pm.id()) && !p.3).count()
+        };
+        match got {
+            Err(err) => {
+                typed(err)?;
+                if after != before {
+                    return Err(format!("{what} = {err:?} but CPU pages changed"));
+                }
+            }
+            Ok(rep) if how == Direct::ToRam => {
+                let (was, left) = (mine(&before), mine(&after));
+                if left > rep.busy || rep.pages.saturating_add(left) != was {
+                    return Err(format!(
+                        "{what} = {rep:?}: {was} pages before, {left} after"
+                    ));
+                }
+            }
+            Ok(rep) if rep.already_there => {
+                if after != before || mine(&before) != npages || rep.pages != 0 {
+                    return Err(format!("{what} = {rep:?} but the pages were not all there"));
+                }
+            }
+            Ok(rep) => {
+                if mine(&after) != npages || after.len() != npages || rep.pages != npages {
+                    return Err(format!(
+                        "{what} = {rep:?}: {} of {npages} pages in the pagemap",
+                        mine(&after)
+                    ));
+                }
+            }
+        }
+        if how == Direct::Traced {
+            let moved = got.as_ref().is_ok_and(|r| !r.already_there);
+            let ok = states.first() == Some(&ToDevmemState::Isolate)
+                && states.last() == Some(&ToDevmemState::Done)
+                && states.contains(&ToDevmemState::Install) == moved
+                && (moved || states.len() == 2 || states.contains(&ToDevmemState::Restore));
+            if !ok {
+                return Err(format!("{what} = {got:?}: states {states:?}"));
+            }
         }
         Ok(())
     }
@@ -1976,6 +2294,18 @@ impl Harness {
     fn check(&self) -> Result<(), String> {
         let gpus: Vec<&SimGpu> = self.gpus.iter().collect();
         check_invariants(&self.mm, &gpus)?;
+        for g in &self.gpus {
+            // `set_pagemap`: the local pagemap is also attached, under its id.
+            if let Some(l) = g.svm.pagemap() {
+                if !same_pagemap(&g.svm.pagemap_by_id(l.id()), &Some(l.clone())) {
+                    return Err(format!(
+                        "dev {}: the local pagemap {:?} is not the one attached under its id",
+                        g.dev.id(),
+                        l.id()
+                    ));
+                }
+            }
+        }
         for (g, &closed) in self.gpus.iter().zip(&self.closed) {
             if closed {
                 check_closed(g).map_err(|e| format!("dev {} closed: {e}", g.dev.id()))?;
