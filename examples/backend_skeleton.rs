@@ -602,7 +602,8 @@ fn main() {
     // Device probe: the VRAM becomes a pagemap (owner from an OwnerRegistry in a multi-GPU
     // driver), and this VM places ranges there.
     let pagemap = Pagemap::new(PagemapId(0), OwnerId(0), SkelVram::default());
-    svm.set_pagemap(Some(Arc::clone(&pagemap)));
+    svm.set_pagemap(Some(Arc::clone(&pagemap)))
+        .expect("no peer pagemap uses this id");
     println!(
         "2. set_pagemap: pagemap {:?}, owner {:?}",
         pagemap.id(),

@@ -37,8 +37,20 @@ impl<P: Platform> Svm<P> {
     /// Give this device its own device memory (or take it away with `None`). The pagemap is
     /// also attached (see [`attach_pagemap`](Self::attach_pagemap)). Unless an owner was set
     /// with [`set_owner`](Self::set_owner), the device's owner is the pagemap's.
-    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem>>>) {
+    ///
+    /// Errors: [`Error::Invalid`] if a peer's pagemap (a different one than this device's
+    /// current pagemap) is attached under the new pagemap's id; nothing changes.
+    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem>>>) -> Result<()> {
         let mut set = self.pagemaps.write();
+        if let Some(pm) = &pagemap {
+            if let Some(p) = set.all.get(&pm.id()) {
+                let replaceable =
+                    Arc::ptr_eq(p, pm) || set.local.as_ref().is_some_and(|l| Arc::ptr_eq(l, p));
+                if !replaceable {
+                    return Err(Error::Invalid);
+                }
+            }
+        }
         if let Some(old) = set.local.take() {
             set.all.remove(&old.id());
         }
@@ -46,6 +58,7 @@ impl<P: Platform> Svm<P> {
             set.all.insert(pm.id(), pm.clone());
         }
         set.local = pagemap;
+        Ok(())
     }
 
     /// This device's pagemap.

@@ -447,4 +447,25 @@ fn attach_pagemap_refuses_a_second_pagemap_under_an_attached_id() {
     ));
     assert!(gpu.svm.detach_pagemap(PagemapId(5)).is_none());
     gpu.check().unwrap();
+
+    // `set_pagemap` follows the same rule: a peer attached under the id is not replaced by a
+    // new local pagemap; the current local one may be (same id, new memory) or set again.
+    assert_eq!(gpu.svm.attach_pagemap(peer.clone()), Ok(()));
+    assert_eq!(gpu.svm.set_pagemap(Some(fresh(5, 12))), Err(Error::Invalid));
+    assert!(Arc::ptr_eq(&gpu.svm.pagemap().unwrap(), &local));
+    assert!(Arc::ptr_eq(
+        &gpu.svm.pagemap_by_id(PagemapId(5)).unwrap(),
+        &peer
+    ));
+    assert_eq!(gpu.svm.set_pagemap(Some(local.clone())), Ok(()));
+    let replacement = fresh(0, 13);
+    assert_eq!(gpu.svm.set_pagemap(Some(replacement.clone())), Ok(()));
+    assert!(Arc::ptr_eq(&gpu.svm.pagemap().unwrap(), &replacement));
+    assert!(Arc::ptr_eq(
+        &gpu.svm.pagemap_by_id(PagemapId(0)).unwrap(),
+        &replacement
+    ));
+    assert_eq!(gpu.svm.set_pagemap(None), Ok(()));
+    assert!(gpu.svm.pagemap_by_id(PagemapId(0)).is_none());
+    assert!(gpu.svm.pagemap_by_id(PagemapId(5)).is_some(), "peers stay");
 }

@@ -56,8 +56,9 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
 /// `details.can_migrate_same_pagemap`. All-or-nothing: on any error every page stays where it
 /// was, nothing leaks, and the error is returned.
 ///
-/// Errors: [`Error::Invalid`] (bad interval); [`Error::Busy`] (a page could not be isolated,
-/// is outside a VMA, or is a device page this pagemap cannot copy directly); [`Error::NoMem`]
+/// Errors: [`Error::Invalid`] (bad interval); whatever [`AddressSpace::migrate_isolate`]
+/// returns (nothing was isolated then); [`Error::Busy`] (a page could not be isolated, is
+/// outside a VMA, or is a device page this pagemap cannot copy directly); [`Error::NoMem`]
 /// (device memory or DMA space); copy errors.
 pub fn to_devmem<A: AddressSpace, M: DeviceMemory>(
     mm: &A,

@@ -52,8 +52,9 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
 /// every other device page of `pm` in the interval moves. On error every page stays where it
 /// was.
 ///
-/// Errors: [`Error::Invalid`] (bad interval); [`Error::NoMem`] (system memory or DMA space);
-/// copy errors.
+/// Errors: [`Error::Invalid`] (bad interval); whatever
+/// [`AddressSpace::migrate_isolate`] returns (nothing was isolated then); [`Error::NoMem`]
+/// (system memory or DMA space); copy errors.
 pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
     mm: &A,
     pm: &Pagemap<M>,

@@ -724,7 +724,8 @@ impl SimGpu {
                 return Err(Error::Busy);
             }
             world.forget_pagemap(pm.id());
-            self.svm.set_pagemap(None);
+            // Taking the pagemap away cannot be refused.
+            let _ = self.svm.set_pagemap(None);
         }
         self.svm.close();
         world.forget_gpu(&self.svm);
@@ -756,7 +757,9 @@ impl SimGpu {
         let hooks: Arc<dyn SimPagemapHooks> = pm.clone();
         world.register_pagemap(pm.id(), &hooks);
         world.add_pagemap(pm.clone());
-        self.svm.set_pagemap(Some(pm.clone()));
+        // Refused only if a peer's pagemap has this device's id, which the machine never
+        // creates (pagemap ids are device ids).
+        let _ = self.svm.set_pagemap(Some(pm.clone()));
         pm
     }
 
