@@ -1,5 +1,5 @@
 //! The migration state machine (SPEC §7), driven directly on the simulator: every test calls
-//! [`gpusvm::migrate::to_devmem_traced`] or [`gpusvm::migrate::to_ram`] with the simulated
+//! [`gpusvm::migrate::to_devmem_traced`] or [`gpusvm::migrate::to_ram_traced`] with the simulated
 //! address space (`gpu.svm.platform().mm()`) and the device's pagemap (`gpu.svm.pagemap()`),
 //! and asserts the exact sequence of states and the result.
 //!
@@ -28,11 +28,23 @@
 //! | Copy → copy error after k runs | Isolate → Allocate → MapSources → Copy → Restore → Done | `copy_error_partial` |
 //! | Install → error (platform hands out a bad allocation) | … → Copy → Install → Restore → Done | `install_error_releases_the_allocation` |
 //!
-//! and of `to_ram` (which has no trace; the outcome is asserted): success, nothing to do, bad
-//! interval, system-memory allocation failure, DMA-map failure of the destinations, copy failure.
+//! and of `to_ram` (through [`gpusvm::migrate::to_ram_traced`]; every call checks that the
+//! states start at Isolate, end at Done, and reach Install exactly when pages moved):
+//!
+//! | path | states | test |
+//! | --- | --- | --- |
+//! | success | Isolate → Allocate → MapDests → Copy → Install → Done | `success_and_back` |
+//! | nothing to do | Isolate → Restore → Done | `to_ram_nothing_to_do` |
+//! | bad interval | (none) | `bad_interval_is_invalid` |
+//! | Isolate error from the platform | Isolate → Done | `isolate_error_isolates_nothing` |
+//! | Allocate → NoMem (system memory) | Isolate → Allocate → Restore → Done | `to_ram_system_memory_exhausted` |
+//! | MapDests → DMA error | Isolate → Allocate → MapDests → Restore → Done | `to_ram_dma_error` |
+//! | Copy → copy error | Isolate → Allocate → MapDests → Copy → Restore → Done | `to_ram_copy_error` |
 #![cfg(feature = "sim")]
 
-use gpusvm::migrate::{to_devmem_traced, to_ram, MigrateDetails, MigrateReport, ToDevmemState};
+use gpusvm::migrate::{
+    to_devmem_traced, to_ram_traced, MigrateDetails, MigrateReport, ToDevmemState, ToRamState as R,
+};
 use gpusvm::pagemap::Pagemap;
 use gpusvm::platform::{
     AddressSpace, CollectRequest, CopyError, CopyRun, CpuPage, DeviceMemory, MigrateDst,
@@ -50,6 +62,14 @@ const PAGE: u64 = 4096;
 const SZ_64K: u64 = 64 << 10;
 
 const SUCCESS: [ToDevmemState; 6] = [Isolate, Allocate, MapSources, Copy, Install, Done];
+const RAM_SUCCESS: [R; 6] = [
+    R::Isolate,
+    R::Allocate,
+    R::MapDests,
+    R::Copy,
+    R::Install,
+    R::Done,
+];
 
 /// What must not change across a failed migration.
 #[derive(Debug, PartialEq)]
@@ -110,7 +130,21 @@ impl Env {
     }
 
     fn to_ram(&self, start: u64, end: u64) -> Result<MigrateReport> {
-        to_ram(self.gpu.svm.platform().mm(), &self.pm(), start, end)
+        let (r, states) = self.to_ram_states(start, end);
+        // Whatever the outcome, the machine starts at Isolate and ends at Done; Install is
+        // reached exactly when pages moved.
+        if !states.is_empty() {
+            assert_eq!(states.first(), Some(&R::Isolate), "{states:?}");
+            assert_eq!(states.last(), Some(&R::Done), "{states:?}");
+            let moved = r.as_ref().is_ok_and(|rep| rep.pages > 0);
+            assert_eq!(states.contains(&R::Install), moved, "{states:?}");
+        }
+        r
+    }
+
+    /// Migrate `[start, end)` of the device's pagemap back to RAM, recording the states.
+    fn to_ram_states(&self, start: u64, end: u64) -> (Result<MigrateReport>, Vec<R>) {
+        to_ram_with(self.gpu.svm.platform().mm(), &self.pm(), start, end)
     }
 
     /// The value of the word at `addr` wherever it lives, without moving it.
@@ -186,6 +220,18 @@ fn to_devmem_with<A: AddressSpace, M: DeviceMemory>(
     (r, states)
 }
 
+fn to_ram_with<A: AddressSpace, M: DeviceMemory>(
+    mm: &A,
+    pm: &Pagemap<M>,
+    start: u64,
+    end: u64,
+) -> (Result<MigrateReport>, Vec<R>) {
+    let mut states = Vec::new();
+    let mut rec = |s: R| states.push(s);
+    let r = to_ram_traced(mm, pm, start, end, Some(&mut rec));
+    (r, states)
+}
+
 #[test]
 fn success_and_back() {
     let mut env = Env::new(4096);
@@ -209,7 +255,9 @@ fn success_and_back() {
     // Untouched pages were zero-filled.
     assert_eq!(env.peek(a + PAGE), 0);
 
-    let rep = env.to_ram(a, a + SZ_64K).unwrap();
+    let (r, states) = env.to_ram_states(a, a + SZ_64K);
+    let rep = r.unwrap();
+    assert_eq!(states, RAM_SUCCESS);
     assert_eq!(rep.pages, 16);
     assert_eq!(rep.busy, 0);
     assert!(!env.on_device(a));
@@ -335,7 +383,9 @@ fn isolate_error_isolates_nothing() {
     r.unwrap();
     let before = env.snap();
     let mm = FailIsolate(env.gpu.svm.platform().mm(), Error::Invalid);
-    assert_eq!(to_ram(&mm, &env.pm(), a, a + SZ_64K), Err(Error::Invalid));
+    let (r, states) = to_ram_with(&mm, &env.pm(), a, a + SZ_64K);
+    assert_eq!(r, Err(Error::Invalid));
+    assert_eq!(states, [R::Isolate, R::Done]);
     env.after(Some(&before));
     assert!(env.on_device(a));
 }
@@ -596,8 +646,9 @@ fn to_ram_nothing_to_do() {
     let a = env.mm.mmap(2 << 20, RW, false).unwrap();
     env.write(a, 4);
     let before = env.snap();
-    let rep = env.to_ram(a, a + SZ_64K).unwrap();
-    assert_eq!(rep, MigrateReport::default());
+    let (r, states) = env.to_ram_states(a, a + SZ_64K);
+    assert_eq!(r.unwrap(), MigrateReport::default());
+    assert_eq!(states, [R::Isolate, R::Restore, R::Done]);
     env.after(Some(&before));
     // Also over a hole and over never-touched pages.
     let rep = env.to_ram(a + (2 << 20), a + (2 << 20) + SZ_64K).unwrap();
@@ -623,7 +674,9 @@ fn to_ram_system_memory_exhausted() {
     let a = resident(&mut env);
     let before = env.snap();
     env.world.set_ram_limit(Some(env.world.live_frames() + 3));
-    assert_eq!(env.to_ram(a, a + SZ_64K), Err(Error::NoMem));
+    let (r, states) = env.to_ram_states(a, a + SZ_64K);
+    assert_eq!(r, Err(Error::NoMem));
+    assert_eq!(states, [R::Isolate, R::Allocate, R::Restore, R::Done]);
     env.after(Some(&before));
     assert!(env.on_device(a) && env.on_device(a + SZ_64K - PAGE));
     env.world.set_ram_limit(None);
@@ -638,7 +691,12 @@ fn to_ram_dma_error() {
         let a = resident(&mut env);
         let before = env.snap();
         env.gpu.dev.inject_dma_fail_at(fail_at);
-        assert_eq!(env.to_ram(a, a + SZ_64K), Err(Error::NoMem));
+        let (r, states) = env.to_ram_states(a, a + SZ_64K);
+        assert_eq!(r, Err(Error::NoMem));
+        assert_eq!(
+            states,
+            [R::Isolate, R::Allocate, R::MapDests, R::Restore, R::Done]
+        );
         env.after(Some(&before));
         assert!(env.on_device(a));
         assert_eq!(env.to_ram(a, a + SZ_64K).unwrap().pages, 16);
@@ -653,7 +711,19 @@ fn to_ram_copy_error() {
         let a = resident(&mut env);
         let before = env.snap();
         env.gpu.dev.inject_copy_fail_at(1, after_runs);
-        assert_eq!(env.to_ram(a, a + SZ_64K), Err(Error::Fault));
+        let (r, states) = env.to_ram_states(a, a + SZ_64K);
+        assert_eq!(r, Err(Error::Fault));
+        assert_eq!(
+            states,
+            [
+                R::Isolate,
+                R::Allocate,
+                R::MapDests,
+                R::Copy,
+                R::Restore,
+                R::Done
+            ]
+        );
         env.after(Some(&before));
         assert!(env.on_device(a));
         let rep = env.to_ram(a, a + SZ_64K).unwrap();

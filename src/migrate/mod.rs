@@ -19,7 +19,7 @@ mod to_devmem;
 mod to_ram;
 
 pub use to_devmem::{to_devmem, to_devmem_traced, ToDevmemState};
-pub use to_ram::{to_ram, ToRamState};
+pub use to_ram::{to_ram, to_ram_traced, ToRamState};
 
 /// Resolves a peer pagemap by id (for device → device migration).
 pub type Peers<'a, M> =

@@ -61,6 +61,18 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
     start: u64,
     end: u64,
 ) -> Result<MigrateReport> {
+    to_ram_traced(mm, pm, start, end, None)
+}
+
+/// [`to_ram`], reporting every state entered to `trace` (tests use it to prove that each
+/// failure path restores).
+pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory>(
+    mm: &A,
+    pm: &Pagemap<M>,
+    start: u64,
+    end: u64,
+    mut trace: Option<&mut dyn FnMut(ToRamState)>,
+) -> Result<MigrateReport> {
     let src = source_slots(start, end)?;
     let mut m = Machine {
         mm,
@@ -83,6 +95,9 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
     };
     let mut state = ToRamState::Isolate;
     while state != ToRamState::Done {
+        if let Some(t) = trace.as_mut() {
+            t(state);
+        }
         state = match state {
             ToRamState::Isolate => m.isolate(),
             ToRamState::Allocate => m.allocate(),
@@ -92,6 +107,9 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
             ToRamState::Restore => m.restore(),
             ToRamState::Done => ToRamState::Done,
         };
+    }
+    if let Some(t) = trace.as_mut() {
+        t(ToRamState::Done);
     }
     match m.error {
         Some(e) => Err(e),

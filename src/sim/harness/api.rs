@@ -50,7 +50,7 @@
 
 use crate::error::Error;
 use crate::fault::Access;
-use crate::migrate::{self, MigrateDetails, ToDevmemState};
+use crate::migrate::{self, MigrateDetails, ToDevmemState, ToRamState};
 use crate::pagemap::{DevmemAlloc, OwnerRegistry, Pagemap, PeerId, PutPage};
 use crate::pages::{PageEntry, PagesCtx, Protocol, RetryPolicy, Userptr};
 use crate::platform::{
@@ -2131,8 +2131,9 @@ impl Harness {
     ///   `pages` counts them all;
     /// - `to_ram` `Ok`: `pages` of the pagemap's pages in the interval moved to system memory,
     ///   only the `busy` ones (at most) are left;
-    /// - traced: the states start with `Isolate` and end with `Done`, `Install` is reached iff
-    ///   pages moved, and a failure after isolation goes through `Restore`.
+    /// - traced (`to_ram` always, `to_devmem` in the `Traced` variant): the states start with
+    ///   `Isolate` and end with `Done`, `Install` is reached iff pages moved, and a failure after
+    ///   isolation goes through `Restore`.
     fn migrate_direct(
         &self,
         d: u8,
@@ -2155,8 +2156,11 @@ impl Harness {
         };
         let view = self.mm.view(usize::MAX);
         let mut states: Vec<ToDevmemState> = Vec::new();
+        let mut ram_states: Vec<ToRamState> = Vec::new();
         let got = match how {
-            Direct::ToRam => migrate::to_ram(&view, &pm, s, e),
+            Direct::ToRam => {
+                migrate::to_ram_traced(&view, &pm, s, e, Some(&mut |st| ram_states.push(st)))
+            }
             Direct::ToDevmem => migrate::to_devmem(&view, &pm, s, e, details),
             Direct::Traced => {
                 let svm = &self.gpu(d).svm;
@@ -2174,8 +2178,10 @@ impl Harness {
         let what = format!("{how:?}({:?}, {s:#x}, {e:#x})", pm.id());
         if !valid {
             return match got {
-                Err(Error::Invalid) if states.is_empty() => Ok(()),
-                other => Err(format!("{what}: {other:?} (states {states:?})")),
+                Err(Error::Invalid) if states.is_empty() && ram_states.is_empty() => Ok(()),
+                other => Err(format!(
+                    "{what}: {other:?} (states {states:?} {ram_states:?})"
+                )),
             };
         }
         let after = self.cpu_pages(s, e);
@@ -2210,6 +2216,20 @@ impl Harness {
                         mine(&after)
                     ));
                 }
+            }
+        }
+        if how == Direct::ToRam {
+            // Install iff pages moved; an error after a successful isolation restores. (An
+            // isolation error goes straight to Done: nothing was isolated.)
+            let moved = got.as_ref().is_ok_and(|r| r.pages > 0);
+            let ok = ram_states.first() == Some(&ToRamState::Isolate)
+                && ram_states.last() == Some(&ToRamState::Done)
+                && ram_states.contains(&ToRamState::Install) == moved
+                && (got.is_ok()
+                    || ram_states.len() == 2
+                    || ram_states.contains(&ToRamState::Restore));
+            if !ok {
+                return Err(format!("{what} = {got:?}: states {ram_states:?}"));
             }
         }
         if how == Direct::Traced {
