@@ -440,6 +440,36 @@ fn linked_device_without_memory_maps_peer_pages() {
     assert_eq!(m.cpu_read(buf + 8), 5);
 }
 
+/// A peer-to-peer DMA mapping that fails (injected into B's `map_peer`) fails the fault with
+/// `NoMem` and leaves no mapping behind; the pages stay in A's memory, and the next fault maps
+/// them.
+#[test]
+fn peer_map_failure_undoes_the_collection() {
+    let mut m = Machine::new(&[(0, 1)]);
+    m.join(0, VRAM);
+    let b = m.join(1, 0);
+    let buf = m.mmap(M2);
+    m.cpu_fill(buf, buf + M2, K64, 1);
+    m.dev_read(0, buf);
+    assert!(m.placement(buf, buf + M2).iter().all(|d| *d == Some(0)));
+    let (peer_before, dma_before) = (m.peer_maps(1).len(), b.dev.dma_mappings().len());
+    // The range is one 2 MiB entry: one peer mapping, and it fails.
+    b.dev.inject_dma_fail_at(1);
+    assert_eq!(b.read_u64(buf), Err(Error::NoMem));
+    assert_eq!(b.dev.pending_injections().0, 0, "the injection fired");
+    assert_eq!(
+        m.peer_maps(1).len(),
+        peer_before,
+        "no peer mapping left behind"
+    );
+    assert_eq!(b.dev.dma_mappings().len(), dma_before);
+    assert!(m.placement(buf, buf + M2).iter().all(|d| *d == Some(0)));
+    m.check("after the failed peer map");
+    m.dev_read_all(1, buf, buf + M2);
+    assert!(!m.peer_maps(1).is_empty());
+    m.check("after the retry");
+}
+
 // ---- two devices, two owners -----------------------------------------------------------------
 
 /// Without a link the devices are in different owners: B's fault on pages in A's memory evicts

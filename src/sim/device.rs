@@ -357,9 +357,28 @@ impl SimDevice {
         self.id
     }
 
-    /// Fail the `n`-th DMA map from now (1 = the next one) with `NoMem`; 0 turns it off.
+    /// Fail the `n`-th DMA map (of a system page or a peer's device page) from now (1 = the
+    /// next one) with `NoMem`; 0 turns it off.
     pub fn inject_dma_fail_at(&self, n: u64) {
         lock(&self.inject).dma_fail_at = n;
+    }
+
+    /// An injected DMA-map failure (`map_page` and `map_peer` count alike): `NoMem` if this
+    /// map is the one [`inject_dma_fail_at`](Self::inject_dma_fail_at) named or the random
+    /// rate fires.
+    fn dma_injected(&self) -> Result<()> {
+        let mut i = lock(&self.inject);
+        if i.dma_fail_at > 0 {
+            i.dma_fail_at -= 1;
+            if i.dma_fail_at == 0 {
+                return Err(Error::NoMem);
+            }
+        }
+        let ppm = i.dma_fail_ppm;
+        if ppm > 0 && i.rng.below(1_000_000) < u64::from(ppm) {
+            return Err(Error::NoMem);
+        }
+        Ok(())
     }
 
     /// Fail DMA maps at random (seeded), `ppm` in a million.
@@ -410,19 +429,7 @@ impl SimDevice {
 
 impl DmaMapper for SimDevice {
     fn map_page(&self, pfn: u64, order: u8, dir: DmaDirection) -> Result<u64> {
-        {
-            let mut i = lock(&self.inject);
-            if i.dma_fail_at > 0 {
-                i.dma_fail_at -= 1;
-                if i.dma_fail_at == 0 {
-                    return Err(Error::NoMem);
-                }
-            }
-            let ppm = i.dma_fail_ppm;
-            if ppm > 0 && i.rng.below(1_000_000) < u64::from(ppm) {
-                return Err(Error::NoMem);
-            }
-        }
+        self.dma_injected()?;
         let live = lock(&self.world.frames).all_live(pfn, order);
         let mut io = lock(&self.iommu);
         if !live {
@@ -451,6 +458,7 @@ impl DmaMapper for SimDevice {
     }
 
     fn map_peer(&self, resource: u64, order: u8, dir: DmaDirection) -> Result<u64> {
+        self.dma_injected()?;
         let dpfn = resource >> PAGE_SHIFT;
         let owner_dev = super::world::device_of_dpfn(dpfn);
         if !self.world.has_link(self.id, owner_dev) || owner_dev == self.id {
