@@ -88,6 +88,13 @@ impl<P: Platform> Svm<P> {
 
     /// Detach a peer's pagemap (before it is destroyed). Returns it. The local pagemap is not
     /// detached this way (use [`set_pagemap`](Self::set_pagemap)).
+    ///
+    /// Order: the peer evicts its pages first (its teardown runs
+    /// [`migrate::to_ram`](crate::migrate::to_ram) over each of
+    /// [`Pagemap::allocations`] until [`Pagemap::live_allocations`] is zero); pages of a
+    /// detached pagemap that are still mapped
+    /// by the CPU cannot be resolved or evicted by this device any more, so its faults on them
+    /// return [`Error::Busy`] until the owner moves them.
     pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem>>> {
         let mut set = self.pagemaps.write();
         if set.local.as_ref().is_some_and(|l| l.id() == id) {
