@@ -8,6 +8,26 @@ use crate::platform::{
 };
 use alloc::vec::Vec;
 
+/// Drive a migration state machine: from `start`, `step` gives the next state until `done`;
+/// every state entered, `done` included, is reported to `trace`.
+pub(crate) fn run_states<S: Copy + PartialEq>(
+    start: S,
+    done: S,
+    mut trace: Option<&mut dyn FnMut(S)>,
+    mut step: impl FnMut(S) -> S,
+) {
+    let mut state = start;
+    loop {
+        if let Some(t) = trace.as_mut() {
+            t(state);
+        }
+        if state == done {
+            return;
+        }
+        state = step(state);
+    }
+}
+
 /// The source slots of a migration of `[start, end)`, all [`MigrateSrc::Skip`]. Errors:
 /// [`Error::Invalid`] for an empty or misaligned interval, [`Error::NoMem`].
 pub(crate) fn source_slots(start: u64, end: u64) -> Result<Vec<MigrateSrc>> {

@@ -1,8 +1,8 @@
 //! RAM (and peer device memory) → device memory, as an explicit state machine.
 
 use super::plan::{
-    build_runs, bus_of, install_orders, map_chunks, restore_sources, run_bytes, source_slots,
-    unmap_chunks, DmaChunk,
+    build_runs, bus_of, install_orders, map_chunks, restore_sources, run_bytes, run_states,
+    source_slots, unmap_chunks, DmaChunk,
 };
 use super::{MigrateDetails, MigrateReport, Peers};
 use crate::error::{Error, Result};
@@ -81,7 +81,7 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
     start: u64,
     end: u64,
     details: &MigrateDetails,
-    mut trace: Option<&mut dyn FnMut(ToDevmemState)>,
+    trace: Option<&mut dyn FnMut(ToDevmemState)>,
 ) -> Result<MigrateReport> {
     let src = source_slots(start, end)?;
     let mut m = Machine {
@@ -104,12 +104,11 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
         error: None,
         report: MigrateReport::default(),
     };
-    let mut state = ToDevmemState::Isolate;
-    while state != ToDevmemState::Done {
-        if let Some(t) = trace.as_mut() {
-            t(state);
-        }
-        state = match state {
+    run_states(
+        ToDevmemState::Isolate,
+        ToDevmemState::Done,
+        trace,
+        |state| match state {
             ToDevmemState::Isolate => m.isolate(),
             ToDevmemState::Allocate => m.allocate(),
             ToDevmemState::MapSources => m.map_sources(),
@@ -117,11 +116,8 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
             ToDevmemState::Install => m.install(),
             ToDevmemState::Restore => m.restore(),
             ToDevmemState::Done => ToDevmemState::Done,
-        };
-    }
-    if let Some(t) = trace.as_mut() {
-        t(ToDevmemState::Done);
-    }
+        },
+    );
     match m.error {
         Some(e) => Err(e),
         None => Ok(m.report),

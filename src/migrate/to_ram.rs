@@ -1,8 +1,8 @@
 //! Device memory → RAM (CPU fault or eviction), as an explicit state machine.
 
 use super::plan::{
-    build_runs, bus_of, map_chunks, restore_sources, run_bytes, source_slots, unmap_chunks,
-    DmaChunk,
+    build_runs, bus_of, map_chunks, restore_sources, run_bytes, run_states, source_slots,
+    unmap_chunks, DmaChunk,
 };
 use super::MigrateReport;
 use crate::error::{Error, Result};
@@ -71,7 +71,7 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory>(
     pm: &Pagemap<M>,
     start: u64,
     end: u64,
-    mut trace: Option<&mut dyn FnMut(ToRamState)>,
+    trace: Option<&mut dyn FnMut(ToRamState)>,
 ) -> Result<MigrateReport> {
     let src = source_slots(start, end)?;
     let mut m = Machine {
@@ -93,12 +93,11 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory>(
         error: None,
         report: MigrateReport::default(),
     };
-    let mut state = ToRamState::Isolate;
-    while state != ToRamState::Done {
-        if let Some(t) = trace.as_mut() {
-            t(state);
-        }
-        state = match state {
+    run_states(
+        ToRamState::Isolate,
+        ToRamState::Done,
+        trace,
+        |state| match state {
             ToRamState::Isolate => m.isolate(),
             ToRamState::Allocate => m.allocate(),
             ToRamState::MapDests => m.map_dests(),
@@ -106,11 +105,8 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory>(
             ToRamState::Install => m.install(),
             ToRamState::Restore => m.restore(),
             ToRamState::Done => ToRamState::Done,
-        };
-    }
-    if let Some(t) = trace.as_mut() {
-        t(ToRamState::Done);
-    }
+        },
+    );
     match m.error {
         Some(e) => Err(e),
         None => Ok(m.report),
