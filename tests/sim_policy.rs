@@ -558,16 +558,24 @@ fn atomic_policy_cpu_refuses_device_atomics() {
     r.cpu_write(buf + 16, 1);
 }
 
+/// One device with 4096 pages of memory that does not prefer it (so pages stay in RAM unless
+/// a policy needs device memory), optionally with atomics on system memory, and `len` bytes
+/// mapped and filled with `tag`.
+fn ram_first_rig(atomics_on_sysmem: bool, len: u64, tag: u64) -> (Rig, u64) {
+    let mut cfg = SvmConfig::new(0, 1 << 47);
+    cfg.prefer_devmem = false;
+    cfg.policy.atomics_on_sysmem = atomics_on_sysmem;
+    let mut r = one_device_with(4096, cfg);
+    let buf = r.mmap(len);
+    r.fill(buf, len, tag);
+    (r, buf)
+}
+
 /// `AtomicPolicy::Device` on a device that does atomics on system memory does not migrate;
 /// `Global` and `Undefined` do, and without `atomics_on_sysmem` so does `Device`.
 #[test]
 fn atomic_policy_device_with_sysmem_atomics_stays_in_ram() {
-    let mut cfg = SvmConfig::new(0, 1 << 47);
-    cfg.prefer_devmem = false;
-    cfg.policy.atomics_on_sysmem = true;
-    let mut r = one_device_with(4096, cfg);
-    let buf = r.mmap(3 * M2);
-    r.fill(buf, 3 * M2, 0x77);
+    let (mut r, buf) = ram_first_rig(true, 3 * M2, 0x77);
     let svm = r.g(0).svm.clone();
     svm.set_attrs(buf, M2, &atomic(AtomicPolicy::Device))
         .expect("set_attrs");
@@ -593,11 +601,7 @@ fn atomic_policy_device_with_sysmem_atomics_stays_in_ram() {
     assert_eq!(r.stats(0).devmem_retries, 0);
 
     // Without atomics on system memory, `Device` needs device memory too.
-    let mut cfg = SvmConfig::new(0, 1 << 47);
-    cfg.prefer_devmem = false;
-    let mut r = one_device_with(4096, cfg);
-    let buf = r.mmap(M2);
-    r.fill(buf, M2, 0x78);
+    let (mut r, buf) = ram_first_rig(false, M2, 0x78);
     r.g(0)
         .svm
         .set_attrs(buf, M2, &atomic(AtomicPolicy::Device))
@@ -614,11 +618,7 @@ fn atomic_policy_device_with_sysmem_atomics_stays_in_ram() {
 /// complete in place.
 #[test]
 fn atomics_through_an_existing_mapping_follow_the_policy() {
-    let mut cfg = SvmConfig::new(0, 1 << 47);
-    cfg.prefer_devmem = false;
-    let mut r = one_device_with(4096, cfg);
-    let buf = r.mmap(2 * M2);
-    r.fill(buf, 2 * M2, 0x5a);
+    let (mut r, buf) = ram_first_rig(false, 2 * M2, 0x5a);
     let svm = r.g(0).svm.clone();
     svm.set_attrs(buf, M2, &atomic(AtomicPolicy::Cpu))
         .expect("set_attrs");
@@ -646,12 +646,7 @@ fn atomics_through_an_existing_mapping_follow_the_policy() {
     r.check("undefined policy");
 
     // Device atomics on system memory: bound by a read, the atomic completes in place.
-    let mut cfg = SvmConfig::new(0, 1 << 47);
-    cfg.prefer_devmem = false;
-    cfg.policy.atomics_on_sysmem = true;
-    let mut r = one_device_with(4096, cfg);
-    let buf = r.mmap(M2);
-    r.fill(buf, M2, 0x5b);
+    let (mut r, buf) = ram_first_rig(true, M2, 0x5b);
     r.g(0)
         .svm
         .set_attrs(buf, M2, &atomic(AtomicPolicy::Device))
