@@ -776,28 +776,37 @@ impl SimGpu {
         SimGpu::new(mm, id, SvmConfig::new(0, 1 << 47))
     }
 
+    /// The driver's part of [`Svm::bind`]: write one device PTE per page of `entries` (laid
+    /// out from `range.start()`), writable as the entry is and with the atomic-enable bit from
+    /// [`Svm::device_atomics`]. Returns the bytes the entries cover.
+    pub fn write_ptes(&self, range: &crate::Range, entries: &[crate::PageEntry]) -> u64 {
+        let atomics = self.svm.device_atomics(range);
+        let mut pt = lock(&self.dev.pt);
+        let mut vpn = range.start() >> PAGE_SHIFT;
+        let mut bytes = 0u64;
+        for e in entries {
+            for i in 0..e.npages() {
+                pt.insert(
+                    vpn + i,
+                    DevPte {
+                        addr: e.addr() + (i << PAGE_SHIFT),
+                        proto: e.protocol(),
+                        writable: e.writable(),
+                        atomic: atomics.allows(*e),
+                    },
+                );
+            }
+            vpn += e.npages();
+            bytes = bytes.saturating_add(e.size());
+        }
+        bytes
+    }
+
     /// Fault `addr` in for `access` and bind the range in the device page tables.
     pub fn fault(&self, addr: u64, access: Access) -> Result<()> {
-        let dev = &self.dev;
         self.svm
             .handle_fault_and_bind(addr, access, Window::ALL, |range, entries| {
-                let atomics = self.svm.device_atomics(range);
-                let mut pt = lock(&dev.pt);
-                let mut vpn = range.start() >> PAGE_SHIFT;
-                for e in entries {
-                    for i in 0..e.npages() {
-                        pt.insert(
-                            vpn + i,
-                            DevPte {
-                                addr: e.addr() + (i << PAGE_SHIFT),
-                                proto: e.protocol(),
-                                writable: e.writable(),
-                                atomic: atomics.allows(*e),
-                            },
-                        );
-                    }
-                    vpn += e.npages();
-                }
+                self.write_ptes(range, entries)
             })
             .map(|_| ())
     }

@@ -63,7 +63,7 @@ use crate::policy::{
 };
 use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
 use crate::sim::{
-    check_closed, check_invariants, lock, DevPte, SimDevice, SimDevmem, SimGpu, SimMm, SimWorld,
+    check_closed, check_invariants, lock, SimDevice, SimDevmem, SimGpu, SimMm, SimWorld,
 };
 use crate::stats::StatsSnapshot;
 use crate::svm::{Event, SvmConfig, Window, MAX_CHUNK_SIZES};
@@ -1496,29 +1496,9 @@ impl Harness {
             ApiOp::Bind { dev, range } => {
                 let r = self.range(*range)?;
                 let g = self.gpu(*dev);
-                let pt = &g.dev.pt;
-                let got = g.svm.bind(&r, |range, entries| {
-                    let atomics = g.svm.device_atomics(range);
-                    let mut pt = lock(pt);
-                    let mut vpn = range.start() >> PAGE_SHIFT;
-                    let mut bytes = 0u64;
-                    for e in entries {
-                        for i in 0..e.npages() {
-                            pt.insert(
-                                vpn + i,
-                                DevPte {
-                                    addr: e.addr() + (i << PAGE_SHIFT),
-                                    proto: e.protocol(),
-                                    writable: e.writable(),
-                                    atomic: atomics.allows(*e),
-                                },
-                            );
-                        }
-                        vpn += e.npages();
-                        bytes = bytes.saturating_add(e.size());
-                    }
-                    bytes
-                });
+                let got = g
+                    .svm
+                    .bind(&r, |range, entries| g.write_ptes(range, entries));
                 self.expect_closed_if(*dev, "bind", &got)?;
                 if let Ok(bytes) = got {
                     if bytes != r.size() {
