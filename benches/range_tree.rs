@@ -98,6 +98,7 @@ impl Platform for Null {
     type Dma = NullDma;
     type Pt = NullPt;
     type Mem = NoDeviceMemory;
+    type Locks = gpusvm::sync::DefaultLocks;
     fn mm(&self) -> &NullMm {
         &self.mm
     }

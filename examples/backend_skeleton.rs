@@ -448,6 +448,7 @@ impl Platform for SkelGpu {
     type Dma = SkelDma;
     type Pt = SkelPageTable;
     type Mem = SkelVram;
+    type Locks = gpusvm::sync::DefaultLocks;
 
     fn mm(&self) -> &SkelMm {
         &self.mm

@@ -47,7 +47,12 @@ impl<P: Platform> Svm<P> {
     /// [`Error::Fault`] (no VMA); [`Error::Perm`] (write or atomic access to a read-only
     /// VMA); [`Error::Busy`] (retry budget exhausted); platform errors. A failed fault leaves no
     /// mapping behind.
-    pub fn handle_fault(&self, addr: u64, access: Access, window: Window) -> Result<Arc<Range>> {
+    pub fn handle_fault(
+        &self,
+        addr: u64,
+        access: Access,
+        window: Window,
+    ) -> Result<Arc<Range<P::Locks>>> {
         self.check_open()?;
         // Same precedence as `find_or_insert`: a malformed request is `Invalid` whether or not
         // a VMA happens to lie there, and it changes nothing (no count, no GC run).
@@ -176,8 +181,8 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         access: Access,
         window: Window,
-        mut bind_fn: impl FnMut(&Range, &[PageEntry]) -> R,
-    ) -> Result<(Arc<Range>, R)> {
+        mut bind_fn: impl FnMut(&Range<P::Locks>, &[PageEntry]) -> R,
+    ) -> Result<(Arc<Range<P::Locks>>, R)> {
         let mut attempts = 0u32;
         loop {
             let range = self.handle_fault(addr, access, window)?;

@@ -10,7 +10,7 @@ use crate::platform::{
     MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::range::SeqCounter;
-use crate::sync::RwLock;
+use crate::sync::{class, DefaultLocks, Locks, RwLock};
 use alloc::vec::Vec;
 use bitflags::bitflags;
 
@@ -601,17 +601,33 @@ pub(crate) fn get_pages_loop<P: Platform, G>(
 /// forwards its callbacks to [`invalidate_begin`](Self::invalidate_begin) and
 /// [`invalidate_end`](Self::invalidate_end).
 #[derive(Debug)]
-pub struct Userptr {
+pub struct Userptr<L: Locks = DefaultLocks> {
     start: u64,
     end: u64,
     seq: SeqCounter,
-    state: RwLock<PageState>,
+    state: RwLock<L, PageState>,
 }
 
 impl Userptr {
-    /// A userptr over `[start, end)`. Errors: [`Error::Invalid`] unless page aligned and
-    /// non-empty.
+    /// A userptr over `[start, end)` on the default lock facet
+    /// ([`with_locks`](Self::with_locks) chooses another).
+    ///
+    /// Errors: [`Error::Invalid`] unless page aligned and non-empty.
+    ///
+    /// Context: does not sleep; takes no lock; allocates nothing.
     pub fn new(start: u64, end: u64) -> Result<Userptr> {
+        Self::with_locks(start, end)
+    }
+}
+
+impl<L: Locks> Userptr<L> {
+    /// A userptr over `[start, end)` whose lock comes from the facet `L`.
+    ///
+    /// Errors: [`Error::Invalid`] unless page aligned and non-empty.
+    ///
+    /// Context: does not sleep; takes no lock; allocates only if the host's lock constructor
+    /// does.
+    pub fn with_locks(start: u64, end: u64) -> Result<Userptr<L>> {
         if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(Error::Invalid);
         }
@@ -619,7 +635,7 @@ impl Userptr {
             start,
             end,
             seq: SeqCounter::new(),
-            state: RwLock::new(PageState::new()),
+            state: RwLock::new(&class::USERPTR, PageState::new()),
         })
     }
 

@@ -11,17 +11,18 @@ use crate::policy::DeviceTarget;
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
+use crate::sync::Locks;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// The pagemaps an [`Svm`] knows: its own and its peers'.
-pub(crate) struct PagemapSet<M: DeviceMemory> {
-    pub(crate) local: Option<Arc<Pagemap<M>>>,
-    pub(crate) all: BTreeMap<PagemapId, Arc<Pagemap<M>>>,
+pub(crate) struct PagemapSet<M: DeviceMemory, L: Locks> {
+    pub(crate) local: Option<Arc<Pagemap<M, L>>>,
+    pub(crate) all: BTreeMap<PagemapId, Arc<Pagemap<M, L>>>,
 }
 
-impl<M: DeviceMemory> Default for PagemapSet<M> {
+impl<M: DeviceMemory, L: Locks> Default for PagemapSet<M, L> {
     fn default() -> Self {
         PagemapSet {
             local: None,
@@ -40,7 +41,7 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Invalid`] if a peer's pagemap (a different one than this device's
     /// current pagemap) is attached under the new pagemap's id; nothing changes.
-    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem>>>) -> Result<()> {
+    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem, P::Locks>>>) -> Result<()> {
         let mut set = self.pagemaps.write();
         if let Some(pm) = &pagemap {
             if let Some(p) = set.all.get(&pm.id()) {
@@ -62,7 +63,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// This device's pagemap.
-    pub fn pagemap(&self) -> Option<Arc<Pagemap<P::Mem>>> {
+    pub fn pagemap(&self) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
         self.pagemaps.read().local.clone()
     }
 
@@ -74,7 +75,7 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Invalid`] if a different pagemap is attached under the same id (this
     /// device's own, or a peer's): an id names one pagemap, whose pages are resolved, mapped
     /// and evicted through it; nothing changes.
-    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem>>) -> Result<()> {
+    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem, P::Locks>>) -> Result<()> {
         let mut set = self.pagemaps.write();
         match set.all.get(&pagemap.id()) {
             Some(p) if Arc::ptr_eq(p, &pagemap) => Ok(()),
@@ -95,7 +96,7 @@ impl<P: Platform> Svm<P> {
     /// detached pagemap that are still mapped
     /// by the CPU cannot be resolved or evicted by this device any more, so its faults on them
     /// return [`Error::Busy`] until the owner moves them.
-    pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem>>> {
+    pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
         let mut set = self.pagemaps.write();
         if set.local.as_ref().is_some_and(|l| l.id() == id) {
             return None;
@@ -104,7 +105,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The attached pagemap `id` (local or peer).
-    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem>>> {
+    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
         self.pagemaps.read().all.get(&id).cloned()
     }
 
@@ -150,7 +151,7 @@ impl<P: Platform> Svm<P> {
     /// range is not live here); and those of [`migrate::to_devmem`]. On error nothing is lost.
     pub fn migrate_to_devmem(
         &self,
-        range: &Range,
+        range: &Range<P::Locks>,
         details: &MigrateDetails,
     ) -> Result<MigrateReport> {
         let pm = self.pagemap().ok_or(Error::NotSupported)?;
@@ -161,8 +162,8 @@ impl<P: Platform> Svm<P> {
     /// of peers over the interconnect.
     pub(crate) fn migrate_range(
         &self,
-        range: &Range,
-        pm: &Pagemap<P::Mem>,
+        range: &Range<P::Locks>,
+        pm: &Pagemap<P::Mem, P::Locks>,
         details: &MigrateDetails,
     ) -> Result<MigrateReport> {
         self.check_open()?;
@@ -193,8 +194,8 @@ impl<P: Platform> Svm<P> {
 
     /// The attached pagemaps that hold pages of `[start, end)` (from a snapshot of the CPU
     /// page tables; nothing is faulted in or invalidated).
-    fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem>>> {
-        let mut out: Vec<Arc<Pagemap<P::Mem>>> = Vec::new();
+    fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem, P::Locks>>> {
+        let mut out: Vec<Arc<Pagemap<P::Mem, P::Locks>>> = Vec::new();
         if start >= end {
             return out;
         }
@@ -252,7 +253,7 @@ impl<P: Platform> Svm<P> {
     /// is not looked at); [`Error::Busy`] if pages could still not be isolated after 3 attempts;
     /// [`Error::NoMem`]; copy errors. On error nothing is lost (pages not moved stay in device
     /// memory).
-    pub fn evict(&self, range: &Range) -> Result<MigrateReport> {
+    pub fn evict(&self, range: &Range<P::Locks>) -> Result<MigrateReport> {
         self.check_open()?;
         if !self.owns_range(range) {
             return Err(Error::Invalid);
@@ -268,7 +269,7 @@ impl<P: Platform> Svm<P> {
     /// Make room in device memory by evicting one other range that holds device pages: the
     /// one migrated in longest ago (so a range just migrated is not the next victim). Returns
     /// whether one was evicted.
-    fn evict_one_other(&self, keep: &Range) -> bool {
+    fn evict_one_other(&self, keep: &Range<P::Locks>) -> bool {
         let mut victim: Option<(u64, u64)> = None;
         self.for_each_range(|_, r| {
             if !core::ptr::eq(r, keep)
@@ -285,7 +286,10 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The pagemap a target names, if it is attached and shares this device's owner.
-    pub(crate) fn target_pagemap(&self, target: DeviceTarget) -> Option<Arc<Pagemap<P::Mem>>> {
+    pub(crate) fn target_pagemap(
+        &self,
+        target: DeviceTarget,
+    ) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
         match target {
             DeviceTarget::Local => self.pagemap(),
             DeviceTarget::Pagemap(id) => self
@@ -298,7 +302,12 @@ impl<P: Platform> Svm<P> {
     /// device memory of the owner (this device's or a peer's reachable over the interconnect);
     /// for `Pagemap(id)`, in that pagemap. From the committed page state if it is valid, else
     /// from a snapshot of the CPU page tables, which faults nothing in and invalidates nothing.
-    pub(crate) fn resident(&self, range: &Range, target: DeviceTarget, owner: OwnerId) -> bool {
+    pub(crate) fn resident(
+        &self,
+        range: &Range<P::Locks>,
+        target: DeviceTarget,
+        owner: OwnerId,
+    ) -> bool {
         {
             let st = range.pages.lock();
             if st.valid() {
@@ -317,7 +326,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// Whether some page of `range` is in device memory (snapshot).
-    pub(crate) fn has_device_pages(&self, range: &Range) -> bool {
+    pub(crate) fn has_device_pages(&self, range: &Range<P::Locks>) -> bool {
         !self.snapshot_all(range, None, |p| !matches!(p, CpuPage::Device { .. }))
     }
 
@@ -325,7 +334,7 @@ impl<P: Platform> Svm<P> {
     /// the snapshot fails.
     fn snapshot_all(
         &self,
-        range: &Range,
+        range: &Range<P::Locks>,
         owner: Option<OwnerId>,
         f: impl Fn(&CpuPage) -> bool,
     ) -> bool {
@@ -343,7 +352,12 @@ impl<P: Platform> Svm<P> {
     /// owner; [`Error::NotSupported`] without device memory; [`Error::Closed`];
     /// [`Error::Invalid`]/[`Error::Again`] if the range is not live in this instance (checked
     /// before its pages are looked at); those of the migration.
-    pub fn place_in(&self, range: &Range, target: DeviceTarget, timeslice_ns: u64) -> Result<()> {
+    pub fn place_in(
+        &self,
+        range: &Range<P::Locks>,
+        target: DeviceTarget,
+        timeslice_ns: u64,
+    ) -> Result<()> {
         let pm = match (target, self.target_pagemap(target)) {
             (_, Some(pm)) => pm,
             (DeviceTarget::Local, None) => return Err(Error::NotSupported),

@@ -24,6 +24,7 @@
 //! a registered interval and [`Svm::invalidate_end`](crate::Svm::invalidate_end) *after*.
 
 use crate::error::Result;
+use crate::sync::Locks;
 use bitflags::bitflags;
 
 /// log2 of the base page size.
@@ -289,6 +290,7 @@ pub trait DevicePageTable {
 /// struct MyGpu { mm: Mm, iommu: Iommu, pt: Pt }
 /// impl Platform for MyGpu {
 ///     type Mm = Mm; type Dma = Iommu; type Pt = Pt; type Mem = NoDeviceMemory;
+///     type Locks = gpusvm::sync::DefaultLocks;
 ///     fn mm(&self) -> &Mm { &self.mm }
 ///     fn dma(&self) -> &Iommu { &self.iommu }
 ///     fn page_table(&self) -> &Pt { &self.pt }
@@ -304,6 +306,10 @@ pub trait Platform {
     type Pt: DevicePageTable;
     /// The device memory of this device's pagemap ([`NoDeviceMemory`] if it has none).
     type Mem: DeviceMemory;
+    /// The lock facet: the mutex and reader-writer lock types of every lock the crate takes
+    /// for this platform ([`DefaultLocks`](crate::sync::DefaultLocks) on bare metal; see
+    /// [`sync`](crate::sync) for the lock table and what a kernel host supplies).
+    type Locks: Locks;
     /// The CPU address space.
     fn mm(&self) -> &Self::Mm;
     /// The device's DMA mapper.

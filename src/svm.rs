@@ -13,7 +13,7 @@ use crate::range::{
     RangeFlags,
 };
 use crate::stats::{Stats, StatsSnapshot};
-use crate::sync::{AtomicBool, Mutex, Ordering, RwLock};
+use crate::sync::{class, AtomicBool, Mutex, Ordering, RwLock};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use intrusive_collections::LinkedList;
@@ -182,17 +182,17 @@ type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandle;
 pub struct Svm<P: Platform> {
     platform: P,
     config: SvmConfig,
-    structure: Mutex<()>,
-    notifiers: RwLock<NotifierTree<Handle<P>>>,
-    pub(crate) gc: Mutex<LinkedList<GcAdapter>>,
+    structure: Mutex<P::Locks, ()>,
+    notifiers: RwLock<P::Locks, NotifierTree<Handle<P>, P::Locks>>,
+    pub(crate) gc: Mutex<P::Locks, LinkedList<GcAdapter<P::Locks>>>,
     closed: AtomicBool,
     pub(crate) stats: Stats,
     /// This device's own device memory and the peers' it may meet.
-    pub(crate) pagemaps: RwLock<PagemapSet<P::Mem>>,
+    pub(crate) pagemaps: RwLock<P::Locks, PagemapSet<P::Mem, P::Locks>>,
     /// The owner set explicitly (after joining an owner registry).
-    pub(crate) owner: RwLock<Option<OwnerId>>,
+    pub(crate) owner: RwLock<P::Locks, Option<OwnerId>>,
     /// Policy attributes per address interval.
-    pub(crate) attrs: RwLock<AttrStore>,
+    pub(crate) attrs: RwLock<P::Locks, AttrStore>,
 }
 
 impl<P: Platform> core::fmt::Debug for Svm<P> {
@@ -212,14 +212,14 @@ impl<P: Platform> Svm<P> {
         Ok(Svm {
             platform,
             config,
-            structure: Mutex::new(()),
-            notifiers: RwLock::new(NotifierTree::default()),
-            gc: Mutex::new(LinkedList::new(GcAdapter::new())),
+            structure: Mutex::new(&class::STRUCTURE, ()),
+            notifiers: RwLock::new(&class::NOTIFIER, NotifierTree::default()),
+            gc: Mutex::new(&class::GC_QUEUE, LinkedList::new(GcAdapter::new())),
             closed: AtomicBool::new(false),
             stats: Stats::default(),
-            pagemaps: RwLock::new(PagemapSet::default()),
-            owner: RwLock::new(None),
-            attrs: RwLock::new(AttrStore::new()),
+            pagemaps: RwLock::new(&class::PAGEMAPS, PagemapSet::default()),
+            owner: RwLock::new(&class::OWNER, None),
+            attrs: RwLock::new(&class::ATTRS, AttrStore::new()),
         })
     }
 
@@ -256,7 +256,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The range containing `addr`, if any.
-    pub fn find(&self, addr: u64) -> Option<Arc<Range>> {
+    pub fn find(&self, addr: u64) -> Option<Arc<Range<P::Locks>>> {
         let t = self.notifiers.read();
         t.find(addr).and_then(|n| n.ranges.find_arc(addr))
     }
@@ -264,7 +264,7 @@ impl<P: Platform> Svm<P> {
     /// Call `f` for every notifier interval and every range in it, in address order, under the
     /// notifier lock (shared). For diagnostics and invariant checkers; `f` must not call back
     /// into this `Svm`.
-    pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range)) {
+    pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range<P::Locks>)) {
         let t = self.notifiers.read();
         for n in t.iter() {
             for r in n.ranges.iter() {
@@ -347,7 +347,12 @@ impl<P: Platform> Svm<P> {
     /// contains `addr`; [`Error::Busy`] if invalidations of the notifier keep racing the
     /// insertion (`config.retry.max_attempts` times); errors of `register_notifier`. On error
     /// nothing is created.
-    pub fn find_or_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Arc<Range>> {
+    pub fn find_or_insert(
+        &self,
+        addr: u64,
+        window: Window,
+        ctx: &PagesCtx,
+    ) -> Result<Arc<Range<P::Locks>>> {
         self.check_open()?;
         if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
             return Err(Error::Invalid);
@@ -378,7 +383,12 @@ impl<P: Platform> Svm<P> {
 
     /// One attempt of [`find_or_insert`](Self::find_or_insert): `Ok(None)` if an invalidation
     /// or a concurrent insert raced it (nothing was created).
-    fn try_insert(&self, addr: u64, window: Window, ctx: &PagesCtx) -> Result<Option<Arc<Range>>> {
+    fn try_insert(
+        &self,
+        addr: u64,
+        window: Window,
+        ctx: &PagesCtx,
+    ) -> Result<Option<Arc<Range<P::Locks>>>> {
         let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
         let notifier = self.notifier_interval(addr);
         // A new range never spans an attribute boundary (SPEC §8): it is placed by the
@@ -401,7 +411,7 @@ impl<P: Platform> Svm<P> {
             },
             |s, e| self.all_present(s, e, ctx.owner),
         )?;
-        let range = Range::new(start, end)?;
+        let range = Range::with_locks(start, end)?;
 
         let created = self.ensure_notifier(notifier)?;
         // The notifier is registered: from now on every change of the interval bumps its
@@ -534,14 +544,18 @@ impl<P: Platform> Svm<P> {
 
     /// Whether `range` (the very object) is linked into a notifier of this instance. Call
     /// with the notifier lock held.
-    fn owns(t: &NotifierTree<Handle<P>>, range: &Range) -> bool {
+    fn owns(t: &NotifierTree<Handle<P>, P::Locks>, range: &Range<P::Locks>) -> bool {
         t.find(range.start())
             .and_then(|n| n.ranges.find(range.start()))
             .is_some_and(|r| core::ptr::eq(r, range))
     }
 
     /// Check that `range` is live in this instance (under the notifier lock).
-    fn check_range(&self, t: &NotifierTree<Handle<P>>, range: &Range) -> Result<()> {
+    fn check_range(
+        &self,
+        t: &NotifierTree<Handle<P>, P::Locks>,
+        range: &Range<P::Locks>,
+    ) -> Result<()> {
         let f = range.flags();
         if f.contains(RangeFlags::REMOVED) {
             return Err(Error::Again);
@@ -557,12 +571,12 @@ impl<P: Platform> Svm<P> {
 
     /// Whether `range` (the very object) is linked into a notifier of this instance, unmapped
     /// or not (takes the notifier lock shared).
-    pub(crate) fn owns_range(&self, range: &Range) -> bool {
+    pub(crate) fn owns_range(&self, range: &Range<P::Locks>) -> bool {
         Self::owns(&self.notifiers.read(), range)
     }
 
     /// Check that `range` is live in this instance (takes the notifier lock shared).
-    pub(crate) fn check_live(&self, range: &Range) -> Result<()> {
+    pub(crate) fn check_live(&self, range: &Range<P::Locks>) -> Result<()> {
         let t = self.notifiers.read();
         self.check_range(&t, range)
     }
@@ -573,7 +587,7 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Closed`] after [`close`](Self::close); [`Error::Invalid`] if the range
     /// is not in this instance (already removed, or another instance's). On error nothing
     /// changes.
-    pub fn remove(&self, range: &Range) -> Result<()> {
+    pub fn remove(&self, range: &Range<P::Locks>) -> Result<()> {
         self.check_open()?;
         let handle = {
             let _s = self.structure.lock();
@@ -587,7 +601,7 @@ impl<P: Platform> Svm<P> {
 
     /// Unlink `range` (structure lock held); returns the handle of its notifier if that went
     /// with it, for the caller to unregister once no crate lock is held.
-    fn remove_locked(&self, range: &Range) -> Result<Option<Handle<P>>> {
+    fn remove_locked(&self, range: &Range<P::Locks>) -> Result<Option<Handle<P>>> {
         let (handle, _unlinked) = {
             let mut t = self.notifiers.write();
             let n = t.find_mut(range.start()).ok_or(Error::Invalid)?;
@@ -620,7 +634,7 @@ impl<P: Platform> Svm<P> {
     /// without `ctx.allow_mixed`; [`Error::Fault`] (no VMA, or `ctx.devmem_only` with system
     /// pages); [`Error::Perm`]; and the platform's errors. On error nothing stays mapped that was
     /// not mapped before.
-    pub fn get_pages(&self, range: &Range, ctx: &PagesCtx) -> Result<()> {
+    pub fn get_pages(&self, range: &Range<P::Locks>, ctx: &PagesCtx) -> Result<()> {
         self.check_open()?;
         {
             let t = self.notifiers.read();
@@ -671,7 +685,7 @@ impl<P: Platform> Svm<P> {
 
     /// SPEC `pages_valid`: whether the range's pages are usable by the device right now.
     /// `false` for a range that is not in this instance (removed, or another instance's).
-    pub fn pages_valid(&self, range: &Range) -> bool {
+    pub fn pages_valid(&self, range: &Range<P::Locks>) -> bool {
         let t = self.notifiers.read();
         Self::owns(&t, range) && range.pages.lock().valid()
     }
@@ -685,7 +699,11 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Closed`]; [`Error::Again`] if the pages are no longer valid (an
     /// invalidation ran: fault again); [`Error::Invalid`] if the range is not in this instance.
-    pub fn bind<R>(&self, range: &Range, f: impl FnOnce(&Range, &[PageEntry]) -> R) -> Result<R> {
+    pub fn bind<R>(
+        &self,
+        range: &Range<P::Locks>,
+        f: impl FnOnce(&Range<P::Locks>, &[PageEntry]) -> R,
+    ) -> Result<R> {
         self.check_open()?;
         let t = self.notifiers.read();
         self.check_range(&t, range)?;
@@ -703,7 +721,7 @@ impl<P: Platform> Svm<P> {
     /// [`Error::Invalid`] if the range is not in this instance (removed — its pages are already
     /// freed — or another instance's, whose mappings this instance's DMA mapper must not
     /// touch); nothing is unmapped then.
-    pub fn unmap_pages(&self, range: &Range) -> Result<()> {
+    pub fn unmap_pages(&self, range: &Range<P::Locks>) -> Result<()> {
         self.check_open()?;
         let t = self.notifiers.write();
         if !Self::owns(&t, range) {
@@ -716,7 +734,7 @@ impl<P: Platform> Svm<P> {
     /// Zap the device mappings of `range` and unmap its pages, so that the next device access
     /// faults and re-decides placement (used when attributes change). No-op for a range that is
     /// not in this instance.
-    pub(crate) fn clear_mappings(&self, range: &Range) {
+    pub(crate) fn clear_mappings(&self, range: &Range<P::Locks>) {
         let t = self.notifiers.write();
         if Self::owns(&t, range) {
             self.platform.page_table().zap(range.start(), range.end());
@@ -727,7 +745,7 @@ impl<P: Platform> Svm<P> {
     /// SPEC `free_pages`: unmap, then release the range's page array.
     ///
     /// Errors: as [`unmap_pages`](Self::unmap_pages).
-    pub fn free_pages(&self, range: &Range) -> Result<()> {
+    pub fn free_pages(&self, range: &Range<P::Locks>) -> Result<()> {
         self.check_open()?;
         let t = self.notifiers.write();
         if !Self::owns(&t, range) {

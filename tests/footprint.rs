@@ -121,6 +121,7 @@ impl Platform for P {
     type Dma = Dma;
     type Pt = Pt;
     type Mem = NoDeviceMemory;
+    type Locks = gpusvm::sync::DefaultLocks;
     fn mm(&self) -> &Mm {
         &self.mm
     }

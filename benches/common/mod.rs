@@ -141,6 +141,7 @@ impl Platform for FastPlatform {
     type Dma = IdentityDma;
     type Pt = NullPt;
     type Mem = NoDeviceMemory;
+    type Locks = gpusvm::sync::DefaultLocks;
     fn mm(&self) -> &FastMm {
         &self.mm
     }

@@ -22,8 +22,9 @@ pub use to_devmem::{to_devmem, to_devmem_traced, ToDevmemState};
 pub use to_ram::{to_ram, to_ram_traced, ToRamState};
 
 /// Resolves a peer pagemap by id (for device → device migration).
-pub type Peers<'a, M> =
-    &'a dyn Fn(crate::platform::PagemapId) -> Option<alloc::sync::Arc<crate::pagemap::Pagemap<M>>>;
+pub type Peers<'a, M, L> = &'a dyn Fn(
+    crate::platform::PagemapId,
+) -> Option<alloc::sync::Arc<crate::pagemap::Pagemap<M, L>>>;
 
 /// Knobs of a migration to device memory (Linux `drm_pagemap_migrate_details`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,6 +11,7 @@ use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
     MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
+use crate::sync::Locks;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -33,10 +34,10 @@ pub enum ToDevmemState {
     Done,
 }
 
-struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
+struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Locks> {
     mm: &'a A,
-    pm: &'a Pagemap<M>,
-    peers: Peers<'a, M>,
+    pm: &'a Pagemap<M, L>,
+    peers: Peers<'a, M, L>,
     details: &'a MigrateDetails,
     req: MigrateRequest,
     src: Vec<MigrateSrc>,
@@ -60,9 +61,9 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
 /// returns (nothing was isolated then); [`Error::Busy`] (a page could not be isolated, is
 /// outside a VMA, or is a device page this pagemap cannot copy directly); [`Error::NoMem`]
 /// (device memory or DMA space); copy errors.
-pub fn to_devmem<A: AddressSpace, M: DeviceMemory>(
+pub fn to_devmem<A: AddressSpace, M: DeviceMemory, L: Locks>(
     mm: &A,
-    pm: &Pagemap<M>,
+    pm: &Pagemap<M, L>,
     start: u64,
     end: u64,
     details: &MigrateDetails,
@@ -74,10 +75,10 @@ pub fn to_devmem<A: AddressSpace, M: DeviceMemory>(
 /// owner are migrated too, copied over the interconnect (by the source's copy engine when
 /// `details.source_peer_migrates`, else by `pm`'s); and every state entered is reported to
 /// `trace` (tests use it to prove that each failure path restores).
-pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
+pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Locks>(
     mm: &A,
-    pm: &Pagemap<M>,
-    peers: Peers<'_, M>,
+    pm: &Pagemap<M, L>,
+    peers: Peers<'_, M, L>,
     start: u64,
     end: u64,
     details: &MigrateDetails,
@@ -124,7 +125,7 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory>(
     }
 }
 
-impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
+impl<A: AddressSpace, M: DeviceMemory, L: Locks> Machine<'_, A, M, L> {
     fn fail(&mut self, e: Error) -> ToDevmemState {
         self.error = Some(e);
         ToDevmemState::Restore

@@ -11,6 +11,7 @@ use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
     MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
+use crate::sync::Locks;
 use alloc::vec::Vec;
 
 /// The states of a migration to RAM.
@@ -32,9 +33,9 @@ pub enum ToRamState {
     Done,
 }
 
-struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
+struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Locks> {
     mm: &'a A,
-    pm: &'a Pagemap<M>,
+    pm: &'a Pagemap<M, L>,
     req: MigrateRequest,
     src: Vec<MigrateSrc>,
     /// Slots of `src` that are this pagemap's device pages.
@@ -55,9 +56,9 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory> {
 /// Errors: [`Error::Invalid`] (bad interval); whatever
 /// [`AddressSpace::migrate_isolate`] returns (nothing was isolated then); [`Error::NoMem`]
 /// (system memory or DMA space); copy errors.
-pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
+pub fn to_ram<A: AddressSpace, M: DeviceMemory, L: Locks>(
     mm: &A,
-    pm: &Pagemap<M>,
+    pm: &Pagemap<M, L>,
     start: u64,
     end: u64,
 ) -> Result<MigrateReport> {
@@ -66,9 +67,9 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory>(
 
 /// [`to_ram`], reporting every state entered to `trace` (tests use it to prove that each
 /// failure path restores).
-pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory>(
+pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Locks>(
     mm: &A,
-    pm: &Pagemap<M>,
+    pm: &Pagemap<M, L>,
     start: u64,
     end: u64,
     trace: Option<&mut dyn FnMut(ToRamState)>,
@@ -113,7 +114,7 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory>(
     }
 }
 
-impl<A: AddressSpace, M: DeviceMemory> Machine<'_, A, M> {
+impl<A: AddressSpace, M: DeviceMemory, L: Locks> Machine<'_, A, M, L> {
     fn fail(&mut self, e: Error) -> ToRamState {
         self.error = Some(e);
         ToRamState::Restore

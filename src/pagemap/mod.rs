@@ -20,19 +20,19 @@ pub use owner::{Interconnect, OwnerRegistry, PeerId};
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrateReport};
 use crate::platform::{AddressSpace, DeviceMemory, OwnerId, PagemapId};
-use crate::sync::{AtomicUsize, Mutex, Ordering};
+use crate::sync::{class, AtomicUsize, DefaultLocks, Locks, Mutex, Ordering};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// The device memory of one device (or tile): allocations, their lifetime, and migration out
 /// of it on CPU faults. Shared as `Arc<Pagemap<M>>`; the `Arc` count is the pagemap's refcount.
-pub struct Pagemap<M: DeviceMemory> {
+pub struct Pagemap<M: DeviceMemory, L: Locks = DefaultLocks> {
     id: PagemapId,
     owner: OwnerId,
     mem: M,
     /// First frame of every run of every live allocation → (run length, allocation).
-    runs: Mutex<BTreeMap<u64, (u64, Arc<DevmemAlloc>)>>,
+    runs: Mutex<L, BTreeMap<u64, (u64, Arc<DevmemAlloc>)>>,
     live_allocs: AtomicUsize,
     released: AtomicUsize,
     stray_frees: AtomicUsize,
@@ -40,7 +40,7 @@ pub struct Pagemap<M: DeviceMemory> {
     cpu_bytes: AtomicUsize,
 }
 
-impl<M: DeviceMemory> core::fmt::Debug for Pagemap<M> {
+impl<M: DeviceMemory, L: Locks> core::fmt::Debug for Pagemap<M, L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Pagemap")
             .field("id", &self.id)
@@ -50,14 +50,14 @@ impl<M: DeviceMemory> core::fmt::Debug for Pagemap<M> {
     }
 }
 
-impl<M: DeviceMemory> Pagemap<M> {
+impl<M: DeviceMemory, L: Locks> Pagemap<M, L> {
     /// A pagemap `id` of owner `owner` over the device memory `mem`.
     pub fn new(id: PagemapId, owner: OwnerId, mem: M) -> Arc<Self> {
         Arc::new(Pagemap {
             id,
             owner,
             mem,
-            runs: Mutex::new(BTreeMap::new()),
+            runs: Mutex::new(&class::PAGEMAP_RUNS, BTreeMap::new()),
             live_allocs: AtomicUsize::new(0),
             released: AtomicUsize::new(0),
             stray_frees: AtomicUsize::new(0),

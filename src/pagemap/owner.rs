@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::platform::OwnerId;
-use crate::sync::Mutex;
+use crate::sync::{class, DefaultLocks, Locks, Mutex};
 use alloc::vec::Vec;
 
 /// Identifies a peer in an [`OwnerRegistry`] (chosen by the driver, unique per registry).
@@ -58,16 +58,29 @@ struct Inner {
 /// assert_eq!(reg.owner_of(PeerId(2)), None);
 /// ```
 #[derive(Debug)]
-pub struct OwnerRegistry<F> {
-    inner: Mutex<Inner>,
+pub struct OwnerRegistry<F, L: Locks = DefaultLocks> {
+    inner: Mutex<L, Inner>,
     has_interconnect: F,
 }
 
 impl<F: Interconnect> OwnerRegistry<F> {
-    /// An empty registry with the symmetric predicate `has_interconnect`.
+    /// An empty registry with the symmetric predicate `has_interconnect`, on the default lock
+    /// facet ([`with_locks`](Self::with_locks) chooses another).
+    ///
+    /// Context: does not sleep or allocate; takes no lock.
     pub fn new(has_interconnect: F) -> Self {
+        Self::with_locks(has_interconnect)
+    }
+}
+
+impl<F: Interconnect, L: Locks> OwnerRegistry<F, L> {
+    /// An empty registry with the symmetric predicate `has_interconnect`, whose lock comes
+    /// from the facet `L`.
+    ///
+    /// Context: does not sleep or allocate (unless the host's lock constructor does).
+    pub fn with_locks(has_interconnect: F) -> Self {
         OwnerRegistry {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(&class::OWNER_REGISTRY, Inner::default()),
             has_interconnect,
         }
     }

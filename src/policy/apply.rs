@@ -76,7 +76,7 @@ impl<P: Platform> Svm<P> {
     /// let vram = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::DEVICE_LOCAL).unwrap();
     /// assert!(!rights.allows(sys) && rights.allows(vram));
     /// ```
-    pub fn device_atomics(&self, range: &Range) -> DeviceAtomics {
+    pub fn device_atomics(&self, range: &Range<P::Locks>) -> DeviceAtomics {
         super::device_atomics(self.attrs_at(range.start()).atomic, &self.config().policy)
     }
 
@@ -129,7 +129,7 @@ impl<P: Platform> Svm<P> {
     /// Ranges overlapping `[start, end)` after an attribute change: straddling ones are evicted
     /// and removed, inner ones lose their device mappings.
     fn refault_under_new_policy(&self, start: u64, end: u64) {
-        let mut hit: Vec<Arc<Range>> = Vec::new();
+        let mut hit: Vec<Arc<Range<P::Locks>>> = Vec::new();
         self.for_each_range(|_, r| {
             if r.overlaps(start, end) {
                 if let Some(a) = self.find(r.start()) {

@@ -2,25 +2,26 @@
 //! the platform and each holding the ranges that lie inside it.
 
 use super::{RangeTree, SeqCounter};
+use crate::sync::Locks;
 use alloc::collections::BTreeMap;
 
 /// One notifier `[start, end)`.
-pub(crate) struct Notifier<H> {
+pub(crate) struct Notifier<H, L: Locks> {
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) seq: SeqCounter,
-    pub(crate) ranges: RangeTree,
+    pub(crate) ranges: RangeTree<L>,
     /// `None` while registration is in flight or after it was undone.
     pub(crate) handle: Option<H>,
 }
 
-impl<H> Notifier<H> {
+impl<H, L: Locks> Notifier<H, L> {
     pub(crate) fn new(start: u64, end: u64) -> Self {
         Notifier {
             start,
             end,
             seq: SeqCounter::new(),
-            ranges: RangeTree::new(),
+            ranges: RangeTree::with_locks(),
             handle: None,
         }
     }
@@ -28,11 +29,11 @@ impl<H> Notifier<H> {
 
 /// The notifiers of one `Svm`, ordered by start address (they never overlap). Lookup by address
 /// is O(log n). Kept under the notifier lock.
-pub(crate) struct NotifierTree<H> {
-    map: BTreeMap<u64, Notifier<H>>,
+pub(crate) struct NotifierTree<H, L: Locks> {
+    map: BTreeMap<u64, Notifier<H, L>>,
 }
 
-impl<H> Default for NotifierTree<H> {
+impl<H, L: Locks> Default for NotifierTree<H, L> {
     fn default() -> Self {
         NotifierTree {
             map: BTreeMap::new(),
@@ -40,9 +41,9 @@ impl<H> Default for NotifierTree<H> {
     }
 }
 
-impl<H> NotifierTree<H> {
+impl<H, L: Locks> NotifierTree<H, L> {
     /// The notifier containing `addr`.
-    pub(crate) fn find(&self, addr: u64) -> Option<&Notifier<H>> {
+    pub(crate) fn find(&self, addr: u64) -> Option<&Notifier<H, L>> {
         self.map
             .range(..=addr)
             .next_back()
@@ -51,7 +52,7 @@ impl<H> NotifierTree<H> {
     }
 
     /// The notifier containing `addr`, mutably.
-    pub(crate) fn find_mut(&mut self, addr: u64) -> Option<&mut Notifier<H>> {
+    pub(crate) fn find_mut(&mut self, addr: u64) -> Option<&mut Notifier<H, L>> {
         self.map
             .range_mut(..=addr)
             .next_back()
@@ -60,19 +61,19 @@ impl<H> NotifierTree<H> {
     }
 
     /// The notifier that starts exactly at `start`.
-    pub(crate) fn get(&self, start: u64) -> Option<&Notifier<H>> {
+    pub(crate) fn get(&self, start: u64) -> Option<&Notifier<H, L>> {
         self.map.get(&start)
     }
 
-    pub(crate) fn insert(&mut self, n: Notifier<H>) {
+    pub(crate) fn insert(&mut self, n: Notifier<H, L>) {
         self.map.insert(n.start, n);
     }
 
-    pub(crate) fn remove(&mut self, start: u64) -> Option<Notifier<H>> {
+    pub(crate) fn remove(&mut self, start: u64) -> Option<Notifier<H, L>> {
         self.map.remove(&start)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Notifier<H>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Notifier<H, L>> {
         self.map.values()
     }
 
@@ -81,7 +82,7 @@ impl<H> NotifierTree<H> {
     }
 
     /// Take every notifier out.
-    pub(crate) fn take_all(&mut self) -> BTreeMap<u64, Notifier<H>> {
+    pub(crate) fn take_all(&mut self) -> BTreeMap<u64, Notifier<H, L>> {
         core::mem::take(&mut self.map)
     }
 }

@@ -4,17 +4,20 @@ use super::{Range, RangeAdapter};
 use crate::error::{Error, Result};
 use alloc::sync::Arc;
 use core::ptr::NonNull;
-// The lookup hint is a cache, not a synchronisation device (see `RangeTree::hint`): it uses
-// `core`'s atomic directly, so that loom models do not explore its loads and stores.
-use core::sync::atomic::{AtomicUsize, Ordering};
-use intrusive_collections::rbtree::{AtomicLink, Cursor, RBTree, RBTreeOps};
+// The lookup hint is a cache, not a synchronisation device (see `RangeTree::hint`): a
+// `HintCell`, which loom does not explore.
+use crate::sync::atomic::{HintCell, Ordering};
+use crate::sync::{DefaultLocks, Locks};
+use intrusive_collections::rbtree::{AtomicLink, AtomicLinkOps, Cursor, RBTree, RBTreeOps};
 use intrusive_collections::{Adapter, Bound};
 
 /// A node of the tree: the link embedded in a [`Range`].
 type Link = NonNull<AtomicLink>;
 
-/// The adapter (zero-sized): converts between links and ranges, and walks links.
-const ADAPTER: RangeAdapter = RangeAdapter::new();
+/// The adapter (zero-sized): converts between links and ranges.
+const fn adapter<L: Locks>() -> RangeAdapter<L> {
+    RangeAdapter::NEW
+}
 
 /// An ordered set of non-overlapping [`Range`]s keyed by start address, built on an intrusive
 /// red-black tree: inserting a range allocates nothing.
@@ -43,8 +46,8 @@ const ADAPTER: RangeAdapter = RangeAdapter::new();
 /// // Overlapping inserts are refused.
 /// assert!(t.insert(Range::new(0x2000, 0x4000).unwrap()).is_err());
 /// ```
-pub struct RangeTree {
-    tree: RBTree<RangeAdapter>,
+pub struct RangeTree<L: Locks = DefaultLocks> {
+    tree: RBTree<RangeAdapter<L>>,
     len: usize,
     /// The last range [`find`](Self::find) or [`find_arc`](Self::find_arc) returned, as an
     /// exposed address, or 0.
@@ -54,16 +57,16 @@ pub struct RangeTree {
     /// The tree holds a reference to each linked range, so the address stays valid. Relaxed
     /// ordering suffices: whatever a store publishes was already visible to the storing lookup,
     /// and a removal is ordered after every lookup by whatever gives it `&mut self`.
-    hint: AtomicUsize,
+    hint: HintCell,
 }
 
-impl Default for RangeTree {
+impl<L: Locks> Default for RangeTree<L> {
     fn default() -> Self {
-        Self::new()
+        Self::with_locks()
     }
 }
 
-impl core::fmt::Debug for RangeTree {
+impl<L: Locks> core::fmt::Debug for RangeTree<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_list()
             .entries(self.iter().map(|r| (r.start(), r.end())))
@@ -75,9 +78,9 @@ impl core::fmt::Debug for RangeTree {
 ///
 /// # Safety
 /// `link` is the link of a range that stays alive for `'a`.
-unsafe fn range_of<'a>(link: Link) -> &'a Range {
+unsafe fn range_of<'a, L: Locks>(link: Link) -> &'a Range<L> {
     // SAFETY: the caller guarantees the range lives for 'a; `get_value` undoes the link offset.
-    unsafe { &*ADAPTER.get_value(link) }
+    unsafe { &*adapter::<L>().get_value(link) }
 }
 
 /// Hint to the CPU that the cache line at `link` will be read soon (no-op where unsupported).
@@ -107,7 +110,7 @@ fn prefetch(link: Option<Link>) {
 /// # Safety
 /// `x` is linked in a tree that is not modified while the call runs.
 unsafe fn successor(x: Link) -> Option<Link> {
-    let ops = ADAPTER.link_ops();
+    let ops = AtomicLinkOps;
     // SAFETY (all link reads below): `x` and every node reached from it by its links are linked
     // in the same unmodified tree, hence alive.
     unsafe {
@@ -132,12 +135,23 @@ unsafe fn successor(x: Link) -> Option<Link> {
 }
 
 impl RangeTree {
-    /// An empty tree.
+    /// An empty tree of ranges on the default lock facet.
+    ///
+    /// Context: allocates nothing; does not sleep.
     pub fn new() -> Self {
+        Self::with_locks()
+    }
+}
+
+impl<L: Locks> RangeTree<L> {
+    /// An empty tree of ranges whose locks come from the facet `L`.
+    ///
+    /// Context: allocates nothing; does not sleep.
+    pub fn with_locks() -> Self {
         RangeTree {
             tree: RBTree::new(RangeAdapter::new()),
             len: 0,
-            hint: AtomicUsize::new(0),
+            hint: HintCell::new(0),
         }
     }
 
@@ -153,13 +167,13 @@ impl RangeTree {
 
     /// The hinted range (see [`RangeTree::hint`]), if any, as a pointer carrying the tree's
     /// provenance over the whole allocation (so that it can be turned back into an `Arc`).
-    fn hint(&self) -> Option<*const Range> {
+    fn hint(&self) -> Option<*const Range<L>> {
         let a = self.hint.load(Ordering::Relaxed);
-        (a != 0).then(|| core::ptr::with_exposed_provenance::<Range>(a))
+        (a != 0).then(|| core::ptr::with_exposed_provenance::<Range<L>>(a))
     }
 
     /// Remember the range `c` points to (a range of this tree that a lookup found).
-    fn set_hint(&self, c: &Cursor<'_, RangeAdapter>) {
+    fn set_hint(&self, c: &Cursor<'_, RangeAdapter<L>>) {
         // `get_ptr` derives the pointer from the tree's own link (not from a `&Range`), so the
         // provenance exposed here covers the whole `Arc` allocation.
         let Some(p) = c.get_ptr() else {
@@ -172,14 +186,14 @@ impl RangeTree {
     }
 
     /// A cursor on the range at `p`, which is linked in this tree.
-    fn cursor_at(&self, p: *const Range) -> Cursor<'_, RangeAdapter> {
+    fn cursor_at(&self, p: *const Range<L>) -> Cursor<'_, RangeAdapter<L>> {
         // SAFETY: callers pass only ranges linked in `self.tree` (the hint or its successor).
         unsafe { self.tree.cursor_from_ptr(p) }
     }
 
     /// The last range whose start is `<= addr`, answered from the hint when `addr` lies in the
     /// hinted range, in the gap after it, or in its successor; `None` when a descent is needed.
-    fn floor_hinted(&self, addr: u64) -> Option<Cursor<'_, RangeAdapter>> {
+    fn floor_hinted(&self, addr: u64) -> Option<Cursor<'_, RangeAdapter<L>>> {
         let hp = self.hint()?;
         // SAFETY: by the invariant of `hint`, `hp` points to a range linked in `self.tree`, which
         // holds a reference to it for as long as `&self` lives (no removal can run meanwhile).
@@ -194,13 +208,13 @@ impl RangeTree {
             return Some(self.cursor_at(hp));
         }
         // SAFETY: `hp` is a live range; `get_link` only adds the link offset.
-        let hl = unsafe { ADAPTER.get_link(hp) };
+        let hl = unsafe { adapter::<L>().get_link(hp) };
         // SAFETY: `hl` is linked in `self.tree`, which cannot change while `&self` lives.
         let Some(sl) = (unsafe { successor(hl) }) else {
             return Some(self.cursor_at(hp));
         };
         // SAFETY: as above, `sl` is a node of `self.tree`.
-        let s = unsafe { range_of(sl) };
+        let s = unsafe { range_of::<L>(sl) };
         if addr < s.start() {
             return Some(self.cursor_at(hp));
         }
@@ -208,15 +222,15 @@ impl RangeTree {
             // The stream goes on: start fetching the node after `s` (its right subtree, or an
             // ancestor, which was walked recently and is likely cached).
             // SAFETY: as above.
-            prefetch(unsafe { ADAPTER.link_ops().right(sl) });
+            prefetch(unsafe { AtomicLinkOps.right(sl) });
             // SAFETY: `sl` is a live link; `get_value` only subtracts the link offset.
-            return Some(self.cursor_at(unsafe { ADAPTER.get_value(sl) }));
+            return Some(self.cursor_at(unsafe { adapter::<L>().get_value(sl) }));
         }
         None
     }
 
     /// The last range whose start is `<= addr`.
-    fn floor(&self, addr: u64) -> Cursor<'_, RangeAdapter> {
+    fn floor(&self, addr: u64) -> Cursor<'_, RangeAdapter<L>> {
         match self.floor_hinted(addr) {
             Some(c) => c,
             None => self.tree.upper_bound(Bound::Included(&addr)),
@@ -224,7 +238,7 @@ impl RangeTree {
     }
 
     /// The range containing `addr`.
-    pub fn find(&self, addr: u64) -> Option<&Range> {
+    pub fn find(&self, addr: u64) -> Option<&Range<L>> {
         let c = self.floor(addr);
         let r = c.get().filter(|r| r.contains(addr))?;
         self.set_hint(&c);
@@ -232,7 +246,7 @@ impl RangeTree {
     }
 
     /// The range containing `addr`, as a new reference.
-    pub fn find_arc(&self, addr: u64) -> Option<Arc<Range>> {
+    pub fn find_arc(&self, addr: u64) -> Option<Arc<Range<L>>> {
         let c = self.floor(addr);
         match c.get() {
             Some(r) if r.contains(addr) => {
@@ -244,7 +258,7 @@ impl RangeTree {
     }
 
     /// The last range overlapping `[start, end)` (one descent), if any.
-    pub fn last_overlapping(&self, start: u64, end: u64) -> Option<&Range> {
+    pub fn last_overlapping(&self, start: u64, end: u64) -> Option<&Range<L>> {
         if start >= end {
             return None;
         }
@@ -260,7 +274,7 @@ impl RangeTree {
     }
 
     /// The ranges overlapping `[start, end)`, in address order. Empty if `start >= end`.
-    pub fn overlapping(&self, start: u64, end: u64) -> Overlapping<'_> {
+    pub fn overlapping(&self, start: u64, end: u64) -> Overlapping<'_, L> {
         let mut cur = self.floor(start);
         match cur.get() {
             Some(r) if r.end() > start => {}
@@ -271,7 +285,7 @@ impl RangeTree {
         let cur = cur.get_ptr().map(|p| {
             // SAFETY: `p` is a live range; `get_link` only adds the link offset. (`get_ptr`, not
             // `get`: the pointer keeps the tree's provenance, which `peek_arc` needs.)
-            unsafe { ADAPTER.get_link(p.as_ptr()) }
+            unsafe { adapter::<L>().get_link(p.as_ptr()) }
         });
         Overlapping {
             tree: &self.tree,
@@ -282,7 +296,7 @@ impl RangeTree {
     }
 
     /// All ranges in address order.
-    pub fn iter(&self) -> impl Iterator<Item = &Range> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = &Range<L>> + '_ {
         self.tree.iter()
     }
 
@@ -290,7 +304,7 @@ impl RangeTree {
     ///
     /// Errors: [`Error::Invalid`] if the range is already linked into a tree or overlaps a range
     /// of this tree; the tree is then unchanged (and the reference is dropped).
-    pub fn insert(&mut self, range: Arc<Range>) -> Result<()> {
+    pub fn insert(&mut self, range: Arc<Range<L>>) -> Result<()> {
         if range.is_linked() || self.any_overlap(range.start(), range.end()) {
             return Err(Error::Invalid);
         }
@@ -301,7 +315,7 @@ impl RangeTree {
 
     /// Remove `range` (the very object, not just one with the same bounds); returns the tree's
     /// reference, or `None` if the range is not in this tree.
-    pub fn remove(&mut self, range: &Range) -> Option<Arc<Range>> {
+    pub fn remove(&mut self, range: &Range<L>) -> Option<Arc<Range<L>>> {
         let mut c = self.tree.find_mut(&range.start());
         match c.get() {
             Some(r) if core::ptr::eq(r, range) => {}
@@ -316,7 +330,7 @@ impl RangeTree {
     }
 
     /// Remove and return the first range.
-    pub fn pop_front(&mut self) -> Option<Arc<Range>> {
+    pub fn pop_front(&mut self) -> Option<Arc<Range<L>>> {
         let out = self.tree.front_mut().remove();
         if out.is_some() {
             self.len = self.len.saturating_sub(1);
@@ -327,20 +341,20 @@ impl RangeTree {
 }
 
 /// Iterator over the ranges overlapping an interval (see [`RangeTree::overlapping`]).
-pub struct Overlapping<'a> {
-    tree: &'a RBTree<RangeAdapter>,
+pub struct Overlapping<'a, L: Locks = DefaultLocks> {
+    tree: &'a RBTree<RangeAdapter<L>>,
     /// The next range to yield (a node of `tree`), if any.
     cur: Option<Link>,
     start: u64,
     end: u64,
 }
 
-impl<'a> Iterator for Overlapping<'a> {
-    type Item = &'a Range;
-    fn next(&mut self) -> Option<&'a Range> {
+impl<'a, L: Locks> Iterator for Overlapping<'a, L> {
+    type Item = &'a Range<L>;
+    fn next(&mut self) -> Option<&'a Range<L>> {
         let link = self.cur?;
         // SAFETY: `cur` is a node of `self.tree`, borrowed shared for 'a.
-        let r: &'a Range = unsafe { range_of(link) };
+        let r: &'a Range<L> = unsafe { range_of(link) };
         if r.start() >= self.end || self.start >= self.end {
             return None;
         }
@@ -350,19 +364,19 @@ impl<'a> Iterator for Overlapping<'a> {
     }
 }
 
-impl<'a> Overlapping<'a> {
+impl<'a, L: Locks> Overlapping<'a, L> {
     /// The range `next` would return, without advancing.
-    pub fn peek(&self) -> Option<&'a Range> {
+    pub fn peek(&self) -> Option<&'a Range<L>> {
         let link = self.cur?;
         // SAFETY: `cur` is a node of `self.tree`, borrowed shared for 'a.
-        let r: &'a Range = unsafe { range_of(link) };
+        let r: &'a Range<L> = unsafe { range_of(link) };
         (r.start() < self.end && self.start < self.end).then_some(r)
     }
 
     /// The current range as a new reference (the one `next` would return).
-    pub fn peek_arc(&self) -> Option<Arc<Range>> {
+    pub fn peek_arc(&self) -> Option<Arc<Range<L>>> {
         // SAFETY: `cur` is a live link; `get_value` only subtracts the link offset.
-        let p = unsafe { ADAPTER.get_value(self.cur?) };
+        let p = unsafe { adapter::<L>().get_value(self.cur?) };
         // SAFETY: `cur` is a node of `self.tree`, borrowed shared for the iterator's lifetime.
         let r = unsafe { &*p };
         if r.start() >= self.end || self.start >= self.end {

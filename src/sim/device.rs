@@ -627,6 +627,7 @@ impl Platform for SimPlatform {
     type Dma = SimDevice;
     type Pt = SimDevice;
     type Mem = SimDevmem;
+    type Locks = crate::sync::DefaultLocks;
     fn mm(&self) -> &SimMmView {
         &self.mm
     }

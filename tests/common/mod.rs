@@ -403,6 +403,7 @@ impl Platform for MockPlatform {
     type Dma = MockDma;
     type Pt = MockPt;
     type Mem = NoDeviceMemory;
+    type Locks = gpusvm::sync::DefaultLocks;
     fn mm(&self) -> &MockMm {
         &self.mm
     }

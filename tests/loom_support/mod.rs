@@ -274,6 +274,7 @@ impl Platform for LoomPlatform {
     type Dma = LoomDma;
     type Pt = LoomPt;
     type Mem = NoDeviceMemory;
+    type Locks = gpusvm::sync::DefaultLocks;
     fn mm(&self) -> &LoomMm {
         &self.mm
     }

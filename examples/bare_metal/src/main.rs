@@ -373,6 +373,7 @@ impl Platform for BarePlatform {
     type Dma = IdentityDma;
     type Pt = StaticPt;
     type Mem = NoDeviceMemory;
+    type Locks = gpusvm::sync::DefaultLocks;
 
     fn mm(&self) -> &StaticMm {
         &self.mm

@@ -1,0 +1,222 @@
+//! `Mutex<L, T>` and `RwLock<L, T>`: data guarded by a host-supplied raw lock.
+//!
+//! The raw lock (from the host's [`Locks`] facet) only excludes; these wrappers own the data and
+//! hand out guards, which are the proof that the lock is held (as `kernel::sync::Guard` is):
+//! the data is reachable only through a guard, and dropping the guard unlocks.
+
+use super::{LockClass, Locks, RawMutex, RawRwLock};
+use core::cell::UnsafeCell;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+
+/// A mutual-exclusion lock of the host's facet `L` over a `T`.
+pub struct Mutex<L: Locks, T> {
+    raw: L::Mutex,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock hands out access to `T` to one thread at a time (the raw mutex's contract),
+// so sharing the lock between threads only moves `T` between them: `T: Send` suffices.
+unsafe impl<L: Locks, T: Send> Sync for Mutex<L, T> {}
+// SAFETY: the raw lock is `Send` (trait bound of `RawMutex`); the data moves with it.
+unsafe impl<L: Locks, T: Send> Send for Mutex<L, T> {}
+
+impl<L: Locks, T> core::fmt::Debug for Mutex<L, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mutex").finish_non_exhaustive()
+    }
+}
+
+/// Proof that a [`Mutex`] is held; unlocks on drop. Not `Send`: a host lock may require the
+/// locking thread to unlock it.
+pub struct MutexGuard<'a, L: Locks, T> {
+    lock: &'a Mutex<L, T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<L: Locks, T> Mutex<L, T> {
+    /// A new unlocked mutex of lock class `class` holding `v`.
+    ///
+    /// Context: does not sleep; allocates only if the host's raw lock does.
+    pub fn new(class: &'static LockClass, v: T) -> Self {
+        Mutex {
+            raw: L::Mutex::new(class),
+            data: UnsafeCell::new(v),
+        }
+    }
+
+    /// Lock, waiting (spinning or sleeping, as the host's lock does) until it is free.
+    ///
+    /// Context: may sleep if the host implements the class with a sleeping lock.
+    pub fn lock(&self) -> MutexGuard<'_, L, T> {
+        self.raw.lock();
+        MutexGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Lock if it is free right now.
+    ///
+    /// Context: never sleeps or waits.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, L, T>> {
+        self.raw.try_lock().then_some(MutexGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// The value, when the mutex is owned exclusively (no locking needed).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+}
+
+impl<L: Locks, T> Deref for MutexGuard<'_, L, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while the raw mutex is held, which excludes every other
+        // guard of this mutex; `&self` borrows the guard, so no `&mut` from it is live.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<L: Locks, T> DerefMut for MutexGuard<'_, L, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<L: Locks, T> Drop for MutexGuard<'_, L, T> {
+    fn drop(&mut self) {
+        // SAFETY: this guard was created by a successful `lock`/`try_lock` and is dropped once.
+        unsafe { self.lock.raw.unlock() }
+    }
+}
+
+/// A reader-writer lock of the host's facet `L` over a `T`.
+pub struct RwLock<L: Locks, T> {
+    raw: L::RwLock,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: readers share `&T` across threads (`T: Sync`), a writer gets `&mut T` on one thread at
+// a time (`T: Send`); the raw lock's contract keeps the two apart.
+unsafe impl<L: Locks, T: Send + Sync> Sync for RwLock<L, T> {}
+// SAFETY: the raw lock is `Send`; the data moves with it.
+unsafe impl<L: Locks, T: Send> Send for RwLock<L, T> {}
+
+impl<L: Locks, T> core::fmt::Debug for RwLock<L, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RwLock").finish_non_exhaustive()
+    }
+}
+
+/// Proof that an [`RwLock`] is held shared; unlocks on drop.
+pub struct RwLockReadGuard<'a, L: Locks, T> {
+    lock: &'a RwLock<L, T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Proof that an [`RwLock`] is held exclusively; unlocks on drop.
+pub struct RwLockWriteGuard<'a, L: Locks, T> {
+    lock: &'a RwLock<L, T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<L: Locks, T> RwLock<L, T> {
+    /// A new unlocked lock of lock class `class` holding `v`.
+    ///
+    /// Context: does not sleep; allocates only if the host's raw lock does.
+    pub fn new(class: &'static LockClass, v: T) -> Self {
+        RwLock {
+            raw: L::RwLock::new(class),
+            data: UnsafeCell::new(v),
+        }
+    }
+
+    /// Take the lock shared, waiting while a writer holds it.
+    ///
+    /// Context: may sleep if the host implements the class with a sleeping lock.
+    pub fn read(&self) -> RwLockReadGuard<'_, L, T> {
+        self.raw.read();
+        RwLockReadGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Take the lock shared if that is possible right now.
+    ///
+    /// Context: never sleeps or waits.
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, L, T>> {
+        self.raw.try_read().then_some(RwLockReadGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Take the lock exclusively, waiting for readers and writers to leave.
+    ///
+    /// Context: may sleep if the host implements the class with a sleeping lock.
+    pub fn write(&self) -> RwLockWriteGuard<'_, L, T> {
+        self.raw.write();
+        RwLockWriteGuard {
+            lock: self,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Take the lock exclusively if it is free right now.
+    ///
+    /// Context: never sleeps or waits.
+    pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, L, T>> {
+        self.raw.try_write().then_some(RwLockWriteGuard {
+            lock: self,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// The value, when the lock is owned exclusively (no locking needed).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.data.get_mut()
+    }
+}
+
+impl<L: Locks, T> Deref for RwLockReadGuard<'_, L, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held shared: no writer exists, so shared references are sound.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<L: Locks, T> Drop for RwLockReadGuard<'_, L, T> {
+    fn drop(&mut self) {
+        // SAFETY: this guard holds one shared acquisition, released exactly once here.
+        unsafe { self.lock.raw.unlock_read() }
+    }
+}
+
+impl<L: Locks, T> Deref for RwLockWriteGuard<'_, L, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held exclusively by this guard.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<L: Locks, T> DerefMut for RwLockWriteGuard<'_, L, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held exclusively by this guard, and `&mut self` is unique.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<L: Locks, T> Drop for RwLockWriteGuard<'_, L, T> {
+    fn drop(&mut self) {
+        // SAFETY: this guard holds the exclusive acquisition, released exactly once here.
+        unsafe { self.lock.raw.unlock_write() }
+    }
+}

@@ -1,0 +1,152 @@
+//! The lock facet and the atomics: the only place the crate's synchronisation comes from.
+//!
+//! The host supplies the locks. A [`Locks`] type names a raw mutex and a raw reader-writer lock
+//! ([`RawMutex`], [`RawRwLock`]: lock, try-lock, unlock, nothing else); the crate wraps them in
+//! [`Mutex`] and [`RwLock`], which own the data and hand out guards. A platform picks its
+//! facet with [`Platform::Locks`](crate::platform::Platform::Locks); the crate's lock-holding
+//! types ([`Range`](crate::Range), [`Pagemap`](crate::pagemap::Pagemap),
+//! [`OwnerRegistry`](crate::pagemap::OwnerRegistry), [`Userptr`](crate::Userptr)) take the
+//! facet as a type parameter that defaults to [`DefaultLocks`].
+//!
+//! Every lock is created with its static [`LockClass`] (module [`class`]): a name the host
+//! maps to a lock class of its own (a lockdep key), its rank in the lock order, and whether it
+//! may sleep. Facets shipped with the crate:
+//!
+//! | facet | for | waits by |
+//! | --- | --- | --- |
+//! | [`SpinLocks`] | bare metal, firmware; the default ([`DefaultLocks`]) | spinning |
+//! | [`ParkingLocks`] (feature `std`) | user space | parking on a condition variable |
+//! | [`ParkingLocks`] under `--cfg loom` | the loom models; [`DefaultLocks`] there | loom's scheduler |
+//! | `sim::SimLocks` (feature `sim`) | the simulator and the tests | [`ParkingLocks`], checking the lock order (a small lockdep) |
+//!
+//! A Linux host implements the raw traits over `struct mutex`, `struct rw_semaphore` and
+//! `spinlock_t` with one `lock_class_key` per [`LockClass`]; classes with
+//! [`may_sleep`](LockClass::may_sleep) `false` must be spinlocks.
+//!
+//! ## The locks, in lock order
+//!
+//! A lock may be taken only while every lock held has a smaller rank (try-locks excepted).
+//! "Inv." says whether the invalidation path takes it; "sleep" whether the host may implement
+//! it with a sleeping lock.
+//!
+//! | rank | class | kind | protects | taken by | inv. | sleep |
+//! | ---: | --- | --- | --- | --- | :---: | :---: |
+//! | 10 | [`class::STRUCTURE`] | mutex | range creation / removal | `find_or_insert` (insert), `remove`, `gc_run`, `close` | no | yes |
+//! | 20 | [`class::ATTRS`] | rw | attribute intervals | shared: fault, `find_or_insert`; exclusive: `set_attrs` | no | yes |
+//! | 22 | [`class::OWNER`] | rw | the `Svm`'s owner | shared: fault, placement; exclusive: `set_owner` | no | yes |
+//! | 24 | [`class::PAGEMAPS`] | rw | local and peer pagemaps | shared: fault, eviction; exclusive: attach / detach | no | yes |
+//! | 30 | [`class::NOTIFIER`] | rw | notifiers, range trees, sequence begin | shared: `find`, commit, `bind`, `invalidate_end`; exclusive: `invalidate_begin`, insert, remove, `close` | yes | yes¹ |
+//! | 32 | [`class::USERPTR`] | rw | a userptr's pages | shared: `bind`; exclusive: commit, invalidation | yes | yes¹ |
+//! | 40 | [`class::RANGE_PAGES`] | mutex | a range's page state | under the notifier lock: commit, `bind`, unmap, invalidation | yes | no |
+//! | 50 | [`class::GC_QUEUE`] | mutex | the GC queue | invalidation (push), `gc_run` (pop), `close` | yes | no |
+//! | 60 | [`class::PAGEMAP_RUNS`] | mutex | a pagemap's live allocations | migration (track), `page_free`, CPU-fault migration | no | no |
+//! | 70 | [`class::OWNER_REGISTRY`] | mutex | owner groups | `join`, `leave`, `owner_of` | no | yes |
+//!
+//! ¹ The non-blockable invalidation ([`Svm::invalidate_begin_nonblock`](crate::Svm::invalidate_begin_nonblock),
+//! for Linux's `mmu_notifier_range_blockable() == false`) only *try*-locks these and returns
+//! [`Error::Again`](crate::Error::Again) when they are taken, so they may sleep; what it takes
+//! under them (range pages, GC queue) must spin.
+//!
+//! No lock is held across a call into the platform's
+//! [`AddressSpace`](crate::platform::AddressSpace) or across a copy, so the platform may sleep
+//! there. The invalidation path calls [`DevicePageTable::zap`](crate::platform::DevicePageTable::zap)
+//! and the DMA unmap under the notifier lock.
+//!
+//! ## Atomics
+//!
+//! Module [`atomic`]: `core`'s by default, loom's under `--cfg loom`, `portable-atomic`'s
+//! `AtomicU64` on targets without 64-bit atomics; a kernel build replaces that one file.
+
+pub mod atomic;
+pub mod class;
+mod lock;
+#[cfg(any(feature = "std", loom))]
+mod parking;
+mod spin;
+
+pub use atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub use class::LockClass;
+pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+#[cfg(any(feature = "std", loom))]
+pub use parking::{ParkingLocks, ParkingMutex, ParkingRwLock};
+pub use spin::{SpinLocks, SpinMutex, SpinRwLock};
+
+/// A host's raw mutex: excludes, holds no data.
+///
+/// Context: `lock` may sleep if the host's lock sleeps (allowed only for classes with
+/// [`LockClass::may_sleep`]); `try_lock` and `unlock` never sleep. No method may panic.
+///
+/// # Safety
+/// Between a successful `lock`/`try_lock` and the matching `unlock`, no other `lock`/`try_lock`
+/// of the same lock succeeds, and the holder's memory accesses happen-before those of the next
+/// holder (acquire/release semantics).
+pub unsafe trait RawMutex: Send + Sync + Sized {
+    /// A new unlocked lock of class `class`.
+    fn new(class: &'static LockClass) -> Self;
+    /// Lock, waiting until it is free.
+    fn lock(&self);
+    /// Lock if it is free right now; whether it was.
+    fn try_lock(&self) -> bool;
+    /// Unlock.
+    ///
+    /// # Safety
+    /// The caller holds the lock (by a `lock` or a successful `try_lock` not yet undone).
+    unsafe fn unlock(&self);
+}
+
+/// A host's raw reader-writer lock: excludes, holds no data.
+///
+/// Context: `read`/`write` may sleep if the host's lock sleeps (allowed only for classes with
+/// [`LockClass::may_sleep`]); the others never sleep. No method may panic; a host whose reader
+/// count can overflow makes the reader wait (or `try_read` fail) instead.
+///
+/// # Safety
+/// While a writer holds the lock, no `read`/`try_read`/`write`/`try_write` succeeds; while
+/// readers hold it, no `write`/`try_write` succeeds; accesses made under the lock happen-before
+/// those of the next conflicting holder.
+pub unsafe trait RawRwLock: Send + Sync + Sized {
+    /// A new unlocked lock of class `class`.
+    fn new(class: &'static LockClass) -> Self;
+    /// Take the lock shared, waiting while a writer holds it.
+    fn read(&self);
+    /// Take the lock shared if possible right now; whether it was.
+    fn try_read(&self) -> bool;
+    /// Release a shared hold.
+    ///
+    /// # Safety
+    /// The caller holds the lock shared.
+    unsafe fn unlock_read(&self);
+    /// Take the lock exclusively, waiting for every holder to leave.
+    fn write(&self);
+    /// Take the lock exclusively if it is free right now; whether it was.
+    fn try_write(&self) -> bool;
+    /// Release the exclusive hold.
+    ///
+    /// # Safety
+    /// The caller holds the lock exclusively.
+    unsafe fn unlock_write(&self);
+}
+
+/// The lock facet: which raw locks a host supplies. A type-level bundle, usually a unit struct.
+pub trait Locks: 'static {
+    /// The raw mutex.
+    type Mutex: RawMutex;
+    /// The raw reader-writer lock.
+    type RwLock: RawRwLock;
+}
+
+/// The facet used where none is named: [`SpinLocks`], or loom's locks under `--cfg loom`.
+#[cfg(not(loom))]
+pub type DefaultLocks = SpinLocks;
+/// The facet used where none is named: [`SpinLocks`], or loom's locks under `--cfg loom`.
+#[cfg(loom)]
+pub type DefaultLocks = ParkingLocks;
+
+/// Hint that the caller is busy-waiting (a retry loop): the CPU's spin hint, or a yield to
+/// loom's scheduler under `--cfg loom`.
+pub fn spin_hint() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
