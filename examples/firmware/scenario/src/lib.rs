@@ -1,0 +1,42 @@
+//! The gpusvm firmware scenario: one deterministic run of the crate's public API over platform
+//! facets built from static memory, shared by the Cortex-M4 and riscv32imac firmwares (under
+//! QEMU) and by the x86_64 host binary. Each prints the checksum [`run`] returns; the three
+//! must be equal.
+//!
+//! | facet | here |
+//! | --- | --- |
+//! | [`AddressSpace`](gpusvm::platform::AddressSpace) | [`mm::FwMm`]: VMAs in a 64-page window, a CPU page table, notifier slots, migration entries, CPU loads/stores |
+//! | [`DmaMapper`](gpusvm::platform::DmaMapper) | [`dma::IdentityDma`]: bus address = physical address, counts live mappings |
+//! | [`DevicePageTable`](gpusvm::platform::DevicePageTable) | [`devpt::DevPt`]: one entry per page, `zap`, the device's loads/stores |
+//! | [`DeviceMemory`](gpusvm::platform::DeviceMemory) | [`devmem::FwVram`]: 32 pages of static RAM, allocator, copy engine |
+//! | clock | [`phys::Phys::now_ns`]: +1 µs per read |
+//!
+//! The crate needs `alloc`: the binary that links this library provides the
+//! `#[global_allocator]`.
+//!
+//! Everything the checksum covers is computed with `u64` arithmetic over fixed frame numbers
+//! and addresses, so it does not depend on the pointer width or on where the linker put the
+//! static arrays.
+#![no_std]
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![deny(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::undocumented_unsafe_blocks
+)]
+
+extern crate alloc;
+
+pub mod checksum;
+pub mod devmem;
+pub mod devpt;
+pub mod dma;
+pub mod mm;
+pub mod phys;
+pub mod platform;
+pub mod rig;
+pub mod scenario;
+
+pub use scenario::{run, Failure};
