@@ -17,11 +17,11 @@
 
 use core::fmt::Write;
 use core::mem::MaybeUninit;
+use embedded_alloc::LlffHeap as Heap;
 // Links riscv's critical-section implementation (embedded-alloc takes it).
 use riscv as _;
 use riscv_rt::entry;
 use riscv_semihosting::{debug, hio};
-use embedded_alloc::LlffHeap as Heap;
 
 /// Size of the heap the crate allocates from.
 const HEAP_SIZE: usize = 128 * 1024;

@@ -54,9 +54,9 @@ impl DevPt {
 
     /// Number of valid entries.
     pub fn valid(&self) -> usize {
-        self.ptes
-            .try_borrow()
-            .map_or(usize::MAX, |p| p.iter().filter(|&&e| e & DEV_VALID != 0).count())
+        self.ptes.try_borrow().map_or(usize::MAX, |p| {
+            p.iter().filter(|&&e| e & DEV_VALID != 0).count()
+        })
     }
 
     /// Number of valid entries in `[start, end)` that point into device memory.

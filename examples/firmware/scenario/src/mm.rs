@@ -290,7 +290,15 @@ impl FwMm {
             let mut overflow = false;
             for v in st.vmas.iter().flatten() {
                 for (s, e) in [(v.start, v.end.min(start)), (v.start.max(end), v.end)] {
-                    if s < e && kept.push(Vma { start: s, end: e, ..*v }).is_err() {
+                    if s < e
+                        && kept
+                            .push(Vma {
+                                start: s,
+                                end: e,
+                                ..*v
+                            })
+                            .is_err()
+                    {
                         overflow = true;
                     }
                 }
@@ -417,7 +425,11 @@ impl FwMm {
 
     /// One pass of `collect_pages`: `Ok(None)` when done, `Ok(Some((va, dpfn)))` when a device
     /// page of another owner must come back to RAM first.
-    fn collect_pass(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<Option<(u64, u64)>> {
+    fn collect_pass(
+        &self,
+        req: &CollectRequest,
+        out: &mut [CpuPage],
+    ) -> Result<Option<(u64, u64)>> {
         let mut st = self.state()?;
         for (i, slot) in out.iter_mut().enumerate() {
             let va = req.start.wrapping_add((i as u64).wrapping_mul(PAGE_SIZE));

@@ -57,6 +57,8 @@ impl<const N: usize> PageRegion<N> {
     }
 
     /// The pages, the first time; `None` afterwards.
+    // A `&mut` from `&self` is what this type is for: `taken` makes it unique.
+    #[allow(clippy::mut_from_ref)]
     pub fn take(&'static self) -> Option<&'static mut [Frame]> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;

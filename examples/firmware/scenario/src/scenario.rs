@@ -149,14 +149,20 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     let (r0, bound) = s.call(rig.device_fault(page(1), Access::Write), "fault R0")?;
     s.ensure((r0.start(), r0.end()) == R0, "R0 is one 64 KiB range")?;
     s.ensure(bound == 16, "16 pages bound")?;
-    s.ensure(rig.mm().residency(R0.0, R0.1) == (16, 0), "R0 in device memory")?;
+    s.ensure(
+        rig.mm().residency(R0.0, R0.1) == (16, 0),
+        "R0 in device memory",
+    )?;
     s.ensure(rig.pt().valid_local(R0.0, R0.1) == 16, "device PTEs local")?;
     s.ensure(rig.phys.vram_used() == 16, "16 device pages used")?;
     s.ensure(rig.phys.dma_live.get() == 0, "no DMA mapping left")?;
     s.ensure(rig.phys.sys_free() == SYS_FRAMES - 32, "sources freed")?;
     for k in [0u64, 7, 15] {
         let (v, f) = s.call(rig.dev_load(page(k) + 8 * 5), "device load")?;
-        s.ensure(v == initial_word(page(k), 5) && f == 0, "device sees CPU data")?;
+        s.ensure(
+            v == initial_word(page(k), 5) && f == 0,
+            "device sees CPU data",
+        )?;
     }
     s.done(format_args!(
         "range {:#x}..{:#x}, {} bytes copied",
@@ -173,15 +179,24 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
 
     s.begin(4, "device read fault in R1, device memory full");
     let (v, f) = s.call(rig.dev_load(page(18) + 8), "device load R1")?;
-    s.ensure(v == initial_word(page(18), 1) && f == 1, "R1 data after one fault")?;
-    s.ensure(rig.mm().residency(R1.0, R1.1) == (16, 0), "R1 in device memory")?;
+    s.ensure(
+        v == initial_word(page(18), 1) && f == 1,
+        "R1 data after one fault",
+    )?;
+    s.ensure(
+        rig.mm().residency(R1.0, R1.1) == (16, 0),
+        "R1 in device memory",
+    )?;
     s.ensure(rig.phys.vram_used() == 32, "device memory full")?;
     s.done(format_args!("{} device pages used", rig.phys.vram_used()));
 
     s.begin(5, "device write fault in R2 evicts R0 to make room");
     let faults = s.call(stamp_all(&rig, R2, 2), "device stores R2")?;
     s.ensure(faults == 1, "one fault for R2")?;
-    s.ensure(rig.mm().residency(R2.0, R2.1) == (16, 0), "R2 in device memory")?;
+    s.ensure(
+        rig.mm().residency(R2.0, R2.1) == (16, 0),
+        "R2 in device memory",
+    )?;
     s.ensure(rig.mm().residency(R0.0, R0.1) == (0, 16), "R0 evicted")?;
     s.ensure(rig.mm().residency(R1.0, R1.1) == (16, 0), "R1 stays")?;
     s.ensure(rig.pt().valid_local(R0.0, R0.1) == 0, "R0 zapped")?;
@@ -194,12 +209,24 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     s.begin(6, "CPU load from R1: CPU fault on a device page");
     let v = s.call(rig.cpu_load(page(19) + 16), "cpu load R1")?;
     s.ensure(v == initial_word(page(19), 2), "CPU sees R1 data")?;
-    s.ensure(rig.mm().cpu_device_faults.get() == 1, "one CPU device fault")?;
-    s.ensure(rig.pm.cpu_fault_migrations().0 == 1, "pagemap migrated once")?;
-    s.ensure(rig.mm().residency(R1.0, R1.1) == (0, 16), "whole R1 back in RAM")?;
+    s.ensure(
+        rig.mm().cpu_device_faults.get() == 1,
+        "one CPU device fault",
+    )?;
+    s.ensure(
+        rig.pm.cpu_fault_migrations().0 == 1,
+        "pagemap migrated once",
+    )?;
+    s.ensure(
+        rig.mm().residency(R1.0, R1.1) == (0, 16),
+        "whole R1 back in RAM",
+    )?;
     s.ensure(rig.pt().valid_local(R1.0, R1.1) == 0, "R1 zapped")?;
     s.ensure(rig.phys.vram_used() == 16, "R1's device pages released")?;
-    s.done(format_args!("{} bytes back", rig.pm.cpu_fault_migrations().1));
+    s.done(format_args!(
+        "{} bytes back",
+        rig.pm.cpu_fault_migrations().1
+    ));
 
     s.begin(7, "Svm::evict of R2");
     let r2 = s.call(rig.svm.find(R2.0).ok_or(Error::Invalid), "find R2")?;
@@ -210,13 +237,19 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     s.ensure(rig.pm.live_allocations() == 0, "no live allocation")?;
     let seen = s.call(cpu_sees_stamps(&rig, R2, 2), "cpu loads R2")?;
     s.ensure(seen, "device stores to R2 survived")?;
-    s.done(format_args!("{} pages, {} copy runs", rep.pages, rep.copy_runs));
+    s.done(format_args!(
+        "{} pages, {} copy runs",
+        rep.pages, rep.copy_runs
+    ));
     drop(r2);
 
     s.begin(8, "device fault in R0 brings it back to device memory");
     let faults = s.call(stamp_all(&rig, R0, 3), "device stores R0")?;
     s.ensure(faults == 1, "one fault for R0")?;
-    s.ensure(rig.mm().residency(R0.0, R0.1) == (16, 0), "R0 in device memory")?;
+    s.ensure(
+        rig.mm().residency(R0.0, R0.1) == (16, 0),
+        "R0 in device memory",
+    )?;
     s.ensure(rig.phys.vram_used() == 16, "16 device pages used")?;
     s.done(format_args!(
         "migrations to device memory {}",
@@ -226,7 +259,10 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     s.begin(9, "munmap of pages 4-7 of R0, partial invalidation, gc_run");
     let frees = rig.mm().page_frees.get();
     s.call(rig.mm().munmap(HOLE.0, HOLE.1), "munmap")?;
-    s.ensure(rig.mm().page_frees.get() == frees + 4, "4 device pages freed")?;
+    s.ensure(
+        rig.mm().page_frees.get() == frees + 4,
+        "4 device pages freed",
+    )?;
     s.ensure(rig.svm.gc_pending() == 1, "R0 queued for the GC")?;
     s.ensure(rig.pm.live_allocations() == 1, "allocation still live")?;
     s.ensure(rig.pt().valid_local(R0.0, R0.1) == 0, "R0 zapped")?;
@@ -235,7 +271,10 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     s.ensure(rig.svm.find(R0.0).is_none(), "R0 gone")?;
     s.ensure(rig.pm.live_allocations() == 0, "allocation released")?;
     s.ensure(rig.phys.vram_used() == 0, "device memory empty")?;
-    s.ensure(rig.mm().residency(R0.0, R0.1) == (0, 12), "survivors in RAM")?;
+    s.ensure(
+        rig.mm().residency(R0.0, R0.1) == (0, 12),
+        "survivors in RAM",
+    )?;
     s.ensure(rig.mm().vmas().len() == 3, "VMA A split")?;
     let seen = s.call(cpu_sees_stamps(&rig, (page(8), R0.1), 3), "cpu loads")?;
     s.ensure(seen, "surviving device stores kept")?;
@@ -253,15 +292,30 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     let (v, f) = s.call(rig.dev_load(page(9) + STAMP_OFF), "device load page 9")?;
     s.ensure(v == stamp(page(9), 3) && f == 1, "page 9 after one fault")?;
     let r9 = s.call(rig.svm.find(page(9)).ok_or(Error::Invalid), "find page 9")?;
-    s.ensure(r9.size() == PAGE_SIZE, "a 4 KiB range (64 KiB no longer fits)")?;
-    s.ensure(rig.phys.dma_live.get() == 1, "it is DMA-mapped system memory")?;
+    s.ensure(
+        r9.size() == PAGE_SIZE,
+        "a 4 KiB range (64 KiB no longer fits)",
+    )?;
+    s.ensure(
+        rig.phys.dma_live.get() == 1,
+        "it is DMA-mapped system memory",
+    )?;
     drop(r9);
     s.call(rig.dev_store(page(9) + 8, 0x5eed), "device store page 9")?;
-    s.ensure(rig.cpu_load(page(9) + 8) == Ok(0x5eed), "CPU sees the store")?;
+    s.ensure(
+        rig.cpu_load(page(9) + 8) == Ok(0x5eed),
+        "CPU sees the store",
+    )?;
     let faults = s.call(stamp_all(&rig, R1, 4), "device stores R1")?;
     s.ensure(faults == 1, "one fault for R1")?;
-    s.ensure(rig.mm().residency(R1.0, R1.1) == (16, 0), "R1 in device memory")?;
-    s.done(format_args!("{} DMA mappings live", rig.phys.dma_live.get()));
+    s.ensure(
+        rig.mm().residency(R1.0, R1.1) == (16, 0),
+        "R1 in device memory",
+    )?;
+    s.done(format_args!(
+        "{} DMA mappings live",
+        rig.phys.dma_live.get()
+    ));
 
     s.begin(11, "close");
     let stats = rig.svm.stats();
@@ -291,7 +345,10 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
         }
     }
     s.ensure(rig.mm().residency(VA_BASE, VA_END).0 == 0, "all in RAM")?;
-    s.ensure(rig.pm.cpu_fault_migrations().0 == 2, "R1 came back on a CPU fault")?;
+    s.ensure(
+        rig.pm.cpu_fault_migrations().0 == 2,
+        "R1 came back on a CPU fault",
+    )?;
     for v in [
         stats.faults,
         stats.ranges_created,
@@ -326,7 +383,10 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     s.ensure(rig.phys.vram_bad_releases.get() == 0, "no bad release")?;
     s.ensure(rig.phys.sys_free() == SYS_FRAMES, "every frame free")?;
     s.ensure(rig.mm().errors.get() == 0, "no address-space error")?;
-    s.ensure(stats.bytes_to_devmem as u64 >= 4 * RANGE_BYTES, "bytes moved")?;
+    s.ensure(
+        stats.bytes_to_devmem as u64 >= 4 * RANGE_BYTES,
+        "bytes moved",
+    )?;
     s.done(format_args!(
         "{} allocations, {} DMA mappings",
         rig.phys.vram_allocs.get(),
