@@ -35,6 +35,7 @@ pub struct DevPt {
     phys: Rc<Phys>,
     ptes: RefCell<[u64; VA_PAGES]>,
     zaps: Cell<u64>,
+    errors: Cell<u64>,
 }
 
 impl DevPt {
@@ -44,12 +45,18 @@ impl DevPt {
             phys,
             ptes: RefCell::new([0; VA_PAGES]),
             zaps: Cell::new(0),
+            errors: Cell::new(0),
         }
     }
 
     /// Number of zaps so far (each stands for a device TLB invalidation).
     pub fn zaps(&self) -> u64 {
         self.zaps.get()
+    }
+
+    /// Zaps or binds that found the table borrowed (a re-entrant call: a host bug).
+    pub fn errors(&self) -> u64 {
+        self.errors.get()
     }
 
     /// Number of valid entries.
@@ -81,6 +88,7 @@ impl DevPt {
     /// base pages mapped.
     pub fn write_ptes(&self, range: &Range, entries: &[PageEntry]) -> usize {
         let Ok(mut p) = self.ptes.try_borrow_mut() else {
+            Phys::bump(&self.errors, 1);
             return 0;
         };
         let mut va = range.start();
@@ -155,13 +163,16 @@ impl DevPt {
 impl DevicePageTable for DevPt {
     // Invalidation context: no allocation, no sleeping.
     fn zap(&self, start: u64, end: u64) {
-        if let Ok(mut p) = self.ptes.try_borrow_mut() {
-            for (i, e) in p.iter_mut().enumerate() {
-                let va = crate::mm::VA_BASE + (i as u64) * PAGE_SIZE;
-                if start <= va && va < end {
-                    *e = 0;
+        match self.ptes.try_borrow_mut() {
+            Ok(mut p) => {
+                for (i, e) in p.iter_mut().enumerate() {
+                    let va = crate::mm::VA_BASE + (i as u64) * PAGE_SIZE;
+                    if start <= va && va < end {
+                        *e = 0;
+                    }
                 }
             }
+            Err(_) => Phys::bump(&self.errors, 1),
         }
         Phys::bump(&self.zaps, 1);
     }

@@ -383,6 +383,8 @@ pub fn run(log: &mut dyn Write) -> Result<u64, Failure> {
     s.ensure(rig.phys.vram_bad_releases.get() == 0, "no bad release")?;
     s.ensure(rig.phys.sys_free() == SYS_FRAMES, "every frame free")?;
     s.ensure(rig.mm().errors.get() == 0, "no address-space error")?;
+    s.ensure(rig.pt().errors() == 0, "no device page-table error")?;
+    s.ensure(rig.pt().zaps() > 0, "device TLB invalidations happened")?;
     s.ensure(
         stats.bytes_to_devmem as u64 >= 4 * RANGE_BYTES,
         "bytes moved",
