@@ -273,6 +273,23 @@ impl<P: Platform> Svm<P> {
         }
     }
 
+    /// New references to the ranges overlapping `[start, end)`, in address order, taken under
+    /// one shared hold of the notifier lock (not a lookup per range inside
+    /// [`for_each_range`](Self::for_each_range), which would take the lock recursively: with a
+    /// writer waiting between the two, a writer-preferring lock deadlocks).
+    pub(crate) fn overlapping_ranges(&self, start: u64, end: u64) -> Vec<Arc<Range<P::Locks>>> {
+        let mut out = Vec::new();
+        let t = self.notifiers.read();
+        for n in t.iter().filter(|n| n.start < end && start < n.end) {
+            let mut it = n.ranges.overlapping(start, end);
+            while let Some(a) = it.peek_arc() {
+                out.push(a);
+                it.next();
+            }
+        }
+        out
+    }
+
     /// Number of notifiers and ranges.
     pub fn counts(&self) -> (usize, usize) {
         let t = self.notifiers.read();

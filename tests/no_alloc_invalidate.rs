@@ -139,11 +139,15 @@ impl Bound {
     }
 
     fn ranges(&self) -> Vec<(u64, u64, usize, bool)> {
+        // `for_each_range` holds the notifier lock: look each range up again outside it.
+        let mut starts = Vec::new();
+        self.gpu.svm.for_each_range(|_, r| starts.push(r.start()));
         let mut v = Vec::new();
-        self.gpu.svm.for_each_range(|_, r| {
-            let st = self.gpu.svm.bind(r, |_, e| e.len());
+        for s in starts {
+            let r = self.gpu.svm.find(s).unwrap();
+            let st = self.gpu.svm.bind(&r, |_, e| e.len());
             v.push((r.start(), r.end(), st.unwrap_or(0), st.is_ok()))
-        });
+        }
         v
     }
 

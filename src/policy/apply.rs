@@ -8,8 +8,6 @@ use crate::platform::{AddressSpace, PagemapId, Platform, PAGE_SIZE};
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::{Svm, Window};
-use alloc::sync::Arc;
-use alloc::vec::Vec;
 
 /// Where [`Svm::prefetch`] moves an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,15 +127,7 @@ impl<P: Platform> Svm<P> {
     /// Ranges overlapping `[start, end)` after an attribute change: straddling ones are evicted
     /// and removed, inner ones lose their device mappings.
     fn refault_under_new_policy(&self, start: u64, end: u64) {
-        let mut hit: Vec<Arc<Range<P::Locks>>> = Vec::new();
-        self.for_each_range(|_, r| {
-            if r.overlaps(start, end) {
-                if let Some(a) = self.find(r.start()) {
-                    hit.push(a);
-                }
-            }
-        });
-        for r in hit {
+        for r in self.overlapping_ranges(start, end) {
             if r.start() < start || r.end() > end {
                 if r.flags().contains(RangeFlags::DEVMEM) {
                     // Pages that cannot be evicted stay in device memory, still mapped by the

@@ -4,6 +4,7 @@
 
 use super::cpu::{SimMm, SimMmView};
 use super::world::{SimPagemapHooks, SimWorld, PAGE};
+use super::SimLocks;
 use super::{lock, Rng};
 use crate::error::{Error, Result};
 use crate::fault::Access;
@@ -604,7 +605,7 @@ impl DeviceMemory for SimDevmem {
 /// The simulator's peer-to-peer protocol number.
 pub const SIM_P2P: Protocol = Protocol(2);
 
-impl SimPagemapHooks for Pagemap<SimDevmem> {
+impl SimPagemapHooks for Pagemap<SimDevmem, SimLocks> {
     fn page_free(&self, dpfn: u64) {
         Pagemap::page_free(self, dpfn);
     }
@@ -627,7 +628,7 @@ impl Platform for SimPlatform {
     type Dma = SimDevice;
     type Pt = SimDevice;
     type Mem = SimDevmem;
-    type Locks = crate::sync::DefaultLocks;
+    type Locks = super::SimLocks;
     fn mm(&self) -> &SimMmView {
         &self.mm
     }
@@ -755,7 +756,7 @@ impl SimGpu {
 
     /// Give the device `vram_pages` pages of device memory as pagemap `PagemapId(id)` of owner
     /// `owner`, registered with the machine so CPU faults on its pages come back to it.
-    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Arc<Pagemap<SimDevmem>> {
+    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Arc<Pagemap<SimDevmem, SimLocks>> {
         self.dev.set_vram_pages(vram_pages);
         let pm = Pagemap::new(
             PagemapId(self.dev.id()),
@@ -780,7 +781,7 @@ impl SimGpu {
     /// The driver's part of [`Svm::bind`]: write one device PTE per page of `entries` (laid
     /// out from `range.start()`), writable as the entry is and with the atomic-enable bit from
     /// [`Svm::device_atomics`]. Returns the bytes the entries cover.
-    pub fn write_ptes(&self, range: &crate::Range, entries: &[crate::PageEntry]) -> u64 {
+    pub fn write_ptes(&self, range: &crate::Range<SimLocks>, entries: &[crate::PageEntry]) -> u64 {
         let atomics = self.svm.device_atomics(range);
         let mut pt = lock(&self.dev.pt);
         let mut vpn = range.start() >> PAGE_SHIFT;

@@ -25,12 +25,19 @@ mod check;
 mod cpu;
 mod device;
 pub mod harness;
+pub mod lockdep;
 mod world;
 
 pub use check::{check_closed, check_invariants};
 pub use cpu::{CpuPte, InvalidationSink, SimMm, SimMmView, SimVma};
 pub use device::{DevPte, DmaMapping, SimDevice, SimDevmem, SimGpu, SimPlatform, VRAM_POISON};
+pub use lockdep::SimLocks;
 pub use world::{SimPagemapHooks, SimWorld};
+
+/// A range of the simulator's [`Svm`](crate::Svm)s (their locks are [`SimLocks`]).
+pub type SimRange = crate::Range<SimLocks>;
+/// A pagemap of simulated device memory with the simulator's locks.
+pub type SimPagemap = crate::pagemap::Pagemap<SimDevmem, SimLocks>;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -38,26 +38,10 @@ pub static STRUCTURE: LockClass = LockClass {
     invalidation: false,
 };
 
-/// `Svm`'s policy attribute store (the madvise interval map). Reader-writer lock.
-pub static ATTRS: LockClass = LockClass {
-    name: "gpusvm.attrs",
-    rank: 20,
-    may_sleep: true,
-    invalidation: false,
-};
-
 /// `Svm`'s owner (interconnect group). Reader-writer lock.
 pub static OWNER: LockClass = LockClass {
     name: "gpusvm.owner",
     rank: 22,
-    may_sleep: true,
-    invalidation: false,
-};
-
-/// `Svm`'s set of pagemaps (its own device memory and the peers' it met). Reader-writer lock.
-pub static PAGEMAPS: LockClass = LockClass {
-    name: "gpusvm.pagemaps",
-    rank: 24,
     may_sleep: true,
     invalidation: false,
 };
@@ -83,6 +67,15 @@ pub static USERPTR: LockClass = LockClass {
     invalidation: true,
 };
 
+/// `Svm`'s set of pagemaps (its own device memory and the peers' it met), read under the
+/// notifier lock while collected device pages are resolved. Reader-writer lock.
+pub static PAGEMAPS: LockClass = LockClass {
+    name: "gpusvm.pagemaps",
+    rank: 34,
+    may_sleep: true,
+    invalidation: false,
+};
+
 /// A range's page-state lock, taken under the notifier lock, also inside invalidation.
 /// Mutex; must spin.
 pub static RANGE_PAGES: LockClass = LockClass {
@@ -92,11 +85,21 @@ pub static RANGE_PAGES: LockClass = LockClass {
     invalidation: true,
 };
 
-/// The garbage-collector queue, pushed to by invalidation under the notifier lock. Mutex;
-/// must spin.
+/// `Svm`'s policy attribute store (the madvise interval map). Read by
+/// [`Svm::device_atomics`](crate::Svm::device_atomics), which drivers call inside the `bind`
+/// closure (under the notifier and range-pages locks), so it must spin. Reader-writer lock.
+pub static ATTRS: LockClass = LockClass {
+    name: "gpusvm.attrs",
+    rank: 45,
+    may_sleep: false,
+    invalidation: false,
+};
+
+/// The garbage-collector queue, pushed to by invalidation under the notifier lock (which
+/// holds it across the page-state locks of the ranges it unmaps). Mutex; must spin.
 pub static GC_QUEUE: LockClass = LockClass {
     name: "gpusvm.gc_queue",
-    rank: 50,
+    rank: 36,
     may_sleep: false,
     invalidation: true,
 };
@@ -121,13 +124,13 @@ pub static OWNER_REGISTRY: LockClass = LockClass {
 /// Every class, in lock order (outermost first).
 pub static ALL: [&LockClass; 10] = [
     &STRUCTURE,
-    &ATTRS,
     &OWNER,
-    &PAGEMAPS,
     &NOTIFIER,
     &USERPTR,
-    &RANGE_PAGES,
+    &PAGEMAPS,
     &GC_QUEUE,
+    &RANGE_PAGES,
+    &ATTRS,
     &PAGEMAP_RUNS,
     &OWNER_REGISTRY,
 ];

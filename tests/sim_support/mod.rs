@@ -12,7 +12,6 @@
 #![allow(dead_code)]
 
 use gpusvm::platform::{DmaDirection, VmaFlags, PAGE_SIZE};
-use gpusvm::range::Range;
 use gpusvm::sim::{check_invariants, DmaMapping, SimGpu, SimMm, SimWorld};
 use gpusvm::stats::StatsSnapshot;
 use gpusvm::{Access, PageEntry, Result, SvmConfig};
@@ -279,7 +278,7 @@ impl Sim {
     }
 
     /// The range containing `addr`.
-    pub fn range(&self, addr: u64) -> Arc<Range> {
+    pub fn range(&self, addr: u64) -> Arc<gpusvm::sim::SimRange> {
         self.gpu
             .svm
             .find(addr)

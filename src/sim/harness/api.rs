@@ -62,6 +62,7 @@ use crate::policy::{
     MigrationPolicy, PolicyConfig, PreferredLoc, PrefetchLoc, RangeHistory, RawAttr,
 };
 use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
+use crate::sim::SimLocks;
 use crate::sim::{
     check_closed, check_invariants, lock, SimDevice, SimDevmem, SimGpu, SimMm, SimWorld,
 };
@@ -868,10 +869,10 @@ struct Harness {
     /// Whether each device was closed.
     closed: Vec<bool>,
     /// Range objects seen (from the devices, `Range::new`, removals), oldest first.
-    known: Vec<Arc<Range>>,
+    known: Vec<Arc<Range<SimLocks>>>,
     /// The harness's own range tree and its model (start, end, object).
-    tree: RangeTree,
-    tree_model: Vec<Arc<Range>>,
+    tree: RangeTree<SimLocks>,
+    tree_model: Vec<Arc<Range<SimLocks>>>,
     /// The harness's owner registry and its members.
     owners: OwnerRegistry<fn(PeerId, PeerId) -> bool>,
     members: BTreeSet<u64>,
@@ -890,7 +891,10 @@ enum Direct {
 }
 
 /// Whether two pagemap lookups name the same object (or both nothing).
-fn same_pagemap(a: &Option<Arc<Pagemap<SimDevmem>>>, b: &Option<Arc<Pagemap<SimDevmem>>>) -> bool {
+fn same_pagemap(
+    a: &Option<Arc<Pagemap<SimDevmem, SimLocks>>>,
+    b: &Option<Arc<Pagemap<SimDevmem, SimLocks>>>,
+) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
@@ -929,7 +933,7 @@ impl Harness {
             gpus: Vec::new(),
             closed: Vec::new(),
             known: Vec::new(),
-            tree: RangeTree::new(),
+            tree: RangeTree::with_locks(),
             tree_model: Vec::new(),
             owners: OwnerRegistry::new(linked_peers as fn(PeerId, PeerId) -> bool),
             members: BTreeSet::new(),
@@ -1044,7 +1048,7 @@ impl Harness {
         }
     }
 
-    fn known_range(&self, index: u8) -> Option<&Arc<Range>> {
+    fn known_range(&self, index: u8) -> Option<&Arc<Range<SimLocks>>> {
         let n = self.known.len();
         if n == 0 {
             return None;
@@ -1052,7 +1056,7 @@ impl Harness {
         self.known.get(usize::from(index) % n)
     }
 
-    fn remember(&mut self, r: &Arc<Range>) {
+    fn remember(&mut self, r: &Arc<Range<SimLocks>>) {
         if self.known.iter().any(|k| Arc::ptr_eq(k, r)) {
             return;
         }
@@ -1062,15 +1066,15 @@ impl Harness {
         self.known.push(r.clone());
     }
 
-    fn range(&mut self, r: RangeRef) -> Result<Arc<Range>, String> {
-        let fallback = || Range::new(ARENA, ARENA + PAGE_SIZE).map_err(|e| format!("{e:?}"));
+    fn range(&mut self, r: RangeRef) -> Result<Arc<Range<SimLocks>>, String> {
+        let fallback = || Range::with_locks(ARENA, ARENA + PAGE_SIZE).map_err(|e| format!("{e:?}"));
         let out = match r {
             RangeRef::Known(i) => match self.known_range(i) {
                 Some(r) => r.clone(),
                 None => fallback()?,
             },
             RangeRef::Fresh { start, end } => {
-                match Range::new(start.value(self), end.value(self)) {
+                match Range::with_locks(start.value(self), end.value(self)) {
                     Ok(r) => r,
                     Err(e) => {
                         typed(e)?;
@@ -1175,7 +1179,7 @@ impl Harness {
     }
 
     /// Whether `r` (the very object) is a range of device `d`.
-    fn owns(&self, d: u8, r: &Arc<Range>) -> bool {
+    fn owns(&self, d: u8, r: &Arc<Range<SimLocks>>) -> bool {
         self.gpu(d)
             .svm
             .find(r.start())
@@ -1204,10 +1208,10 @@ impl Harness {
             ApiOp::RangeNew { start, end } => {
                 let (s, e) = (start.value(self), end.value(self));
                 let valid = s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0;
-                match Range::new(s, e) {
+                match Range::with_locks(s, e) {
                     Ok(r) if valid => {
                         if r.start() != s || r.end() != e || r.is_linked() {
-                            return Err(format!("Range::new({s:#x}, {e:#x}) = {r:?}"));
+                            return Err(format!("Range::with_locks({s:#x}, {e:#x}) = {r:?}"));
                         }
                         if r.size() != e - s || r.npages() != (e - s) / PAGE_SIZE {
                             return Err(format!("{r:?}: size {:#x}", r.size()));
@@ -1215,7 +1219,7 @@ impl Harness {
                         self.remember(&r);
                     }
                     Err(Error::Invalid) if !valid => {}
-                    other => return Err(format!("Range::new({s:#x}, {e:#x}) = {other:?}")),
+                    other => return Err(format!("Range::with_locks({s:#x}, {e:#x}) = {other:?}")),
                 }
             }
             ApiOp::TreeInsert { range } => {
@@ -1259,24 +1263,24 @@ impl Harness {
                 let (s, e) = (start.value(self), end.value(self));
                 let want = self.tree_model.iter().find(|m| m.contains(s));
                 let got = self.tree.find(s);
-                if got.map(|r| r as *const Range) != want.map(Arc::as_ptr) {
+                if got.map(|r| r as *const Range<SimLocks>) != want.map(Arc::as_ptr) {
                     return Err(format!("tree find({s:#x}) = {got:?}, model {want:?}"));
                 }
                 let got_arc = self.tree.find_arc(s);
                 if got_arc.as_ref().map(Arc::as_ptr) != want.map(Arc::as_ptr) {
                     return Err(format!("tree find_arc({s:#x}) = {got_arc:?}"));
                 }
-                let want: Vec<*const Range> = self
+                let want: Vec<*const Range<SimLocks>> = self
                     .tree_model
                     .iter()
                     .filter(|m| s < e && m.overlaps(s, e))
                     .map(Arc::as_ptr)
                     .collect();
-                let got: Vec<*const Range> = self
+                let got: Vec<*const Range<SimLocks>> = self
                     .tree
                     .overlapping(s, e)
                     .take(want.len() + 1)
-                    .map(|r| r as *const Range)
+                    .map(|r| r as *const Range<SimLocks>)
                     .collect();
                 if got != want {
                     return Err(format!("tree overlapping({s:#x}, {e:#x}) differs"));
@@ -2076,7 +2080,7 @@ impl Harness {
     }
 
     /// The pagemap object a spec names (`None`: the device has no device memory).
-    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<Arc<Pagemap<SimDevmem>>> {
+    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<Arc<Pagemap<SimDevmem, SimLocks>>> {
         match spec {
             PagemapSpec::Device(d) => self.gpu(d).svm.pagemap(),
             PagemapSpec::Fresh { id, owner } => {
