@@ -82,15 +82,29 @@
 //!
 //! ## Locking and context rules
 //!
-//! Locks, outermost first: the structure lock (range creation and removal), the notifier lock
-//! (shared: [`Svm::bind`] and commit checks; exclusive: invalidation and commit), a range's
-//! page-state lock, then the garbage-collector queue lock and a pagemap's allocation index. All
-//! are spin locks from [`sync`] (loom's under `--cfg loom`), none is held across a call into the
-//! platform's [`AddressSpace`](platform::AddressSpace) methods, so the platform may sleep there.
-//! [`Svm::invalidate_begin`] runs in *invalidation context*: it allocates nothing, sleeps
-//! nowhere, and calls only [`DevicePageTable::zap`](platform::DevicePageTable::zap) and the DMA
-//! unmap methods, which must obey the same rules. The closure given to [`Svm::bind`] runs under
-//! the notifier lock and must not call back into the `Svm`.
+//! The host supplies the locks: [`Platform::Locks`](platform::Platform::Locks) names a lock
+//! facet ([`sync::Locks`]: a raw mutex and a raw reader-writer lock), and every lock the crate
+//! takes is created with a static [`LockClass`](sync::LockClass) — a name the host maps to its
+//! lock checker's class, a rank in the lock order, and whether it may sleep. [`sync`] holds the
+//! table of every lock: what it protects, who takes it in which mode, whether the invalidation
+//! path takes it, whether it may sleep. In short, outermost first: the structure lock (range
+//! creation and removal), the `Svm`'s owner, the notifier lock (shared: [`Svm::find`], commit,
+//! [`Svm::bind`], [`Svm::invalidate_end`]; exclusive: [`Svm::invalidate_begin`], insertion,
+//! removal), a userptr's lock, the pagemap set, the GC queue, a range's page-state lock, the
+//! attribute store, a pagemap's allocation index, the owner registry. The simulator's locks
+//! (`sim::SimLocks`, feature `sim`) check that order on every acquisition.
+//! No lock is held across a call into the platform's
+//! [`AddressSpace`](platform::AddressSpace) methods, so the platform may sleep there.
+//! [`Svm::invalidate_begin`] runs in *invalidation context*: it allocates nothing, and calls
+//! only [`DevicePageTable::zap`](platform::DevicePageTable::zap) and the DMA unmap methods,
+//! which must obey the same rules; a caller that must not sleep at all uses
+//! [`Svm::invalidate_begin_nonblock`], which returns [`Error::Again`] instead of waiting for
+//! the notifier lock. The closure given to [`Svm::bind`] runs under the notifier lock and a
+//! range lock (spinning): it must not sleep and must call back into the `Svm` only through
+//! [`Svm::device_atomics`].
+//!
+//! Atomics come from [`sync::atomic`] only (`core`'s; `portable-atomic`'s `AtomicU64` on
+//! 32-bit targets without 64-bit atomics; a kernel build replaces that one file).
 //!
 //! ## Errors
 //!
@@ -105,8 +119,9 @@
 //!
 //! | feature | what it adds |
 //! | --- | --- |
-//! | (none) | the `no_std` + `alloc` core; builds for bare-metal targets such as `x86_64-unknown-none` |
-//! | `std` | `std::error::Error` for [`Error`] |
+//! | (none) | the `no_std` + `alloc` core; builds for `x86_64-unknown-none`, `aarch64-unknown-none`, `riscv64gc-unknown-none-elf`, `thumbv7em-none-eabihf` and `riscv32imac-unknown-none-elf` |
+//! | `std` | `std::error::Error` for [`Error`]; the parking lock facet `sync::ParkingLocks` |
+//! | `single-core` | on targets without 64-bit atomics: `portable-atomic` masks interrupts instead of taking its global spin lock (single-core parts only; see [`sync::atomic`]) |
 //! | `sim` | the simulated platform (`gpusvm::sim`) and the fuzz/replay harnesses; implies `std` |
 //!
 //! ## Example

@@ -698,9 +698,32 @@ impl<L: Locks> Userptr<L> {
     }
 
     /// Invalidation begins over `[start, end)`: the caller zaps the device mappings; this bumps
-    /// the sequence and unmaps the pages if the interval overlaps. Allocates nothing.
+    /// the sequence and unmaps the pages if the interval overlaps.
+    ///
+    /// Context: allocates nothing; takes the userptr's lock exclusively (waiting for it).
     pub fn invalidate_begin<D: DmaMapper>(&self, dma: &D, start: u64, end: u64) {
         let mut st = self.state.write();
+        self.begin_locked(&mut st, dma, start, end);
+    }
+
+    /// [`invalidate_begin`](Self::invalidate_begin) for a caller that must not sleep: the lock
+    /// is only try-locked.
+    ///
+    /// Errors: [`Error::Again`] if the lock is held right now; nothing changed then.
+    ///
+    /// Context: never sleeps; allocates nothing.
+    pub fn invalidate_begin_nonblock<D: DmaMapper>(
+        &self,
+        dma: &D,
+        start: u64,
+        end: u64,
+    ) -> Result<()> {
+        let mut st = self.state.try_write().ok_or(Error::Again)?;
+        self.begin_locked(&mut st, dma, start, end);
+        Ok(())
+    }
+
+    fn begin_locked<D: DmaMapper>(&self, st: &mut PageState, dma: &D, start: u64, end: u64) {
         self.seq.begin();
         if start < self.end && self.start < end {
             st.unmap(dma);

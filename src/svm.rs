@@ -778,12 +778,54 @@ impl<P: Platform> Svm<P> {
     /// Takes the notifier lock for write, makes the sequence odd, zaps the device page tables
     /// over the ranges overlapping the interval, DMA-unmaps their pages, and on
     /// [`Event::Unmap`]/[`Event::Release`] marks them unmapped (and partially unmapped when the
-    /// event covers only part) and queues them for the garbage collector. Allocates nothing,
-    /// sleeps nowhere, and calls only [`DevicePageTable::zap`] and
+    /// event covers only part) and queues them for the garbage collector. Calls only
+    /// [`DevicePageTable::zap`] and
     /// [`DmaMapper::unmap_page`](crate::platform::DmaMapper::unmap_page). An unknown `id` is
     /// ignored.
+    ///
+    /// Context: allocates nothing. Takes the notifier lock (exclusive; waits for it, so it may
+    /// sleep if the host's notifier lock does), then range page-state locks and the GC-queue
+    /// lock (spinning classes). For a caller that must not sleep, use
+    /// [`invalidate_begin_nonblock`](Self::invalidate_begin_nonblock).
     pub fn invalidate_begin(&self, id: NotifierId, start: u64, end: u64, event: Event) {
         let t = self.notifiers.write();
+        self.invalidate_locked(&t, id, start, end, event);
+    }
+
+    /// [`invalidate_begin`](Self::invalidate_begin) for a caller that must not sleep (Linux:
+    /// an interval notifier called with `mmu_notifier_range_blockable() == false`, as the OOM
+    /// reaper does): the notifier lock is only try-locked.
+    ///
+    /// Errors: [`Error::Again`] if the notifier lock is held by someone else right now; then
+    /// nothing changed (the sequence did not move, no mapping was touched) and the platform
+    /// reports "try again" to its caller (Linux: the callback returns `false`). An unknown `id`
+    /// is `Ok` and ignored, as in the blocking form.
+    ///
+    /// Context: never sleeps; allocates nothing. Try-locks the notifier lock; takes range
+    /// page-state locks and the GC-queue lock, which are spinning classes (see
+    /// [`sync`](crate::sync)), waiting for them only as a spin lock does.
+    pub fn invalidate_begin_nonblock(
+        &self,
+        id: NotifierId,
+        start: u64,
+        end: u64,
+        event: Event,
+    ) -> Result<()> {
+        let t = self.notifiers.try_write().ok_or(Error::Again)?;
+        self.invalidate_locked(&t, id, start, end, event);
+        Ok(())
+    }
+
+    /// The body of [`invalidate_begin`](Self::invalidate_begin), with the notifier lock held
+    /// exclusively.
+    fn invalidate_locked(
+        &self,
+        t: &NotifierTree<Handle<P>, P::Locks>,
+        id: NotifierId,
+        start: u64,
+        end: u64,
+        event: Event,
+    ) {
         let Some(n) = t.get(id.0) else {
             return;
         };
@@ -836,6 +878,11 @@ impl<P: Platform> Svm<P> {
 
     /// The platform calls this after it changed the CPU page tables (SPEC §4): the sequence
     /// becomes even again once the last nested invalidation ends. An unknown `id` is ignored.
+    ///
+    /// Context: allocates nothing. Takes the notifier lock shared, waiting only while a writer
+    /// holds it (an invalidation's begin, a range insertion or removal: short sections that
+    /// call nothing that sleeps except `zap`/DMA unmap); it may sleep if the host's notifier
+    /// lock does.
     pub fn invalidate_end(&self, id: NotifierId, _start: u64, _end: u64) {
         let t = self.notifiers.read();
         if let Some(n) = t.get(id.0) {

@@ -35,7 +35,7 @@
 #![cfg(loom)]
 
 use gpusvm::range::SeqCounter;
-use gpusvm::sync::{AtomicUsize, Ordering, RwLock};
+use gpusvm::sync::{class, AtomicUsize, DefaultLocks, Ordering, RwLock};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -48,7 +48,7 @@ struct Device {
 
 /// One notifier: its lock (guarding the device state), its counter, and the CPU page it covers.
 struct Notifier {
-    lock: RwLock<Device>,
+    lock: RwLock<DefaultLocks, Device>,
     seq: SeqCounter,
     /// The CPU page table entry: changed only while an invalidation is in progress.
     page: AtomicUsize,
@@ -57,7 +57,7 @@ struct Notifier {
 impl Notifier {
     fn new() -> Arc<Self> {
         Arc::new(Notifier {
-            lock: RwLock::new(Device::default()),
+            lock: RwLock::new(&class::NOTIFIER, Device::default()),
             seq: SeqCounter::new(),
             page: AtomicUsize::new(0),
         })

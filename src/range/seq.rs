@@ -119,6 +119,25 @@ mod tests {
         assert!(!s.read_retry(2));
     }
 
+    /// The counter wraps (atomic adds wrap, they never overflow-panic) and stays correct
+    /// across the wrap: even/odd alternate and a collection across the wrap is refused. On
+    /// 32-bit targets `usize` wraps after 2^31 invalidations; see `sync::atomic`.
+    #[test]
+    fn wraps_around_without_panicking() {
+        let s = SeqCounter::new();
+        s.seq.store(usize::MAX - 1, Ordering::Relaxed);
+        let r = s.read_begin().unwrap();
+        s.begin();
+        assert_eq!(s.current(), usize::MAX);
+        assert!(s.read_begin().is_none());
+        s.end();
+        assert_eq!(s.read_begin(), Some(0), "even again after the wrap");
+        assert!(s.read_retry(r));
+        s.begin();
+        s.end();
+        assert_eq!(s.read_begin(), Some(2));
+    }
+
     #[test]
     fn unbalanced_end_is_ignored() {
         let s = SeqCounter::new();

@@ -1,6 +1,6 @@
 //! [`SimLocks`]: the simulator's lock facet, a small lockdep.
 //!
-//! Each lock is a [`ParkingLocks`] lock that also checks, on every blocking acquisition, the
+//! Each lock is a [`ParkingLocks`](crate::sync::ParkingLocks) lock that also checks, on every blocking acquisition, the
 //! rules of the crate's lock table ([`crate::sync`]):
 //!
 //! * **order**: every lock this thread holds has a smaller [`rank`](LockClass::rank) than the

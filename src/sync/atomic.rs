@@ -23,7 +23,8 @@
 //! 32 bits on these targets. A collection is wrongly committed only if exactly a multiple of
 //! 2^31 invalidations (two increments each) of one notifier run while it collects — over two
 //! billion invalidations inside one page collection, which no host produces; the wrap itself is
-//! harmless (`wrapping` arithmetic, equality compare), which `tests/atomic_wrap.rs` checks.
+//! harmless (atomic adds wrap, the compare is for equality), which the unit test
+//! `range::seq::tests::wraps_around_without_panicking` checks.
 //!
 //! **Replacing them (a kernel build).** Rust code in Linux is asked to use the kernel's atomics
 //! (LKMM) rather than `core`'s. The crate uses only `new`, `load`, `store`, `swap`,

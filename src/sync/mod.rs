@@ -15,9 +15,9 @@
 //! | facet | for | waits by |
 //! | --- | --- | --- |
 //! | [`SpinLocks`] | bare metal, firmware; the default ([`DefaultLocks`]) | spinning |
-//! | [`ParkingLocks`] (feature `std`) | user space | parking on a condition variable |
-//! | [`ParkingLocks`] under `--cfg loom` | the loom models; [`DefaultLocks`] there | loom's scheduler |
-//! | `sim::SimLocks` (feature `sim`) | the simulator and the tests | [`ParkingLocks`], checking the lock order (a small lockdep) |
+//! | `ParkingLocks` (feature `std`) | user space | parking on a condition variable |
+//! | `ParkingLocks` under `--cfg loom` | the loom models; [`DefaultLocks`] there | loom's scheduler |
+//! | `sim::SimLocks` (feature `sim`) | the simulator and the tests | `ParkingLocks`, checking the lock order (a small lockdep) |
 //!
 //! A Linux host implements the raw traits over `struct mutex`, `struct rw_semaphore` and
 //! `spinlock_t` with one `lock_class_key` per [`LockClass`]; classes with
