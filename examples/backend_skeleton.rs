@@ -35,6 +35,7 @@ use gpusvm::platform::{
     DmaDirection, DmaMapper, MigrateDst, MigrateRequest, MigrateSrc, NotifierId, OwnerId,
     PagemapId, Platform, Vma,
 };
+use gpusvm::sync::{LockClass, Locks, RawMutex, RawRwLock};
 use gpusvm::{Access, Error, Result, Svm, SvmConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -123,11 +124,8 @@ impl AddressSpace for SkelMm {
     ///   `mmu_interval_notifier_insert(&obj.mni, mm, start, end - start, &OPS)` where `OPS.invalidate`
     ///   is [`kernel_glue::mmu_invalidate`]. The callback may run as soon as insert returns (the
     ///   crate already has the notifier in its tree by then).
-    /// - context: process context, no notifier lock held, but **the crate's structure lock is
-    ///   held** (it serialises range creation). That lock is a `spin::Mutex`: it does not
-    ///   disable preemption, so sleeping here is not a "scheduling while atomic" bug, but other
-    ///   faults of this VM spin until it is released — keep the time spent here short, and never
-    ///   call back into the `Svm`.
+    /// - context: process context, no lock of the crate held (the crate registers before it
+    ///   takes the structure lock), so it may sleep; never call back into the `Svm`.
     /// - errors: `-ENOMEM` → `Error::NoMem`, `-EINVAL`/overflow → `Error::Invalid`. On error
     ///   nothing stays registered.
     fn register_notifier(&self, id: NotifierId, start: u64, end: u64) -> Result<SkelNotifier> {
@@ -435,6 +433,76 @@ impl DeviceMemory for SkelVram {
 // Platform: one device mirroring one process (one per `Svm`, i.e. per GPU VM).
 // =============================================================================================
 
+/// The lock facet (`Platform::Locks`). A kernel driver maps each raw lock onto a kernel lock,
+/// keyed by the crate's static lock class so that lockdep sees the crate's locks by name:
+///
+/// - `RawRwLock` → `struct rw_semaphore` for classes that may sleep (`class.may_sleep`: the
+///   notifier lock, like drm_gpusvm's `notifier_lock`), `rwlock_t` for the others;
+///   `read`/`write` → `down_read`/`down_write`, `try_*` → `down_*_trylock`, unlock →
+///   `up_read`/`up_write`.
+/// - `RawMutex` → `struct mutex` where `class.may_sleep`, else `spinlock_t`.
+/// - `new(class)` → `__init_rwsem(&sem, class.name, &KEYS[rank])` / `__mutex_init` /
+///   `__spin_lock_init` with one static `lock_class_key` per class. A kernel lock must not move
+///   after init: allocate it (or embed it in a pinned object) and keep a pointer here.
+///
+/// This skeleton runs in user space, so it forwards to the crate's spin locks and only shows
+/// where each kernel call goes.
+struct SkelLocks;
+
+struct SkelMutex(<gpusvm::sync::SpinLocks as Locks>::Mutex);
+struct SkelRwLock(<gpusvm::sync::SpinLocks as Locks>::RwLock);
+
+// SAFETY: every method forwards to `SpinMutex`, which upholds the `RawMutex` contract.
+unsafe impl RawMutex for SkelMutex {
+    fn new(class: &'static LockClass) -> Self {
+        // kernel: if class.may_sleep { __mutex_init(..) } else { __spin_lock_init(..) }
+        SkelMutex(RawMutex::new(class))
+    }
+    fn lock(&self) {
+        self.0.lock() // kernel: mutex_lock / spin_lock
+    }
+    fn try_lock(&self) -> bool {
+        self.0.try_lock() // kernel: mutex_trylock / spin_trylock
+    }
+    unsafe fn unlock(&self) {
+        // SAFETY: forwarded from the caller, who holds the lock.
+        unsafe { self.0.unlock() } // kernel: mutex_unlock / spin_unlock
+    }
+}
+
+// SAFETY: every method forwards to `SpinRwLock`, which upholds the `RawRwLock` contract.
+unsafe impl RawRwLock for SkelRwLock {
+    fn new(class: &'static LockClass) -> Self {
+        // kernel: if class.may_sleep { __init_rwsem(..) } else { __rwlock_init(..) }
+        SkelRwLock(RawRwLock::new(class))
+    }
+    fn read(&self) {
+        self.0.read() // kernel: down_read / read_lock
+    }
+    fn try_read(&self) -> bool {
+        self.0.try_read() // kernel: down_read_trylock / read_trylock
+    }
+    unsafe fn unlock_read(&self) {
+        // SAFETY: forwarded from the caller, who holds the lock shared.
+        unsafe { self.0.unlock_read() } // kernel: up_read / read_unlock
+    }
+    fn write(&self) {
+        self.0.write() // kernel: down_write / write_lock
+    }
+    fn try_write(&self) -> bool {
+        self.0.try_write() // kernel: down_write_trylock / write_trylock
+    }
+    unsafe fn unlock_write(&self) {
+        // SAFETY: forwarded from the caller, who holds the lock exclusively.
+        unsafe { self.0.unlock_write() } // kernel: up_write / write_unlock
+    }
+}
+
+impl Locks for SkelLocks {
+    type Mutex = SkelMutex;
+    type RwLock = SkelRwLock;
+}
+
 /// The backend of one GPU VM.
 #[derive(Debug, Default)]
 struct SkelGpu {
@@ -448,7 +516,7 @@ impl Platform for SkelGpu {
     type Dma = SkelDma;
     type Pt = SkelPageTable;
     type Mem = SkelVram;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Locks = SkelLocks;
 
     fn mm(&self) -> &SkelMm {
         &self.mm
@@ -559,7 +627,7 @@ mod kernel_glue {
     /// from `vmf->vma->vm_mm`). `Again` (timeslice running, pages busy) returns 0: the CPU
     /// retries the access.
     pub fn migrate_to_ram<A: AddressSpace>(
-        pagemap: &Pagemap<SkelVram>,
+        pagemap: &Pagemap<SkelVram, SkelLocks>,
         mm: &A,
         fault_addr: u64,
         dpfn: u64,
@@ -574,7 +642,7 @@ mod kernel_glue {
     /// `dev_pagemap_ops.page_free(page)`: a device page's last reference went away. Called with
     /// kernel locks held: [`Pagemap::page_free`] takes only a spin lock and, for the last page
     /// of an allocation, calls [`DeviceMemory::release`].
-    pub fn page_free(pagemap: &Pagemap<SkelVram>, dpfn: u64) {
+    pub fn page_free(pagemap: &Pagemap<SkelVram, SkelLocks>, dpfn: u64) {
         pagemap.page_free(dpfn);
     }
 }

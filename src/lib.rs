@@ -6,7 +6,8 @@
 //! device memory (and between devices over a fast interconnect), the owner/interconnect
 //! registry, a policy engine and the garbage collector. It follows the design of Linux's DRM GPU
 //! SVM core (`drm_gpusvm`, `drm_pagemap`) and its use in the Intel Xe driver, as a `no_std` +
-//! `alloc` Rust library that never panics and never allocates in the invalidation path.
+//! `alloc` Rust library that takes its locks and atomics from the host and never allocates in the
+//! invalidation path.
 //!
 //! ## The model
 //!
