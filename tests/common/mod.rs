@@ -398,12 +398,20 @@ impl MockPlatform {
     }
 }
 
+/// The mock platform's locks: the simulator's lock-order checker when it is built (the README's
+/// `cargo test --all-features`), the default spin locks otherwise.
+#[cfg(feature = "sim")]
+pub type TestLocks = gpusvm::sim::SimLocks;
+/// The mock platform's locks (see above).
+#[cfg(not(feature = "sim"))]
+pub type TestLocks = gpusvm::sync::DefaultLocks;
+
 impl Platform for MockPlatform {
     type Mm = MockMm;
     type Dma = MockDma;
     type Pt = MockPt;
     type Mem = NoDeviceMemory;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Locks = TestLocks;
     fn mm(&self) -> &MockMm {
         &self.mm
     }
