@@ -35,6 +35,9 @@
 //!   real bug, fixed in `Svm::find_or_insert`: the notifier entered the tree only after
 //!   `register_notifier` returned, so a `begin` delivered in between was dropped as "unknown
 //!   id" and the collection in the new notifier committed across the invalidation.
+//! - A non-blockable invalidation (`invalidate_begin_nonblock`) racing a commit either
+//!   returns `Again` having changed nothing (no zap, no counter), or invalidates as the
+//!   blocking call does; the invariants above hold either way.
 //! - A commit racing `remove` or `close` (which do not move the sequence counter) never
 //!   installs pages into a range that is gone: every mapping it made is unmapped.
 //!
@@ -166,6 +169,48 @@ fn commit_vs_invalidate() {
     });
     let n = cov.expect(&[STALE_DROPPED, AFTER, BEFORE]);
     println!("commit_vs_invalidate: {n} executions");
+}
+
+const REFUSED: &str = "non-blockable begin refused (Again), nothing changed";
+const NONBLOCK_OK: &str = "non-blockable begin took the free lock";
+
+/// A first collection races a *non-blockable* invalidation (`invalidate_begin_nonblock`, the OOM
+/// reaper's case): when the collector holds the notifier lock, the begin returns `Again` having
+/// changed nothing (no zap, no sequence move, no counter), and the platform retries later (here:
+/// with the blocking call); otherwise it is the ordinary invalidation. Either way the
+/// invariants of `commit_vs_invalidate` hold.
+#[test]
+fn commit_vs_nonblocking_invalidate() {
+    let cov = Coverage::default();
+    let c = cov.clone();
+    loom::model(move || {
+        let (svm, range) = setup(3);
+        let a = spawn_collector(&svm, &range, PagesCtx::default());
+        let s = svm.clone();
+        let c2 = c.clone();
+        let b = thread::spawn(move || {
+            match s.invalidate_begin_nonblock(NID, BASE, END, Event::Clear) {
+                Ok(()) => c2.hit(NONBLOCK_OK),
+                Err(e) => {
+                    assert_eq!(e, Error::Again);
+                    assert!(s.platform().pt.zaps().is_empty(), "refused, yet zapped");
+                    assert_eq!(s.stats().invalidations, 0, "refused, yet counted");
+                    c2.hit(REFUSED);
+                    s.invalidate_begin(NID, BASE, END, Event::Clear);
+                }
+            }
+            s.platform().mm.set_frame(0, NEW_FRAME);
+            s.invalidate_end(NID, BASE, END);
+        });
+        let ra = join(a);
+        join(b);
+        assert!(matches!(ra, Ok(()) | Err(Error::Busy)), "collector: {ra:?}");
+        check_after(&svm, &range);
+        classify(&c, &svm, &range, &ra);
+        check_recovers(&svm, &range);
+    });
+    let n = cov.expect(&[REFUSED, NONBLOCK_OK, AFTER, BEFORE]);
+    println!("commit_vs_nonblocking_invalidate: {n} executions");
 }
 
 /// The invalidation covers only page 0 (the page whose frame changes); the range's page state
