@@ -2,10 +2,10 @@
 //! path (through the intrusive link embedded in each range, so queueing allocates nothing) and
 //! destroyed here, outside the notifier, at the start of every fault or from a driver worker.
 //!
-//! Locking: the queue has its own spin lock, taken inside the notifier lock by the invalidation
-//! path ([`Svm::invalidate_begin`], once per invalidation) and alone by [`Svm::gc_run`]; a range
-//! is queued at most once (`RangeFlags::IN_GC`), and closing the instance stops queueing and
-//! drains the queue.
+//! Locking: the queue has its own lock (a spinning class, see [`sync`](crate::sync)), taken
+//! inside the notifier lock by the invalidation path ([`Svm::invalidate_begin`], once per
+//! invalidation) and alone by [`Svm::gc_run`]; a range is queued at most once
+//! (`RangeFlags::IN_GC`), and closing the instance stops queueing and drains the queue.
 
 use crate::platform::Platform;
 use crate::range::RangeFlags;

@@ -175,10 +175,11 @@ type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandle;
 ///  CPU change  ──► invalidate_begin (zap, unmap DMA, queue GC) ... invalidate_end
 /// ```
 ///
-/// Locks, outermost first: the structure lock (range creation/removal), the notifier lock (read:
-/// bind, commit checks; write: invalidation and commit), a range's page-state lock, the GC queue
-/// lock. All are spin locks from [`sync`](crate::sync); none is held across a call into the
-/// platform's [`AddressSpace`] methods.
+/// Locks, outermost first: the structure lock (range creation/removal), the notifier lock
+/// (shared: lookups, commit, bind; exclusive: invalidation, insertion, removal), the GC queue
+/// lock, a range's page-state lock. Their types come from the platform's lock facet
+/// ([`Platform::Locks`]); [`sync`](crate::sync) has the full table. None is held across a call
+/// into the platform's [`AddressSpace`] methods.
 pub struct Svm<P: Platform> {
     platform: P,
     config: SvmConfig,

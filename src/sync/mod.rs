@@ -32,13 +32,13 @@
 //! | rank | class | kind | protects | taken by | inv. | sleep |
 //! | ---: | --- | --- | --- | --- | :---: | :---: |
 //! | 10 | [`class::STRUCTURE`] | mutex | range creation / removal | `find_or_insert` (insert), `remove`, `gc_run`, `close` | no | yes |
-//! | 20 | [`class::ATTRS`] | rw | attribute intervals | shared: fault, `find_or_insert`; exclusive: `set_attrs` | no | yes |
 //! | 22 | [`class::OWNER`] | rw | the `Svm`'s owner | shared: fault, placement; exclusive: `set_owner` | no | yes |
-//! | 24 | [`class::PAGEMAPS`] | rw | local and peer pagemaps | shared: fault, eviction; exclusive: attach / detach | no | yes |
-//! | 30 | [`class::NOTIFIER`] | rw | notifiers, range trees, sequence begin | shared: `find`, commit, `bind`, `invalidate_end`; exclusive: `invalidate_begin`, insert, remove, `close` | yes | yes¹ |
+//! | 30 | [`class::NOTIFIER`] | rw | notifiers, range trees, sequence begin | shared: `find`, commit, `bind`, `invalidate_end`; exclusive: `invalidate_begin`, insert, remove, `unmap_pages`, `free_pages`, `close` | yes | yes¹ |
 //! | 32 | [`class::USERPTR`] | rw | a userptr's pages | shared: `bind`; exclusive: commit, invalidation | yes | yes¹ |
+//! | 34 | [`class::PAGEMAPS`] | rw | local and peer pagemaps | shared: fault, eviction; exclusive: attach / detach | no | yes |
+//! | 36 | [`class::GC_QUEUE`] | mutex | the GC queue | invalidation (push), `gc_run` (pop), `close` | yes | no |
 //! | 40 | [`class::RANGE_PAGES`] | mutex | a range's page state | under the notifier lock: commit, `bind`, unmap, invalidation | yes | no |
-//! | 50 | [`class::GC_QUEUE`] | mutex | the GC queue | invalidation (push), `gc_run` (pop), `close` | yes | no |
+//! | 45 | [`class::ATTRS`] | rw | attribute intervals | shared: fault, `find_or_insert`; exclusive: `set_attrs`; shared inside `bind` (`device_atomics`) | no | no |
 //! | 60 | [`class::PAGEMAP_RUNS`] | mutex | a pagemap's live allocations | migration (track), `page_free`, CPU-fault migration | no | no |
 //! | 70 | [`class::OWNER_REGISTRY`] | mutex | owner groups | `join`, `leave`, `owner_of` | no | yes |
 //!
