@@ -81,6 +81,15 @@
 //! `examples/backend_skeleton.rs` is a commented template; the `sim` module (feature `sim`)
 //! is a complete simulated backend to test an integration against.
 //!
+//! ## Design documents
+//!
+//! The repository's `docs/` holds the behaviour contract, `docs/SPEC.md`, and the design,
+//! `docs/DESIGN.md` (architecture, host contract, concurrency model, numbered invariants).
+//! Comments cite them in short: **`SPEC §N`** is section §N of `docs/SPEC.md`; **`DESIGN
+//! invariant N`** is invariant N of `docs/DESIGN.md`, and `DESIGN` followed by a quoted heading
+//! (`DESIGN "Concurrency model"`) is that section of it. CI (`.ci/check-refs`) fails on a
+//! citation that does not resolve.
+//!
 //! ## Locking and context rules
 //!
 //! The host supplies the locks: [`Platform::Locks`](platform::Platform::Locks) names a lock

@@ -1,4 +1,4 @@
-//! Loom models of the device-memory allocation refcount (SPEC §6, DESIGN.md invariant 5:
+//! Loom models of the device-memory allocation refcount (SPEC §6, DESIGN invariant 5:
 //! *every device-memory allocation is released exactly once, when its last page leaves it*).
 //!
 //! Run (a separate target dir keeps the normal build cache intact):

@@ -1,5 +1,5 @@
 //! Loom models of the notifier sequence counter ([`gpusvm::range::SeqCounter`]) together with
-//! the notifier lock ([`gpusvm::sync::RwLock`]), the protocol of DESIGN.md "Concurrency model"
+//! the notifier lock ([`gpusvm::sync::RwLock`]), the protocol of DESIGN "Concurrency model"
 //! and invariant 6: *a page collection is never committed if an invalidation overlapped it.*
 //!
 //! Run (a separate target dir keeps the normal build cache intact):

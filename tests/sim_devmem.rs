@@ -3,9 +3,9 @@
 //! Every scenario drives one [`Env`]: a simulated machine with one device that has device memory
 //! and prefers it for faulting ranges, plus a data model (`BTreeMap<addr, value>` of every 8-byte
 //! word written by the CPU or the device). After **every** step the invariant checker runs
-//! (DESIGN.md invariants 1, 2, 3, 5, 6 incl. device-memory accounting), and every CPU or device
-//! read is compared with the model (invariant 4, "nothing is lost"). On top of that each scenario
-//! asserts what it is about:
+//! (docs/DESIGN.md invariants 1, 2, 3, 5, 6 incl. device-memory accounting), and every CPU or
+//! device read is compared with the model (invariant 4, "nothing is lost"). On top of that each
+//! scenario asserts what it is about:
 //!
 //! | test | proves |
 //! | --- | --- |

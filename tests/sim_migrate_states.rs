@@ -8,8 +8,8 @@
 //! placeholder; device memory in use is exactly what the live allocations hold and, after a
 //! failure, exactly what it was before; the DMA mappings are exactly the ones from before; no
 //! system frame leaked; and every word of the data model reads back unchanged from wherever it
-//! now lives (device memory or RAM) — DESIGN.md invariants 4 and 5, and 8 ("a failed call leaves
-//! the state as it was").
+//! now lives (device memory or RAM) — docs/DESIGN.md invariants 4 and 5, and 8 ("a failed call
+//! leaves the state as it was").
 //!
 //! Every edge of `to_devmem` is reached:
 //!

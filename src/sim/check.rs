@@ -1,4 +1,4 @@
-//! The invariant checker: DESIGN.md invariants 1, 2, 3 and 6 on a simulated machine (7 is
+//! The invariant checker: docs/DESIGN.md invariants 1, 2, 3 and 6 on a simulated machine (7 is
 //! checked with a counting allocator, 8 by the tests comparing state before and after failed
 //! calls).
 

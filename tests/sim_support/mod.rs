@@ -3,7 +3,7 @@
 //! [`Sim`] wraps one simulated machine, one address space and one device. Every operation it
 //! offers (CPU access, device access, munmap, mprotect, madvise, fork, or any closure passed to
 //! [`Sim::step`]) is followed by [`Sim::check`], which runs the simulator's invariant checker
-//! (DESIGN.md invariants 1, 2, 3, 6) and compares what the CPU sees with a simple model of the
+//! (docs/DESIGN.md invariants 1, 2, 3, 6) and compares what the CPU sees with a simple model of the
 //! memory contents (`address -> last value written`, invariant 4 "data is never lost").
 //!
 //! The model check never changes the simulated state: a model address whose page is present is

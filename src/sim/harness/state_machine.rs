@@ -11,7 +11,7 @@
 //! not in it read as zero). Values written are unique per step, so a stale copy cannot pass for
 //! the current one.
 //!
-//! **Checked after every step:** the simulator's invariant checker on all devices (DESIGN.md
+//! **Checked after every step:** the simulator's invariant checker on all devices (docs/DESIGN.md
 //! invariants 1, 2, 3, 5, 6 with device-memory accounting); no CPU PTE left isolated or as a
 //! migration placeholder; for every pagemap, allocations made = released + live, and no page
 //! freed twice; the VMAs are exactly the model's. Every CPU and device read is compared with the
