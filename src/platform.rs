@@ -8,7 +8,8 @@
 //! | [`AddressSpace`] | VMA lookup, `hmm_range_fault`, `mmu_interval_notifier_insert/remove` | process context, no crate lock held |
 //! | [`DmaMapper`] | `dma_map_page` / `dma_unmap_page` (IOMMU) | map: process context, under the notifier lock held shared; unmap: also from invalidation, under the notifier lock |
 //! | [`DevicePageTable`] | the driver's GPU page-table zap + TLB invalidation | invalidation, under the notifier lock |
-//! | [`Platform`] | bundles the three plus a monotonic clock | — |
+//! | [`DeviceMemory`] | device-private pages (`memremap_pages`), the copy engine, `migrate_vma_*` on the device side | process context (copies), `device_map` under the notifier lock held shared |
+//! | [`Platform`] | bundles the facets, the host's lock facet ([`Platform::Locks`], see [`sync`](crate::sync)) and a monotonic clock | — |
 //!
 //! **Context rules.** Methods marked *invalidation context* run inside
 //! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) with the notifier lock held for write:
