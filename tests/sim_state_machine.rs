@@ -7,10 +7,11 @@
 //!   failures firing, atomics, model-predicted errors);
 //! - `ops_from_bytes`: proptest over random byte inputs decoded exactly as libFuzzer's
 //!   `fuzz_target!(|input: Input| ..)` decodes them;
-//! - `corpus`: the committed corpus `fuzz/corpus/state_machine/` (hand-made `seed-*` inputs
-//!   and what the fuzzer kept; all of it with `--release`, a sample in debug builds);
-//! - `replay`: `GPUSVM_REPLAY=path cargo test --features sim --test sim_state_machine replay`
-//!   replays a fuzz crash file (and the ignored `minimize` shrinks it);
+//! - `replay`: the committed corpus `fuzz/corpus/state_machine/` (hand-made `seed-*` inputs
+//!   and what the fuzzer kept) and any crash in `fuzz/artifacts/state_machine/`: all of it with
+//!   `--release`, the seeds and a fixed sample of the rest in debug builds (`cargo test`, CI);
+//!   `GPUSVM_REPLAY=path cargo test --features sim --test sim_state_machine replay` replays
+//!   one fuzz crash file instead (and the ignored `minimize` shrinks it);
 //! - hand-written scenarios (and regressions found by fuzzing).
 #![cfg(feature = "sim")]
 
@@ -46,6 +47,11 @@ fn add(total: &mut Summary, s: &Summary) {
     total.evictions += s.evictions;
     total.migrate_failures += s.migrate_failures;
     total.gc_ranges += s.gc_ranges;
+    total.attrs_set += s.attrs_set;
+    total.attrs_refused += s.attrs_refused;
+    total.atomics_forbidden += s.atomics_forbidden;
+    total.prefetches_ok += s.prefetches_ok;
+    total.prefetches_failed += s.prefetches_failed;
 }
 
 /// Re-encode raw bytes as an input of the `state_machine` fuzz target: the [`Setup`] decoded
@@ -127,37 +133,6 @@ fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/state_machine")
 }
 
-#[test]
-fn corpus() {
-    // Debug builds replay the `seed-*` inputs and every 8th of the fuzzer's (sorted by name);
-    // release builds (`cargo test --release`) replay all of them.
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
-        .expect("the seed corpus is committed")
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    let (mut n, mut steps) = (0, 0);
-    for (i, path) in paths.into_iter().enumerate() {
-        let seed = path
-            .file_name()
-            .is_some_and(|f| f.to_string_lossy().starts_with("seed-"));
-        if cfg!(debug_assertions) && !seed && i % 8 != 0 {
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        if let Some(input) = decode(&bytes) {
-            match run_input(&input) {
-                Ok(s) => steps += s.steps,
-                Err(e) => panic!("{}: {e}\ninput: {input:?}", path.display()),
-            }
-        }
-        n += 1;
-    }
-    println!("{n} inputs, {steps} steps");
-    assert!(n > 0, "empty corpus");
-    assert!(steps > n, "the corpus decodes to real op sequences");
-}
-
 /// Regenerate the seed part of the corpus (`seed-*` files):
 /// `cargo test --features sim --test sim_state_machine write_seed_corpus -- --ignored`.
 #[test]
@@ -181,17 +156,83 @@ fn fuzz_format_decodes_to_the_same_ops() {
     assert_eq!(format!("{:?}", input.ops), format!("{direct:?}"));
 }
 
+/// Fuzzer-kept inputs (not `seed-*`) a debug build replays: every `DEBUG_STRIDE`-th, sorted by
+/// name. The whole corpus (906 files) takes about 110 s in a debug build and 8 s in release; the
+/// `seed-*` inputs plus every 3rd of the rest take about 40 s in debug.
+const DEBUG_STRIDE: usize = 3;
+
+/// Replays the committed corpus `fuzz/corpus/state_machine/` and every crash libFuzzer left in
+/// `fuzz/artifacts/state_machine/`: all of them in release builds (`cargo test --release`); in
+/// debug builds all `seed-*` inputs and artifacts and a fixed sample (every [`DEBUG_STRIDE`]-th
+/// by name) of the fuzzer-kept inputs. `GPUSVM_REPLAY=<file>` replays only that file.
 #[test]
 fn replay() {
-    let Ok(path) = std::env::var("GPUSVM_REPLAY") else {
+    if let Ok(path) = std::env::var("GPUSVM_REPLAY") {
+        let bytes = std::fs::read(&path).unwrap();
+        let input = decode(&bytes).expect("decodes");
+        println!("{input:#?}");
+        if let Err(e) = run_input(&input) {
+            panic!("{e}");
+        }
         return;
-    };
-    let bytes = std::fs::read(&path).unwrap();
-    let input = decode(&bytes).expect("decodes");
-    println!("{input:#?}");
-    if let Err(e) = run_input(&input) {
-        panic!("{e}");
     }
+    let list = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let corpus = list(&corpus_dir());
+    let artifacts =
+        list(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/artifacts/state_machine"));
+    assert!(
+        corpus.len() >= 32,
+        "corpus {} is missing",
+        corpus_dir().display()
+    );
+    let (in_corpus, mut fuzzer_kept, mut files) = (corpus.len(), 0, Vec::new());
+    for path in corpus {
+        let seed = path
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("seed-"));
+        if !seed {
+            fuzzer_kept += 1;
+            if cfg!(debug_assertions) && (fuzzer_kept - 1) % DEBUG_STRIDE != 0 {
+                continue;
+            }
+        }
+        files.push(path);
+    }
+    files.extend(artifacts);
+    let (mut decoded, mut total) = (0, Summary::default());
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        if let Some(input) = decode(&bytes) {
+            decoded += 1;
+            match run_input(&input) {
+                Ok(s) => add(&mut total, &s),
+                Err(e) => panic!("{}: {e}\ninput: {input:?}", path.display()),
+            }
+        }
+    }
+    println!(
+        "{} files replayed ({in_corpus} in the corpus), {decoded} decode: {total:#?}",
+        files.len()
+    );
+    assert!(
+        decoded * 10 >= files.len() * 9,
+        "{decoded} of {} decode",
+        files.len()
+    );
+    assert!(
+        total.steps > 10 * decoded,
+        "the corpus decodes to real op sequences: {total:?}"
+    );
+    assert!(
+        total.migrations_to_devmem > 0 && total.migrations_to_ram > 0,
+        "{total:?}"
+    );
 }
 
 /// Shrink a failing input: `GPUSVM_REPLAY=path cargo test --features sim --test
@@ -354,9 +395,40 @@ fn scenario_everything_once() {
         Op::Advance { ms: 9 },
         Op::CpuSweep,
     ];
-    for setup in setups {
-        if let Err(e) = run(setup.clone(), &ops) {
-            panic!("{e}\nsetup: {setup:?}");
+    // What every setup must have gone through (the ops above, in order): all steps run; both
+    // device atomics completed; a device migrated pages into its memory (the first device read
+    // and write) and the munmapped part of slot 0 was garbage-collected; at least two of the
+    // three injected failures (copy, DMA map, allocation) fired and a migration failed because
+    // of them; the write through the read-only mapping of slot 1 failed as the model predicted.
+    for (i, setup) in setups.into_iter().enumerate() {
+        let s = match run_summary(setup.clone(), &ops) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}\nsetup: {setup:?}"),
+        };
+        println!("{setup:?}\n{s:?}");
+        let what = format!("setup {i}: {s:?}");
+        assert_eq!(s.steps, ops.len(), "{what}");
+        assert_eq!(s.atomics_ok, 2, "{what}");
+        assert_eq!(s.atomics_refused + s.atomics_forbidden, 0, "{what}");
+        assert!(s.migrations_to_devmem >= 3, "{what}");
+        assert!(s.gc_ranges >= 1, "{what}");
+        assert!(s.injections_fired >= 2, "{what}");
+        assert!(s.migrate_failures >= 1, "{what}");
+        assert!(s.expected_errors >= 1, "{what}");
+        match i {
+            // Two devices: the explicit migration and eviction of `a` by device 1 take pages
+            // back to RAM.
+            0 | 1 => assert!(s.migrations_to_ram >= 1 && s.evictions >= 1, "{what}"),
+            // Little device memory, slot 2 read-only and slot 3 unmapped: more model-predicted
+            // errors (the accesses to `c`), and an injected failure surfaced as an error.
+            2 => {
+                assert!(s.migrations_to_ram >= 1 && s.evictions >= 1, "{what}");
+                assert!(s.expected_errors >= 2, "{what}");
+                assert!(s.injected_errors >= 1, "{what}");
+            }
+            // One device (`dev: 1` is device 0): the explicit migration after the fork is
+            // refused.
+            _ => assert!(s.migrations_refused >= 1, "{what}"),
         }
     }
 }
