@@ -1,6 +1,7 @@
 #![cfg(feature = "sim")]
 use gpusvm::platform::VmaFlags;
 use gpusvm::sim::{check_closed, SimGpu, SimMm, SimWorld};
+use gpusvm::Error;
 
 const RW: VmaFlags = VmaFlags::READ.union(VmaFlags::WRITE);
 
@@ -48,7 +49,8 @@ fn devmem_roundtrip() {
     assert_eq!(mm.read_u64(a + (2 << 20) + 65536).unwrap(), 34);
     mm.munmap(a, 4 << 20).unwrap();
     gpu.check().unwrap();
-    let _ = gpu.read_u64(a);
+    // The whole mapping is gone: a device access there faults.
+    assert_eq!(gpu.read_u64(a), Err(Error::Fault));
     gpu.check().unwrap();
     let pm = gpu.svm.pagemap().unwrap();
     assert_eq!(pm.live_allocations(), 0);
