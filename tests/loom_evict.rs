@@ -137,7 +137,10 @@ fn cover(c: &Coverage, f: &FaultOutcome, svm: &DevSvm) {
         Some(Frame::Dev(..)) => c.hit("device wrote device memory, then it moved"),
         Some(Frame::Sys(_)) => c.hit("fault committed the system pages after the move"),
         None if f.bind_again => c.hit("commit invalidated before bind"),
-        None => c.hit("fault gave up (Busy)"),
+        None => {
+            assert_eq!(f.got, Err(Error::Busy), "{f:?}");
+            c.hit("fault gave up (Busy)")
+        }
     }
     if svm.stats().retries > 0 {
         c.hit("collection met the migration and retried");
