@@ -227,7 +227,9 @@ fn race_device_writes_vs_mprotect() {
 
 /// xe_exec_system_allocator `race` sections / hmm-tests `migrate_multiple` with a concurrent
 /// CPU: the CPU and the device write disjoint words of the same pages at the same time, so the
-/// pages bounce between device memory and RAM. Each side always reads back its own last value;
+/// pages bounce between device memory and RAM: during the race the device migrates pages into
+/// its memory and the CPU's faults migrate them back (both counted before the final checks,
+/// which would move everything to RAM anyway). Each side always reads back its own last value;
 /// afterwards both sides' words are all in memory.
 #[test]
 fn race_cpu_and_device_on_same_pages() {
@@ -238,6 +240,7 @@ fn race_cpu_and_device_on_same_pages() {
     m.cpu_fill(buf, buf + len, P, 1);
     let g = m.g(0).clone();
     let mm = m.mm().clone();
+    let dev_wrote = AtomicBool::new(false);
     let (dev_vals, cpu_vals) = std::thread::scope(|sc| {
         let dev = sc.spawn(|| {
             let mut rng = Rng::new(11);
@@ -248,9 +251,15 @@ fn race_cpu_and_device_on_same_pages() {
                 retry(|| g.write_u64(a, v)).expect("device write");
                 assert_eq!(retry(|| g.read_u64(a)), Ok(v), "device lost {a:#x}");
                 vals.push((a, v));
+                dev_wrote.store(true, Ordering::SeqCst);
             }
             vals
         });
+        // The CPU starts once the device has a page in its memory, so that the CPU's writes
+        // (which cover every range of the buffer) find device pages to migrate back.
+        while !dev_wrote.load(Ordering::SeqCst) && !dev.is_finished() {
+            std::thread::yield_now();
+        }
         let mut rng = Rng::new(12);
         let mut vals = Vec::new();
         for k in 0..200u64 {
@@ -265,9 +274,20 @@ fn race_cpu_and_device_on_same_pages() {
     m.procs[0]
         .model
         .extend(dev_vals.into_iter().chain(cpu_vals));
-    m.check("after the race");
+    // Device faults count in the `Svm`'s stats; CPU faults migrating back to RAM go through
+    // the pagemap (the `migrate_to_ram` callback) and count there.
     let s = m.stats(0);
-    assert!(s.migrations_to_devmem >= 1, "{s:?}");
+    let (to_ram, bytes) = m.g(0).svm.pagemap().unwrap().cpu_fault_migrations();
+    println!("{s:?}\nCPU-fault migrations to RAM: {to_ram} ({bytes} bytes)");
+    assert!(
+        s.migrations_to_devmem >= 1,
+        "no page went to device memory: {s:?}"
+    );
+    assert!(
+        to_ram >= 1 && bytes >= P as usize,
+        "no page came back to RAM ({to_ram}, {bytes})"
+    );
+    m.check("after the race");
     m.dev_verify(0, buf, buf + len);
     m.cpu_verify(buf, buf + len);
     assert!(m.all_at(buf, buf + len, Loc::Ram));
