@@ -139,8 +139,12 @@ impl Model {
             ),
         }
     }
-    /// Nothing races any more: a new collection succeeds and maps the current frames.
+    /// Nothing races any more: a new collection (forced: the pages are unmapped first, so it
+    /// cannot just reuse them) succeeds within its 3 attempts — the sequence is even — and maps
+    /// the current frames.
     fn check_recovers(&self) {
+        self.u.unmap_pages(self.dma());
+        assert_eq!(self.dma().live(), vec![], "unmap_pages left a mapping live");
         self.get_pages(&PagesCtx::default())
             .unwrap_or_else(|e| panic!("get_pages after the race: {e:?}"));
         assert!(self.assert_bound_current(), "pages valid after get_pages");
