@@ -19,6 +19,7 @@
 //! through a small simulated machine as well.
 
 use gpusvm::range::{Range, RangeTree};
+use gpusvm::Error;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -272,7 +273,7 @@ fn arcs_outlive_removal_and_move_between_trees() {
     b.overlapping(0, u64::MAX);
     // A linked range cannot go into a second tree.
     let linked = b.tree.find_arc(2 * P).unwrap();
-    assert!(a.tree.insert(linked.clone()).is_err());
+    assert_eq!(a.tree.insert(linked.clone()), Err(Error::Invalid));
     assert!(linked.is_linked());
     drop(linked);
     // Dropping a tree that still links ranges unlinks them; they can be inserted again.

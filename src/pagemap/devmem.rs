@@ -191,8 +191,10 @@ mod tests {
         assert_eq!(a.index_of(5), Some(5));
         assert_eq!(a.index_of(13), None);
         assert_eq!(a.index_of(0), None);
-        assert!(DevmemAlloc::new(PagemapId(1), 0, 0x1000, vec![]).is_err());
-        assert!(DevmemAlloc::new(PagemapId(1), 0, 0x3000, vec![1, 2, 1]).is_err());
+        let invalid = |va_end, dpfns| DevmemAlloc::new(PagemapId(1), 0, va_end, dpfns).err();
+        assert_eq!(invalid(0x1000, vec![]), Some(Error::Invalid));
+        assert_eq!(invalid(0x3000, vec![1, 2, 1]), Some(Error::Invalid));
+        assert_eq!(invalid(0, vec![1]), Some(Error::Invalid));
     }
 
     #[test]
