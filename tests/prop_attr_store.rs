@@ -1,5 +1,6 @@
 //! Property test of the policy attribute store (`AttrStore`, SPEC §8) against a per-page model:
-//! a `Vec<Attrs>` over a small address space. After every `set` of a random sequence:
+//! a `Vec<Attrs>` over a small address space, updated by the test's own `model_set` (not the
+//! crate's `AttrUpdate::apply`). After every `set` of a random sequence:
 //!
 //! - `get` agrees with the model at every address (and beyond the modelled space: defaults);
 //! - the stored segments are sorted, non-empty and never overlap;
@@ -18,6 +19,38 @@ use proptest::prelude::*;
 
 /// Addresses `0..N` are modelled (unit granularity: the store itself has no alignment rule).
 const N: u64 = 48;
+
+/// The attributes of an address nothing was set on, written out here (not `Attrs::default()`)
+/// so that the model does not take the crate's word for them; `crate_default_is_the_model_default`
+/// checks that the crate agrees.
+const DEFAULT: Attrs = Attrs {
+    preferred: PreferredLoc::DeviceDefault,
+    migration: MigrationPolicy::AllPages,
+    atomic: AtomicPolicy::Undefined,
+};
+
+/// The model's `set`: every attribute the update carries replaces that attribute of each page of
+/// `[start, end)`; the others stay. Written here, independent of `AttrUpdate::apply` and of
+/// the store's interval logic.
+fn model_set(model: &mut [Attrs], start: u64, end: u64, u: &AttrUpdate) {
+    for page in &mut model[start as usize..end as usize] {
+        if let Some(p) = u.preferred {
+            page.preferred = p;
+        }
+        if let Some(m) = u.migration {
+            page.migration = m;
+        }
+        if let Some(a) = u.atomic {
+            page.atomic = a;
+        }
+    }
+}
+
+#[test]
+fn crate_default_is_the_model_default() {
+    assert_eq!(Attrs::default(), DEFAULT);
+    assert_eq!(AttrStore::new().get(0), DEFAULT);
+}
 
 fn preferred() -> impl Strategy<Value = PreferredLoc> {
     prop_oneof![
@@ -67,7 +100,7 @@ fn runs(model: &[Attrs]) -> Vec<(u64, u64, Attrs)> {
     let mut out: Vec<(u64, u64, Attrs)> = Vec::new();
     for (i, a) in model.iter().enumerate() {
         let i = i as u64;
-        if *a == Attrs::default() {
+        if *a == DEFAULT {
             continue;
         }
         match out.last_mut() {
@@ -85,7 +118,7 @@ fn check(store: &AttrStore, model: &[Attrs]) -> Result<(), TestCaseError> {
     for &(s, e, a) in &segs {
         prop_assert!(s < e, "empty segment [{}, {})", s, e);
         prop_assert!(e <= N, "segment [{}, {}) beyond anything set", s, e);
-        prop_assert_ne!(a, Attrs::default(), "default stored at [{}, {})", s, e);
+        prop_assert_ne!(a, DEFAULT, "default stored at [{}, {})", s, e);
         if let Some((ps, pe, pa)) = prev {
             prop_assert!(pe <= s, "[{}, {}) overlaps [{}, {})", ps, pe, s, e);
             prop_assert!(
@@ -103,12 +136,7 @@ fn check(store: &AttrStore, model: &[Attrs]) -> Result<(), TestCaseError> {
         prop_assert_eq!(store.get(x), model[x as usize], "get({})", x);
     }
     for x in [N, N + 1, 1 << 40, u64::MAX] {
-        prop_assert_eq!(
-            store.get(x),
-            Attrs::default(),
-            "get({}) beyond the model",
-            x
-        );
+        prop_assert_eq!(store.get(x), DEFAULT, "get({}) beyond the model", x);
     }
     prop_assert_eq!(
         segs,
@@ -128,7 +156,7 @@ fn check(store: &AttrStore, model: &[Attrs]) -> Result<(), TestCaseError> {
         while want_hi < N && model[want_hi as usize] == a {
             want_hi += 1;
         }
-        if want_hi == N && a == Attrs::default() {
+        if want_hi == N && a == DEFAULT {
             want_hi = u64::MAX;
         }
         prop_assert_eq!((lo, hi), (want_lo, want_hi), "extent({})", x);
@@ -142,7 +170,7 @@ proptest! {
     #[test]
     fn attr_store_matches_per_page_model(ops in prop::collection::vec(op(), 1..40)) {
         let mut store = AttrStore::new();
-        let mut model = vec![Attrs::default(); N as usize];
+        let mut model = vec![DEFAULT; N as usize];
         check(&store, &model)?;
         for (start, end, u) in ops {
             if start >= end {
@@ -151,13 +179,8 @@ proptest! {
                 prop_assert_eq!(&store, &before, "a refused set changed the store");
                 continue;
             }
-            let next: Vec<Attrs> = model
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    if (start..end).contains(&(i as u64)) { u.apply(*a) } else { *a }
-                })
-                .collect();
+            let mut next = model.clone();
+            model_set(&mut next, start, end, &u);
             prop_assert_eq!(
                 store.would_change(start, end, &u),
                 next != model,
@@ -187,15 +210,13 @@ proptest! {
         ops in prop::collection::vec(op(), 1..20),
     ) {
         let mut store = AttrStore::new();
-        let mut model = vec![Attrs::default(); N as usize];
+        let mut model = vec![DEFAULT; N as usize];
         for (start, end, u) in ops {
             if start >= end {
                 continue;
             }
             store.set(base + start, base + end, &u).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-            for i in start..end {
-                model[i as usize] = u.apply(model[i as usize]);
-            }
+            model_set(&mut model, start, end, &u);
             for x in 0..N {
                 prop_assert_eq!(store.get(base + x), model[x as usize]);
             }
