@@ -206,7 +206,10 @@ pub use pages::{PageEntry, PagesCtx, Userptr};
 pub use range::Range;
 pub use svm::{Event, Svm, SvmConfig, Window, MAX_CHUNK_SIZES};
 
-/// The README's code examples, compiled and run as doctests.
+/// The README's code examples as doctests. Its one `rust` block (no `no_run`/`ignore`) is
+/// compiled, linked and run; it only defines functions and calls none of them, so the run
+/// executes rustdoc's empty `main`: the doctest checks that the example builds against the
+/// current API, not what it does at run time. The `text` and `sh` blocks are not tested.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
