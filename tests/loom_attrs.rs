@@ -32,6 +32,10 @@
 //! after it; for the inner update, a bind with the old answer later cleared by the update, and a
 //! bind that already saw the new answer.
 //!
+//! Mutations of `src/policy/apply.rs` these models catch (checked on a copy of the crate):
+//! inner ranges not cleared by `set_attrs` (stale device mapping with the old atomic rights),
+//! straddling ranges not removed (range straddles the new boundary).
+//!
 //! [`straddling_update_vs_fault`] is `#[ignore]`d: it finds a bug in `find_or_insert` (see its
 //! doc comment); run it with `-- --ignored` to reproduce.
 #![cfg(loom)]
@@ -229,9 +233,14 @@ fn race(start: u64, len: u64) -> (Arc<S>, BindRec) {
 /// collects and binds it. The range straddles the attribute boundary at `BASE+1 page`
 /// forever (nothing removes it), and the bind wrote `device_atomics` of its first page
 /// (device memory allowed) for a second page whose policy is `Cpu` (no device atomics).
-/// A fix must make the insertion notice a concurrent attribute change (e.g. an attribute
-/// generation counter read with the extent and re-checked under the notifier write lock at
-/// insert, with `set_attrs` bumping it under the attribute write lock, and retrying).
+/// A fix must make the insertion notice a concurrent attribute change. Checked on a copy of
+/// the crate: re-reading `attrs.extent(addr)` inside the insert's notifier-write section and
+/// refusing the insert (`Ok(false)`, so `find_or_insert` retries) when the chosen chunk is no
+/// longer inside it makes this model pass (626 executions, both coverage outcomes reached):
+/// `set_attrs` writes the store before it takes the notifier lock in `overlapping_ranges`, so
+/// either the insert sees the new extent or `set_attrs` sees the inserted range. The attribute
+/// lock is then taken inside the structure and notifier locks, an order the lock table in
+/// `src/sync/mod.rs` already allows (`ATTRS` ranks after both).
 #[test]
 #[ignore = "finds a bug in Svm::try_insert vs set_attrs (range straddles a new attribute boundary); see doc comment"]
 fn straddling_update_vs_fault() {

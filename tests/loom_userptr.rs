@@ -35,6 +35,11 @@
 //! collector was seen to collect the replaced frame, drop it and commit the new one; to commit
 //! before the invalidation (then be invalidated); to collect after it; the non-blockable begin
 //! was seen both refused and succeeding; `bind` both bound and refused.
+//!
+//! Mutations of `src/pages.rs` these models catch (checked on a copy of the crate while writing
+//! them): the commit without its sequence check (stale commit), `PageState::unmap` without the
+//! "has DMA mapping" guard (double unmap), a refused `invalidate_begin_nonblock` that bumps the
+//! sequence anyway (the recovery stays `Busy`).
 #![cfg(loom)]
 
 mod loom_support;
