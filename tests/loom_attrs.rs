@@ -323,7 +323,7 @@ fn straddling_update_vs_fault_on_existing_range() {
         assert_eq!(join(b), Ok(()), "set_attrs");
         check_final(&svm, &[b0, bind]);
         assert!(
-            svm.find(BASE).map_or(true, |r| !Arc::ptr_eq(&r, &r0)),
+            svm.find(BASE).is_none_or(|r| !Arc::ptr_eq(&r, &r0)),
             "straddling range kept"
         );
         c.hit(match (bind.end - bind.start) / PAGE_SIZE {
