@@ -7,9 +7,11 @@
 //! (the tree links are intrusive), and `get_pages` leaves exactly the entry array behind (the
 //! CPU-page snapshot it collects into is freed before it returns).
 //!
-//! Run `cargo test --test footprint -- --nocapture` to see the table BENCHMARKS.md quotes.
+//! `struct_sizes` asserts the size of every struct the BENCHMARKS.md memory table quotes (on
+//! 64-bit targets) and the heap bytes of the two 2 MiB ranges, so the table cannot go stale
+//! silently. Run `cargo test --test footprint -- --nocapture` to see the figures it quotes.
 
-use gpusvm::pages::{PageEntry, PageState, Protocol};
+use gpusvm::pages::{PageEntry, PageState, Protocol, Userptr};
 use gpusvm::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, DmaDirection, DmaMapper,
     NoDeviceMemory, NotifierId, Platform, Vma, VmaFlags, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
@@ -219,6 +221,65 @@ fn bytes_per_range() {
         size_of::<CpuPage>(),
         512 * size_of::<CpuPage>()
     );
+}
+
+/// The sizes the BENCHMARKS.md memory table quotes, on a 64-bit target (x86_64 and aarch64 lay
+/// these out alike), and what one 2 MiB range costs on the heap. Only `PageEntry`'s 8 bytes are
+/// a contract of the library; the others follow the lock and intrusive-link layouts (a change
+/// there moves them): when one changes on purpose, update the figure here and the table.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn struct_sizes() {
+    use gpusvm::pagemap::DevmemAlloc;
+    use gpusvm::range::RangeTree;
+    let arc_header = 2 * size_of::<usize>();
+    let (obj4k, arr4k, _) = range_bytes(0);
+    let (objh, arrh, _) = range_bytes(HUGE_ORDER);
+    // (what, measured, expected)
+    let sizes = [
+        ("PageEntry", size_of::<PageEntry>(), 8),
+        ("PageState (inside Range)", size_of::<PageState>(), 40),
+        ("Range", size_of::<Range>(), 120),
+        ("Arc header", arc_header, 16),
+        (
+            "range object (Arc header + Range)",
+            arc_header + size_of::<Range>(),
+            136,
+        ),
+        ("Userptr", size_of::<Userptr>(), 80),
+        ("RangeTree", size_of::<RangeTree>(), 24),
+        ("DevmemAlloc", size_of::<DevmemAlloc>(), 112),
+        (
+            "CpuPage (get_pages snapshot element)",
+            size_of::<CpuPage>(),
+            24,
+        ),
+        (
+            "2 MiB range over 4 KiB pages (heap)",
+            obj4k + arr4k,
+            136 + 512 * 8,
+        ),
+        (
+            "2 MiB range over one huge page (heap)",
+            objh + arrh,
+            136 + 8,
+        ),
+        (
+            "transient get_pages snapshot of 2 MiB",
+            512 * size_of::<CpuPage>(),
+            512 * 24,
+        ),
+    ];
+    println!("struct sizes (bytes, {}-bit):", usize::BITS);
+    for (what, got, _) in &sizes {
+        println!("  {what}: {got}");
+    }
+    let wrong: Vec<String> = sizes
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| format!("{what}: {got}, expected {want}"))
+        .collect();
+    assert!(wrong.is_empty(), "sizes changed: {wrong:#?}");
 }
 
 /// One entry per huge page on the simulator too (its CPU maps a huge VMA with 2 MiB pages), and
