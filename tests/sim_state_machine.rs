@@ -157,8 +157,8 @@ fn fuzz_format_decodes_to_the_same_ops() {
 }
 
 /// Fuzzer-kept inputs (not `seed-*`) a debug build replays: every `DEBUG_STRIDE`-th, sorted by
-/// name. The whole corpus (906 files) takes about 110 s in a debug build and 8 s in release; the
-/// `seed-*` inputs plus every 3rd of the rest take about 40 s in debug.
+/// name. On a shared 2-core machine the whole corpus (906 files) took about 110 s in a debug
+/// build; the `seed-*` inputs plus every 3rd of the rest (324 files) about 43 s.
 const DEBUG_STRIDE: usize = 3;
 
 /// Replays the committed corpus `fuzz/corpus/state_machine/` and every crash libFuzzer left in
