@@ -41,25 +41,39 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Invalid`] if a peer's pagemap (a different one than this device's
     /// current pagemap) is attached under the new pagemap's id; nothing changes.
+    ///
+    /// When the pagemap is replaced or removed, the old one is gone for this device as in
+    /// [`detach_pagemap`](Self::detach_pagemap): collections in flight retry and ranges with
+    /// device pages are zapped and unmapped.
+    ///
+    /// Context: allocates only to grow the pagemap set, under the pagemap set's lock; then
+    /// takes the notifier lock exclusively and range page-state locks.
     pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem, P::Locks>>>) -> Result<()> {
-        let mut set = self.pagemaps.write();
-        if let Some(pm) = &pagemap {
-            if let Some(p) = set.all.get(&pm.id()) {
-                let replaceable =
-                    Arc::ptr_eq(p, pm) || set.local.as_ref().is_some_and(|l| Arc::ptr_eq(l, p));
-                if !replaceable {
-                    return Err(Error::Invalid);
+        self.change_pagemaps(|set| {
+            if let Some(pm) = &pagemap {
+                if let Some(p) = set.all.get(&pm.id()) {
+                    let replaceable =
+                        Arc::ptr_eq(p, pm) || set.local.as_ref().is_some_and(|l| Arc::ptr_eq(l, p));
+                    if !replaceable {
+                        return (Err(Error::Invalid), false);
+                    }
                 }
             }
-        }
-        if let Some(old) = set.local.take() {
-            set.all.remove(&old.id());
-        }
-        if let Some(pm) = &pagemap {
-            set.all.insert(pm.id(), pm.clone());
-        }
-        set.local = pagemap;
-        Ok(())
+            let old = set.local.take();
+            let gone = match (&old, &pagemap) {
+                (Some(o), Some(n)) => !Arc::ptr_eq(o, n),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if let Some(old) = old {
+                set.all.remove(&old.id());
+            }
+            if let Some(pm) = &pagemap {
+                set.all.insert(pm.id(), pm.clone());
+            }
+            set.local = pagemap;
+            (Ok(()), gone)
+        })
     }
 
     /// This device's pagemap.
@@ -95,13 +109,23 @@ impl<P: Platform> Svm<P> {
     /// [`Pagemap::allocations`] until [`Pagemap::live_allocations`] is zero); pages of a
     /// detached pagemap that are still mapped
     /// by the CPU cannot be resolved or evicted by this device any more, so its faults on them
-    /// return [`Error::Busy`] until the owner moves them.
+    /// return [`Error::Busy`] until the owner moves them. When it returns, no collection in
+    /// flight can commit a page of the detached pagemap, and no range's committed pages point
+    /// into device memory any more (ranges with device pages are zapped and unmapped; they
+    /// refault).
+    ///
+    /// Context: allocates nothing; takes the pagemap set's lock, then the notifier lock
+    /// exclusively and range page-state locks; calls [`DevicePageTable::zap`](crate::platform::DevicePageTable::zap)
+    /// and the DMA unmap.
     pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
-        let mut set = self.pagemaps.write();
-        if set.local.as_ref().is_some_and(|l| l.id() == id) {
-            return None;
-        }
-        set.all.remove(&id)
+        self.change_pagemaps(|set| {
+            if set.local.as_ref().is_some_and(|l| l.id() == id) {
+                return (None, false);
+            }
+            let out = set.all.remove(&id);
+            let gone = out.is_some();
+            (out, gone)
+        })
     }
 
     /// The attached pagemap `id` (local or peer).

@@ -454,8 +454,20 @@ impl<P: Platform> Svm<P> {
                 // Another fault created it meanwhile.
                 return Ok(Some(r));
             } else {
+                // The attributes may have changed since the chunk was chosen: `set_attrs`
+                // updates them, then removes the ranges straddling the new edges under this
+                // lock. A range inserted after that removal must not straddle them either, so
+                // the extent is read again here (lock order: notifier, then attributes);
+                // a range that no longer fits is not inserted and the fault starts over
+                // (tests/loom_attrs.rs `straddling_update_vs_fault`).
+                let (lo, hi) = self.attrs.read().extent(addr);
                 match (t.find_mut(addr), seq) {
-                    (Some(n), Some(seq)) if n.handle.is_some() && !n.seq.read_retry(seq) => {
+                    (Some(n), Some(seq))
+                        if n.handle.is_some()
+                            && !n.seq.read_retry(seq)
+                            && lo <= start
+                            && end <= hi =>
+                    {
                         // An overlap means a concurrent insert won: start over.
                         Ok(n.ranges.insert(range.clone()).is_ok())
                     }
@@ -752,6 +764,42 @@ impl<P: Platform> Svm<P> {
     /// Zap the device mappings of `range` and unmap its pages, so that the next device access
     /// faults and re-decides placement (used when attributes change). No-op for a range that is
     /// not in this instance.
+    /// Change the pagemap set with `change` (under the pagemap-set lock only: it may allocate),
+    /// then, if `change` reports that a pagemap went away, take the notifier lock exclusively,
+    /// make every collection in flight retry (each notifier's sequence moves) and zap and
+    /// DMA-unmap every range whose committed pages are in device memory. A collection that
+    /// resolved a page of the gone pagemap before the change either committed before the
+    /// notifier lock was taken here (and is unmapped here) or commits after (and retries,
+    /// and the retry no longer resolves it): once the call returns, no committed entry points
+    /// into the gone pagemap (`tests/loom_pagemap.rs` `detach_vs_fault_strict`).
+    ///
+    /// Context: takes the pagemap-set lock, releases it, then the notifier lock (exclusive)
+    /// and range page-state locks; allocates only inside `change`.
+    pub(crate) fn change_pagemaps<R>(
+        &self,
+        change: impl FnOnce(&mut PagemapSet<P::Mem, P::Locks>) -> (R, bool),
+    ) -> R {
+        let (out, gone) = change(&mut self.pagemaps.write());
+        if gone {
+            let t = self.notifiers.write();
+            for n in t.iter() {
+                n.seq.begin();
+                for r in n.ranges.iter() {
+                    let mut st = r.pages.lock();
+                    if st
+                        .flags()
+                        .contains(crate::pages::PageFlags::HAS_DEVMEM_PAGES)
+                    {
+                        self.platform.page_table().zap(r.start(), r.end());
+                        st.unmap(self.platform.dma());
+                    }
+                }
+                n.seq.end();
+            }
+        }
+        out
+    }
+
     pub(crate) fn clear_mappings(&self, range: &Range<P::Locks>) {
         let t = self.notifiers.write();
         if Self::owns(&t, range) {

@@ -36,8 +36,8 @@
 //! inner ranges not cleared by `set_attrs` (stale device mapping with the old atomic rights),
 //! straddling ranges not removed (range straddles the new boundary).
 //!
-//! [`straddling_update_vs_fault`] is `#[ignore]`d: it finds a bug in `find_or_insert` (see its
-//! doc comment); run it with `-- --ignored` to reproduce.
+//! [`straddling_update_vs_fault`] found a bug in `find_or_insert` (see its doc comment), fixed
+//! in `Svm::try_insert`.
 #![cfg(loom)]
 
 mod loom_support;
@@ -222,7 +222,7 @@ fn race(start: u64, len: u64) -> (Arc<S>, BindRec) {
 /// `BASE` would create. Straddling ranges must be removed by the update, or created inside
 /// the new interval after it.
 ///
-/// **Finds a bug** (so `#[ignore]`d until `src/svm.rs` is fixed): `Svm::try_insert` reads the
+/// **Found a bug** (fixed): `Svm::try_insert` read the
 /// attribute extent at `addr` (`self.attrs.read().extent(addr)`) and inserts the range much
 /// later, under the structure and notifier locks, without checking that the attributes did not
 /// change in between; `set_attrs` updates the store and then looks for straddling ranges with
@@ -233,16 +233,14 @@ fn race(start: u64, len: u64) -> (Arc<S>, BindRec) {
 /// collects and binds it. The range straddles the attribute boundary at `BASE+1 page`
 /// forever (nothing removes it), and the bind wrote `device_atomics` of its first page
 /// (device memory allowed) for a second page whose policy is `Cpu` (no device atomics).
-/// A fix must make the insertion notice a concurrent attribute change. Checked on a copy of
-/// the crate: re-reading `attrs.extent(addr)` inside the insert's notifier-write section and
-/// refusing the insert (`Ok(false)`, so `find_or_insert` retries) when the chosen chunk is no
-/// longer inside it makes this model pass (626 executions, both coverage outcomes reached):
+/// The fix: `try_insert` re-reads `attrs.extent(addr)` inside the insert's notifier-write
+/// section and refuses the insert (`Ok(false)`, so `find_or_insert` retries) when the chosen
+/// chunk is no longer inside it; without it this model fails:
 /// `set_attrs` writes the store before it takes the notifier lock in `overlapping_ranges`, so
 /// either the insert sees the new extent or `set_attrs` sees the inserted range. The attribute
 /// lock is then taken inside the structure and notifier locks, an order the lock table in
 /// `src/sync/mod.rs` already allows (`ATTRS` ranks after both).
 #[test]
-#[ignore = "finds a bug in Svm::try_insert vs set_attrs (range straddles a new attribute boundary); see doc comment"]
 fn straddling_update_vs_fault() {
     let cov = Coverage::default();
     let c = cov.clone();
