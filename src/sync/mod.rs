@@ -27,20 +27,22 @@
 //!
 //! A lock may be taken only while every lock held has a smaller rank (try-locks excepted).
 //! "Inv." says whether the invalidation path takes it; "sleep" whether the host may implement
-//! it with a sleeping lock.
+//! it with a sleeping lock; the last column names the loom models that drive the real code
+//! paths taking it (under `--cfg loom` every lock of this table is loom's, so every model
+//! explores all of them).
 //!
-//! | rank | class | kind | protects | taken by | inv. | sleep |
-//! | ---: | --- | --- | --- | --- | :---: | :---: |
-//! | 10 | [`class::STRUCTURE`] | mutex | range creation / removal | `find_or_insert` (insert), `remove`, `gc_run`, `close` | no | yes |
-//! | 22 | [`class::OWNER`] | rw | the `Svm`'s owner | shared: fault, placement; exclusive: `set_owner` | no | yes |
-//! | 30 | [`class::NOTIFIER`] | rw | notifiers, range trees, sequence begin | shared: `find`, commit, `bind`, `invalidate_end`; exclusive: `invalidate_begin`, insert, remove, `unmap_pages`, `free_pages`, `close` | yes | yes¹ |
-//! | 32 | [`class::USERPTR`] | rw | a userptr's pages | shared: `bind`; exclusive: commit, invalidation | yes | yes¹ |
-//! | 34 | [`class::PAGEMAPS`] | rw | local and peer pagemaps | shared: fault, eviction; exclusive: attach / detach | no | yes |
-//! | 36 | [`class::GC_QUEUE`] | mutex | the GC queue | invalidation (push), `gc_run` (pop), `close` | yes | no |
-//! | 40 | [`class::RANGE_PAGES`] | mutex | a range's page state | under the notifier lock: commit, `bind`, unmap, invalidation | yes | no |
-//! | 45 | [`class::ATTRS`] | rw | attribute intervals | shared: fault, `find_or_insert`; exclusive: `set_attrs`; shared inside `bind` (`device_atomics`) | no | no |
-//! | 60 | [`class::PAGEMAP_RUNS`] | mutex | a pagemap's live allocations | migration (track), `page_free`, CPU-fault migration | no | no |
-//! | 70 | [`class::OWNER_REGISTRY`] | mutex | owner groups | `join`, `leave`, `owner_of` | no | yes |
+//! | rank | class | kind | protects | taken by | inv. | sleep | loom model (`tests/loom_*.rs`) |
+//! | ---: | --- | --- | --- | --- | :---: | :---: | --- |
+//! | 10 | [`class::STRUCTURE`] | mutex | range creation / removal | `find_or_insert` (insert), `remove`, `gc_run`, `close` | no | yes | `loom_invalidate` (`commit_vs_remove`, `commit_vs_close`, `first_fault_vs_invalidate`), `loom_attrs` |
+//! | 22 | [`class::OWNER`] | rw | the `Svm`'s owner | shared: fault, placement; exclusive: `set_owner` | no | yes | none: one value read and written whole, no protocol around it |
+//! | 30 | [`class::NOTIFIER`] | rw | notifiers, range trees, sequence begin | shared: `find`, commit, `bind`, `invalidate_end`; exclusive: `invalidate_begin`, insert, remove, `unmap_pages`, `free_pages`, `close`, after a detach / `set_pagemap` (sequence move) | yes | yes¹ | `loom_seq`, `loom_invalidate`, `loom_gc`, `loom_evict` |
+//! | 32 | [`class::USERPTR`] | rw | a userptr's pages | shared: `bind`; exclusive: commit, invalidation | yes | yes¹ | `loom_userptr` |
+//! | 34 | [`class::PAGEMAPS`] | rw | local and peer pagemaps | shared: fault, eviction; exclusive: attach / detach | no | yes | `loom_pagemap` (attach / detach / `set_pagemap` vs fault) |
+//! | 36 | [`class::GC_QUEUE`] | mutex | the GC queue | invalidation (push), `gc_run` (pop), `close` | yes | no | `loom_gc` |
+//! | 40 | [`class::RANGE_PAGES`] | mutex | a range's page state | under the notifier lock: commit, `bind`, unmap, invalidation | yes | no | `loom_seq` (`collectors_of_two_ranges_commit_in_parallel`), `loom_invalidate` |
+//! | 45 | [`class::ATTRS`] | rw | attribute intervals | shared: fault, `find_or_insert` (again under the notifier lock before inserting); exclusive: `set_attrs`; shared inside `bind` (`device_atomics`) | no | no | `loom_attrs` |
+//! | 60 | [`class::PAGEMAP_RUNS`] | mutex | a pagemap's live allocations | migration (track), `page_free`, CPU-fault migration | no | no | `loom_pagemap` (`page_free_vs_track_and_alloc_of`), `loom_devmem`, `loom_evict` |
+//! | 70 | [`class::OWNER_REGISTRY`] | mutex | owner groups | `join`, `leave`, `owner_of` | no | yes | `loom_owner` |
 //!
 //! ¹ The non-blockable invalidation ([`Svm::invalidate_begin_nonblock`](crate::Svm::invalidate_begin_nonblock),
 //! for Linux's `mmu_notifier_range_blockable() == false`) only *try*-locks these and returns
