@@ -22,24 +22,13 @@ use cortex_m as _;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
 use embedded_alloc::LlffHeap as Heap;
+use gpusvm_fw_scenario::Console;
 
 /// Size of the heap the crate allocates from.
 const HEAP_SIZE: usize = 128 * 1024;
 
 #[global_allocator]
 static HEAP: Heap = Heap::empty();
-
-/// Semihosting standard output as a `fmt::Write` (output is dropped if the host has none).
-struct Console(Option<hio::HostStream>);
-
-impl Write for Console {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        match &mut self.0 {
-            Some(out) => out.write_str(s),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Give the allocator its memory. Called once, first thing in `main`.
 fn init_heap() {
@@ -54,17 +43,9 @@ fn init_heap() {
 fn main() -> ! {
     init_heap();
     let mut out = Console(hio::hstdout().ok());
-    let _ = writeln!(out, "gpusvm firmware: Cortex-M4 (mps2-an386)");
-    let status = match gpusvm_fw_scenario::run(&mut out) {
-        Ok(sum) => {
-            let _ = writeln!(out, "gpusvm firmware: checksum {sum:#018x}");
-            debug::EXIT_SUCCESS
-        }
-        Err(f) => {
-            let _ = writeln!(out);
-            let _ = writeln!(out, "gpusvm firmware: FAILED: {f}");
-            debug::EXIT_FAILURE
-        }
+    let status = match gpusvm_fw_scenario::report(&mut out, "Cortex-M4 (mps2-an386)") {
+        Ok(_) => debug::EXIT_SUCCESS,
+        Err(_) => debug::EXIT_FAILURE,
     };
     debug::exit(status);
     loop {

@@ -15,16 +15,8 @@ impl fmt::Write for Stdout {
 }
 
 fn main() -> ExitCode {
-    println!("gpusvm firmware: x86_64 host");
-    match gpusvm_fw_scenario::run(&mut Stdout) {
-        Ok(sum) => {
-            println!("gpusvm firmware: checksum {sum:#018x}");
-            ExitCode::SUCCESS
-        }
-        Err(f) => {
-            println!();
-            println!("gpusvm firmware: FAILED: {f}");
-            ExitCode::from(u8::try_from(f.step).unwrap_or(u8::MAX))
-        }
+    match gpusvm_fw_scenario::report(&mut Stdout, "x86_64 host") {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(f) => ExitCode::from(u8::try_from(f.step).unwrap_or(u8::MAX)),
     }
 }

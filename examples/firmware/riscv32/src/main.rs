@@ -18,6 +18,7 @@
 use core::fmt::Write;
 use core::mem::MaybeUninit;
 use embedded_alloc::LlffHeap as Heap;
+use gpusvm_fw_scenario::Console;
 // Links riscv's critical-section implementation (embedded-alloc takes it).
 use riscv as _;
 use riscv_rt::entry;
@@ -28,18 +29,6 @@ const HEAP_SIZE: usize = 128 * 1024;
 
 #[global_allocator]
 static HEAP: Heap = Heap::empty();
-
-/// Semihosting standard output as a `fmt::Write` (output is dropped if the host has none).
-struct Console(Option<hio::HostStream>);
-
-impl Write for Console {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        match &mut self.0 {
-            Some(out) => out.write_str(s),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Give the allocator its memory. Called once, first thing in `main`.
 fn init_heap() {
@@ -54,17 +43,9 @@ fn init_heap() {
 fn main() -> ! {
     init_heap();
     let mut out = Console(hio::hstdout().ok());
-    let _ = writeln!(out, "gpusvm firmware: riscv32imac (virt)");
-    let status = match gpusvm_fw_scenario::run(&mut out) {
-        Ok(sum) => {
-            let _ = writeln!(out, "gpusvm firmware: checksum {sum:#018x}");
-            debug::EXIT_SUCCESS
-        }
-        Err(f) => {
-            let _ = writeln!(out);
-            let _ = writeln!(out, "gpusvm firmware: FAILED: {f}");
-            debug::EXIT_FAILURE
-        }
+    let status = match gpusvm_fw_scenario::report(&mut out, "riscv32imac (virt)") {
+        Ok(_) => debug::EXIT_SUCCESS,
+        Err(_) => debug::EXIT_FAILURE,
     };
     debug::exit(status);
     loop {

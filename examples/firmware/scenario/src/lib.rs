@@ -40,3 +40,37 @@ pub mod rig;
 pub mod scenario;
 
 pub use scenario::{run, Failure};
+
+use core::fmt::Write;
+
+/// What every host prints: a header naming `host`, the steps of [`run`], then
+/// `gpusvm firmware: checksum 0x…` or `gpusvm firmware: FAILED: …`. Returns the outcome, so
+/// the host turns it into its exit status. Output errors are ignored (a host without a console
+/// still runs the scenario).
+pub fn report(out: &mut dyn Write, host: &str) -> Result<u64, Failure> {
+    let _ = writeln!(out, "gpusvm firmware: {host}");
+    let r = run(out);
+    match &r {
+        Ok(sum) => {
+            let _ = writeln!(out, "gpusvm firmware: checksum {sum:#018x}");
+        }
+        Err(f) => {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "gpusvm firmware: FAILED: {f}");
+        }
+    }
+    r
+}
+
+/// An optional output stream as a `fmt::Write` (semihosting output may be missing: then the
+/// text is dropped).
+pub struct Console<W>(pub Option<W>);
+
+impl<W: Write> Write for Console<W> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        match &mut self.0 {
+            Some(out) => out.write_str(s),
+            None => Ok(()),
+        }
+    }
+}
