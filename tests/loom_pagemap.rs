@@ -66,17 +66,20 @@ fn dev0(pm: &Pagemap<DevMem>) -> u64 {
     u64::from(pm.id().0) * DEV_STRIDE
 }
 
-/// An `Svm` with the range, whose pages were migrated into `into` (local or peer); `attach`
-/// attaches the peer first.
-fn setup(
-    into_peer: bool,
-    attach: bool,
-) -> (
+/// What `setup` builds: the `Svm`, its range, the local and the peer pagemap.
+type Setup = (
     Arc<DevSvm>,
     Arc<Range>,
     Arc<Pagemap<DevMem>>,
     Arc<Pagemap<DevMem>>,
-) {
+);
+
+/// What the fault thread returns: `get_pages`' result and the frames `bind` saw.
+type FaultOutcome = (Result<(), Error>, Option<Vec<Frame>>);
+
+/// An `Svm` with the range, whose pages were migrated into `into` (local or peer); `attach`
+/// attaches the peer first.
+fn setup(into_peer: bool, attach: bool) -> Setup {
     let (svm, local, peer) = new_dev_svm(3, NPAGES as u64);
     let range = svm
         .find_or_insert(BASE, Window::ALL, &ctx())
@@ -101,10 +104,7 @@ fn setup(
 
 /// The fault: `get_pages`; Ok or Busy only. If Ok, the entries (if still valid) are current.
 /// Returns the result and the pagemaps of the entries committed (seen through `bind`).
-fn spawn_fault(
-    svm: &Arc<DevSvm>,
-    range: &Arc<Range>,
-) -> thread::JoinHandle<(Result<(), Error>, Option<Vec<Frame>>)> {
+fn spawn_fault(svm: &Arc<DevSvm>, range: &Arc<Range>) -> thread::JoinHandle<FaultOutcome> {
     let (svm, range) = (svm.clone(), range.clone());
     thread::spawn(move || {
         let r = svm.get_pages(&range, &ctx());

@@ -505,11 +505,14 @@ pub mod dev {
         /// Every pagemap (what `page->pgmap` gives a real platform).
         pagemaps: Ghost<Vec<Arc<Pagemap<DevMem>>>>,
         svm: OnceLock<Weak<Svm<DevPlatform>>>,
-        /// Live registrations `(handle, id, start, end)` and the last handle.
-        regs: Ghost<(Vec<(u64, NotifierId, u64, u64)>, u64)>,
+        /// Live registrations and the last handle.
+        regs: Ghost<(Vec<Registration>, u64)>,
         /// `migrate_to_ram` calls made by `collect_pages` for foreign device pages.
         pub cpu_fault_migrations: Ghost<usize>,
     }
+
+    /// A live notifier registration: `(handle, id, start, end)`.
+    type Registration = (u64, NotifierId, u64, u64);
 
     impl DevMm {
         fn new(data: Data) -> Self {
