@@ -66,21 +66,6 @@ const WRITER: usize = 1;
 const PENDING: usize = 2;
 const READER: usize = 4;
 
-impl SpinRwLock {
-    fn try_read_once(&self, s: usize) -> bool {
-        if s & (WRITER | PENDING) != 0 {
-            return false;
-        }
-        // At usize::MAX / 4 readers the count would overflow: wait instead of panicking.
-        let Some(n) = s.checked_add(READER) else {
-            return false;
-        };
-        self.state
-            .compare_exchange_weak(s, n, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
 // SAFETY: a reader is admitted only while `WRITER` is clear (CAS with Acquire) and counts
 // itself in; a writer is admitted only when no reader and no writer is counted (CAS to
 // `WRITER` with Acquire). Releases use Release. So a writer excludes everyone, readers exclude
@@ -92,25 +77,27 @@ unsafe impl RawRwLock for SpinRwLock {
         }
     }
     fn read(&self) {
-        loop {
-            let s = self.state.load(Ordering::Relaxed);
-            if self.try_read_once(s) {
-                return;
-            }
+        while !self.try_read() {
             spin_hint();
         }
     }
     fn try_read(&self) -> bool {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
-            if s & (WRITER | PENDING) != 0 || s.checked_add(READER).is_none() {
-                return false;
+            // At usize::MAX / 4 readers the count would overflow: refuse (`read` waits) instead
+            // of panicking.
+            let n = match s.checked_add(READER) {
+                Some(n) if s & (WRITER | PENDING) == 0 => n,
+                _ => return false,
+            };
+            match self
+                .state
+                .compare_exchange_weak(s, n, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                // A spurious failure or another reader: look again.
+                Err(now) => s = now,
             }
-            if self.try_read_once(s) {
-                return true;
-            }
-            // A spurious CAS failure or another reader: look again.
-            s = self.state.load(Ordering::Relaxed);
         }
     }
     unsafe fn unlock_read(&self) {
