@@ -98,7 +98,7 @@ impl Platform for Null {
     type Dma = NullDma;
     type Pt = NullPt;
     type Mem = NoDeviceMemory;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Host = gpusvm::DefaultHost;
     fn mm(&self) -> &NullMm {
         &self.mm
     }

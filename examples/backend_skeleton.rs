@@ -28,6 +28,9 @@
 // The docs of this example link to its own (private) items.
 #![allow(rustdoc::private_intra_doc_links)]
 
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use gpusvm::heap::{AllocCtx, Allocator, Global};
 use gpusvm::pagemap::Pagemap;
 use gpusvm::pages::Protocol;
 use gpusvm::platform::{
@@ -35,7 +38,8 @@ use gpusvm::platform::{
     DmaDirection, DmaMapper, MigrateDst, MigrateRequest, MigrateSrc, NotifierId, OwnerId,
     PagemapId, Platform, Vma,
 };
-use gpusvm::sync::{LockClass, Locks, RawMutex, RawRwLock};
+use gpusvm::sync::{LockClass, RawMutex, RawRwLock};
+use gpusvm::Host;
 use gpusvm::{Access, Error, Result, Svm, SvmConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -433,7 +437,7 @@ impl DeviceMemory for SkelVram {
 // Platform: one device mirroring one process (one per `Svm`, i.e. per GPU VM).
 // =============================================================================================
 
-/// The lock facet (`Platform::Locks`). A kernel driver maps each raw lock onto a kernel lock,
+/// The lock facet (`Platform::Host`). A kernel driver maps each raw lock onto a kernel lock,
 /// keyed by the crate's static lock class so that lockdep sees the crate's locks by name:
 ///
 /// - `RawRwLock` → `struct rw_semaphore` for classes that may sleep (`class.may_sleep`: the
@@ -447,10 +451,10 @@ impl DeviceMemory for SkelVram {
 ///
 /// This skeleton runs in user space, so it forwards to the crate's spin locks and only shows
 /// where each kernel call goes.
-struct SkelLocks;
+struct SkelHost;
 
-struct SkelMutex(<gpusvm::sync::SpinLocks as Locks>::Mutex);
-struct SkelRwLock(<gpusvm::sync::SpinLocks as Locks>::RwLock);
+struct SkelMutex(<gpusvm::sync::SpinHost as Host>::Mutex);
+struct SkelRwLock(<gpusvm::sync::SpinHost as Host>::RwLock);
 
 // SAFETY: every method forwards to `SpinMutex`, which upholds the `RawMutex` contract.
 unsafe impl RawMutex for SkelMutex {
@@ -498,9 +502,28 @@ unsafe impl RawRwLock for SkelRwLock {
     }
 }
 
-impl Locks for SkelLocks {
+/// The allocator: a kernel backend calls `kmalloc`/`kfree`; this skeleton forwards to the
+/// global allocator.
+#[derive(Debug, Default, Clone, Copy)]
+struct SkelAlloc;
+
+// SAFETY: forwards to `Global`, which upholds the allocator contract.
+unsafe impl Allocator for SkelAlloc {
+    fn allocate(layout: Layout, ctx: AllocCtx) -> Result<NonNull<u8>> {
+        // kernel: kmalloc(layout.size(), ctx == MaySleep ? GFP_KERNEL : GFP_NOWAIT), NULL → NoMem
+        // (kmalloc aligns to the size's power of two up to PAGE_SIZE; check layout.align()).
+        Global::allocate(layout, ctx)
+    }
+    unsafe fn deallocate(ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller. kernel: kfree(ptr)
+        unsafe { Global::deallocate(ptr, layout) }
+    }
+}
+
+impl Host for SkelHost {
     type Mutex = SkelMutex;
     type RwLock = SkelRwLock;
+    type Alloc = SkelAlloc;
 }
 
 /// The backend of one GPU VM.
@@ -516,7 +539,7 @@ impl Platform for SkelGpu {
     type Dma = SkelDma;
     type Pt = SkelPageTable;
     type Mem = SkelVram;
-    type Locks = SkelLocks;
+    type Host = SkelHost;
 
     fn mm(&self) -> &SkelMm {
         &self.mm
@@ -627,7 +650,7 @@ mod kernel_glue {
     /// from `vmf->vma->vm_mm`). `Again` (timeslice running, pages busy) returns 0: the CPU
     /// retries the access.
     pub fn migrate_to_ram<A: AddressSpace>(
-        pagemap: &Pagemap<SkelVram, SkelLocks>,
+        pagemap: &Pagemap<SkelVram, SkelHost>,
         mm: &A,
         fault_addr: u64,
         dpfn: u64,
@@ -642,7 +665,7 @@ mod kernel_glue {
     /// `dev_pagemap_ops.page_free(page)`: a device page's last reference went away. Called with
     /// kernel locks held: [`Pagemap::page_free`] takes only a spin lock and, for the last page
     /// of an allocation, calls [`DeviceMemory::release`].
-    pub fn page_free(pagemap: &Pagemap<SkelVram, SkelLocks>, dpfn: u64) {
+    pub fn page_free(pagemap: &Pagemap<SkelVram, SkelHost>, dpfn: u64) {
         pagemap.page_free(dpfn);
     }
 }

@@ -52,7 +52,7 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         access: Access,
         window: Window,
-    ) -> Result<Arc<Range<P::Locks>>> {
+    ) -> Result<Arc<Range<P::Host>>> {
         self.check_open()?;
         // Same precedence as `find_or_insert`: a malformed request is `Invalid` whether or not
         // a VMA happens to lie there, and it changes nothing (no count, no GC run).
@@ -181,8 +181,8 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         access: Access,
         window: Window,
-        mut bind_fn: impl FnMut(&Range<P::Locks>, &[PageEntry]) -> R,
-    ) -> Result<(Arc<Range<P::Locks>>, R)> {
+        mut bind_fn: impl FnMut(&Range<P::Host>, &[PageEntry]) -> R,
+    ) -> Result<(Arc<Range<P::Host>>, R)> {
         let mut attempts = 0u32;
         loop {
             let range = self.handle_fault(addr, access, window)?;

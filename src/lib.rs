@@ -92,8 +92,8 @@
 //!
 //! ## Locking and context rules
 //!
-//! The host supplies the locks: [`Platform::Locks`](platform::Platform::Locks) names a lock
-//! facet ([`sync::Locks`]: a raw mutex and a raw reader-writer lock), and every lock the crate
+//! The host supplies the locks: [`Platform::Host`](platform::Platform::Host) names a lock
+//! facet ([`sync::Host`]: a raw mutex and a raw reader-writer lock), and every lock the crate
 //! takes is created with a static [`LockClass`](sync::LockClass) — a name the host maps to its
 //! lock checker's class, a rank in the lock order, and whether it may sleep. [`sync`] holds the
 //! table of every lock: what it protects, who takes it in which mode, whether the invalidation
@@ -102,7 +102,7 @@
 //! [`Svm::bind`], [`Svm::invalidate_end`]; exclusive: [`Svm::invalidate_begin`], insertion,
 //! removal), a userptr's lock, the pagemap set, the GC queue, a range's page-state lock, the
 //! attribute store, a pagemap's allocation index, the owner registry. The simulator's locks
-//! (`sim::SimLocks`, feature `sim`) check that order on every acquisition.
+//! (`sim::SimHost`, feature `sim`) check that order on every acquisition.
 //! No lock is held across a call into the platform's
 //! [`AddressSpace`](platform::AddressSpace) methods, so the platform may sleep there.
 //! [`Svm::invalidate_begin`] runs in *invalidation context*: it allocates nothing, and calls
@@ -130,7 +130,7 @@
 //! | feature | what it adds |
 //! | --- | --- |
 //! | (none) | the `no_std` + `alloc` core; builds for `x86_64-unknown-none`, `aarch64-unknown-none`, `riscv64gc-unknown-none-elf`, `thumbv7em-none-eabihf` and `riscv32imac-unknown-none-elf` |
-//! | `std` | `std::error::Error` for [`Error`]; the parking lock facet `sync::ParkingLocks` |
+//! | `std` | `std::error::Error` for [`Error`]; the parking lock facet `sync::ParkingHost` |
 //! | `single-core` | on targets without 64-bit atomics: `portable-atomic` masks interrupts instead of taking its global spin lock (single-core parts only; see [`sync::atomic`]) |
 //! | `sim` | the simulated platform (`gpusvm::sim`) and the fuzz/replay harnesses; implies `std` |
 //!
@@ -180,6 +180,7 @@
     )
 )]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
@@ -187,6 +188,8 @@ extern crate std;
 pub mod error;
 pub mod fault;
 mod gc;
+pub mod heap;
+mod host;
 pub mod migrate;
 pub mod pagemap;
 pub mod pages;
@@ -202,6 +205,7 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use fault::Access;
+pub use host::{DefaultHost, Host};
 pub use pages::{PageEntry, PagesCtx, Userptr};
 pub use range::Range;
 pub use svm::{Event, Svm, SvmConfig, Window, MAX_CHUNK_SIZES};

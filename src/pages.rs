@@ -10,7 +10,8 @@ use crate::platform::{
     MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::range::SeqCounter;
-use crate::sync::{class, DefaultLocks, Locks, RwLock};
+use crate::sync::{class, RwLock};
+use crate::{DefaultHost, Host};
 use alloc::vec::Vec;
 use bitflags::bitflags;
 
@@ -601,7 +602,7 @@ pub(crate) fn get_pages_loop<P: Platform, G>(
 /// forwards its callbacks to [`invalidate_begin`](Self::invalidate_begin) and
 /// [`invalidate_end`](Self::invalidate_end).
 #[derive(Debug)]
-pub struct Userptr<L: Locks = DefaultLocks> {
+pub struct Userptr<L: Host = DefaultHost> {
     start: u64,
     end: u64,
     seq: SeqCounter,
@@ -610,24 +611,24 @@ pub struct Userptr<L: Locks = DefaultLocks> {
 
 impl Userptr {
     /// A userptr over `[start, end)` on the default lock facet
-    /// ([`with_locks`](Self::with_locks) chooses another).
+    /// ([`with_host`](Self::with_host) chooses another).
     ///
     /// Errors: [`Error::Invalid`] unless page aligned and non-empty.
     ///
     /// Context: does not sleep; takes no lock; allocates nothing.
     pub fn new(start: u64, end: u64) -> Result<Userptr> {
-        Self::with_locks(start, end)
+        Self::with_host(start, end)
     }
 }
 
-impl<L: Locks> Userptr<L> {
+impl<L: Host> Userptr<L> {
     /// A userptr over `[start, end)` whose lock comes from the facet `L`.
     ///
     /// Errors: [`Error::Invalid`] unless page aligned and non-empty.
     ///
     /// Context: does not sleep; takes no lock; allocates only if the host's lock constructor
     /// does.
-    pub fn with_locks(start: u64, end: u64) -> Result<Userptr<L>> {
+    pub fn with_host(start: u64, end: u64) -> Result<Userptr<L>> {
         if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(Error::Invalid);
         }

@@ -11,18 +11,18 @@ use crate::policy::DeviceTarget;
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
-use crate::sync::Locks;
+use crate::Host;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// The pagemaps an [`Svm`] knows: its own and its peers'.
-pub(crate) struct PagemapSet<M: DeviceMemory, L: Locks> {
+pub(crate) struct PagemapSet<M: DeviceMemory, L: Host> {
     pub(crate) local: Option<Arc<Pagemap<M, L>>>,
     pub(crate) all: BTreeMap<PagemapId, Arc<Pagemap<M, L>>>,
 }
 
-impl<M: DeviceMemory, L: Locks> Default for PagemapSet<M, L> {
+impl<M: DeviceMemory, L: Host> Default for PagemapSet<M, L> {
     fn default() -> Self {
         PagemapSet {
             local: None,
@@ -48,7 +48,7 @@ impl<P: Platform> Svm<P> {
     ///
     /// Context: allocates only to grow the pagemap set, under the pagemap set's lock; then
     /// takes the notifier lock exclusively and range page-state locks.
-    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem, P::Locks>>>) -> Result<()> {
+    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem, P::Host>>>) -> Result<()> {
         self.change_pagemaps(|set| {
             if let Some(pm) = &pagemap {
                 if let Some(p) = set.all.get(&pm.id()) {
@@ -77,7 +77,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// This device's pagemap.
-    pub fn pagemap(&self) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
+    pub fn pagemap(&self) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
         self.pagemaps.read().local.clone()
     }
 
@@ -89,7 +89,7 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Invalid`] if a different pagemap is attached under the same id (this
     /// device's own, or a peer's): an id names one pagemap, whose pages are resolved, mapped
     /// and evicted through it; nothing changes.
-    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem, P::Locks>>) -> Result<()> {
+    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem, P::Host>>) -> Result<()> {
         let mut set = self.pagemaps.write();
         match set.all.get(&pagemap.id()) {
             Some(p) if Arc::ptr_eq(p, &pagemap) => Ok(()),
@@ -117,7 +117,7 @@ impl<P: Platform> Svm<P> {
     /// Context: allocates nothing; takes the pagemap set's lock, then the notifier lock
     /// exclusively and range page-state locks; calls [`DevicePageTable::zap`](crate::platform::DevicePageTable::zap)
     /// and the DMA unmap.
-    pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
+    pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
         self.change_pagemaps(|set| {
             if set.local.as_ref().is_some_and(|l| l.id() == id) {
                 return (None, false);
@@ -129,7 +129,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The attached pagemap `id` (local or peer).
-    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
+    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
         self.pagemaps.read().all.get(&id).cloned()
     }
 
@@ -175,7 +175,7 @@ impl<P: Platform> Svm<P> {
     /// range is not live here); and those of [`migrate::to_devmem`]. On error nothing is lost.
     pub fn migrate_to_devmem(
         &self,
-        range: &Range<P::Locks>,
+        range: &Range<P::Host>,
         details: &MigrateDetails,
     ) -> Result<MigrateReport> {
         let pm = self.pagemap().ok_or(Error::NotSupported)?;
@@ -186,8 +186,8 @@ impl<P: Platform> Svm<P> {
     /// of peers over the interconnect.
     pub(crate) fn migrate_range(
         &self,
-        range: &Range<P::Locks>,
-        pm: &Pagemap<P::Mem, P::Locks>,
+        range: &Range<P::Host>,
+        pm: &Pagemap<P::Mem, P::Host>,
         details: &MigrateDetails,
     ) -> Result<MigrateReport> {
         self.check_open()?;
@@ -218,8 +218,8 @@ impl<P: Platform> Svm<P> {
 
     /// The attached pagemaps that hold pages of `[start, end)` (from a snapshot of the CPU
     /// page tables; nothing is faulted in or invalidated).
-    fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem, P::Locks>>> {
-        let mut out: Vec<Arc<Pagemap<P::Mem, P::Locks>>> = Vec::new();
+    fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem, P::Host>>> {
+        let mut out: Vec<Arc<Pagemap<P::Mem, P::Host>>> = Vec::new();
         if start >= end {
             return out;
         }
@@ -277,7 +277,7 @@ impl<P: Platform> Svm<P> {
     /// is not looked at); [`Error::Busy`] if pages could still not be isolated after 3 attempts;
     /// [`Error::NoMem`]; copy errors. On error nothing is lost (pages not moved stay in device
     /// memory).
-    pub fn evict(&self, range: &Range<P::Locks>) -> Result<MigrateReport> {
+    pub fn evict(&self, range: &Range<P::Host>) -> Result<MigrateReport> {
         self.check_open()?;
         if !self.owns_range(range) {
             return Err(Error::Invalid);
@@ -293,7 +293,7 @@ impl<P: Platform> Svm<P> {
     /// Make room in device memory by evicting one other range that holds device pages: the
     /// one migrated in longest ago (so a range just migrated is not the next victim). Returns
     /// whether one was evicted.
-    fn evict_one_other(&self, keep: &Range<P::Locks>) -> bool {
+    fn evict_one_other(&self, keep: &Range<P::Host>) -> bool {
         let mut victim: Option<(u64, u64)> = None;
         self.for_each_range(|_, r| {
             if !core::ptr::eq(r, keep)
@@ -313,7 +313,7 @@ impl<P: Platform> Svm<P> {
     pub(crate) fn target_pagemap(
         &self,
         target: DeviceTarget,
-    ) -> Option<Arc<Pagemap<P::Mem, P::Locks>>> {
+    ) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
         match target {
             DeviceTarget::Local => self.pagemap(),
             DeviceTarget::Pagemap(id) => self
@@ -328,7 +328,7 @@ impl<P: Platform> Svm<P> {
     /// from a snapshot of the CPU page tables, which faults nothing in and invalidates nothing.
     pub(crate) fn resident(
         &self,
-        range: &Range<P::Locks>,
+        range: &Range<P::Host>,
         target: DeviceTarget,
         owner: OwnerId,
     ) -> bool {
@@ -350,7 +350,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// Whether some page of `range` is in device memory (snapshot).
-    pub(crate) fn has_device_pages(&self, range: &Range<P::Locks>) -> bool {
+    pub(crate) fn has_device_pages(&self, range: &Range<P::Host>) -> bool {
         !self.snapshot_all(range, None, |p| !matches!(p, CpuPage::Device { .. }))
     }
 
@@ -358,7 +358,7 @@ impl<P: Platform> Svm<P> {
     /// the snapshot fails.
     fn snapshot_all(
         &self,
-        range: &Range<P::Locks>,
+        range: &Range<P::Host>,
         owner: Option<OwnerId>,
         f: impl Fn(&CpuPage) -> bool,
     ) -> bool {
@@ -378,7 +378,7 @@ impl<P: Platform> Svm<P> {
     /// before its pages are looked at); those of the migration.
     pub fn place_in(
         &self,
-        range: &Range<P::Locks>,
+        range: &Range<P::Host>,
         target: DeviceTarget,
         timeslice_ns: u64,
     ) -> Result<()> {

@@ -9,7 +9,7 @@
 //! | [`DmaMapper`] | `dma_map_page` / `dma_unmap_page` (IOMMU) | map: process context, under the notifier lock held shared; unmap: also from invalidation, under the notifier lock |
 //! | [`DevicePageTable`] | the driver's GPU page-table zap + TLB invalidation | invalidation, under the notifier lock |
 //! | [`DeviceMemory`] | device-private pages (`memremap_pages`), the copy engine, `migrate_vma_*` on the device side | process context (copies), `device_map` under the notifier lock held shared |
-//! | [`Platform`] | bundles the facets, the host's lock facet ([`Platform::Locks`], see [`sync`](crate::sync)) and a monotonic clock | — |
+//! | [`Platform`] | bundles the facets, the host's lock facet ([`Platform::Host`], see [`sync`](crate::sync)) and a monotonic clock | — |
 //!
 //! **Context rules.** Methods marked *invalidation context* run inside
 //! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) with the notifier lock held for write:
@@ -25,7 +25,7 @@
 //! a registered interval and [`Svm::invalidate_end`](crate::Svm::invalidate_end) *after*.
 
 use crate::error::Result;
-use crate::sync::Locks;
+use crate::Host;
 use bitflags::bitflags;
 
 /// log2 of the base page size.
@@ -291,7 +291,7 @@ pub trait DevicePageTable {
 /// struct MyGpu { mm: Mm, iommu: Iommu, pt: Pt }
 /// impl Platform for MyGpu {
 ///     type Mm = Mm; type Dma = Iommu; type Pt = Pt; type Mem = NoDeviceMemory;
-///     type Locks = gpusvm::sync::DefaultLocks;
+///     type Host = gpusvm::DefaultHost;
 ///     fn mm(&self) -> &Mm { &self.mm }
 ///     fn dma(&self) -> &Iommu { &self.iommu }
 ///     fn page_table(&self) -> &Pt { &self.pt }
@@ -308,9 +308,9 @@ pub trait Platform {
     /// The device memory of this device's pagemap ([`NoDeviceMemory`] if it has none).
     type Mem: DeviceMemory;
     /// The lock facet: the mutex and reader-writer lock types of every lock the crate takes
-    /// for this platform ([`DefaultLocks`](crate::sync::DefaultLocks) on bare metal; see
+    /// for this platform ([`DefaultHost`](crate::DefaultHost) on bare metal; see
     /// [`sync`](crate::sync) for the lock table and what a kernel host supplies).
-    type Locks: Locks;
+    type Host: Host;
     /// The CPU address space.
     fn mm(&self) -> &Self::Mm;
     /// The device's DMA mapper.

@@ -175,25 +175,25 @@ type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandle;
 ///  CPU change  ──► invalidate_begin (zap, unmap DMA, queue GC) ... invalidate_end
 /// ```
 ///
-/// Locks, outermost first: the structure lock (range creation/removal), the notifier lock
+/// Host, outermost first: the structure lock (range creation/removal), the notifier lock
 /// (shared: lookups, commit, bind; exclusive: invalidation, insertion, removal), the GC queue
 /// lock, a range's page-state lock. Their types come from the platform's lock facet
-/// ([`Platform::Locks`]); [`sync`](crate::sync) has the full table. None is held across a call
+/// ([`Platform::Host`]); [`sync`](crate::sync) has the full table. None is held across a call
 /// into the platform's [`AddressSpace`] methods.
 pub struct Svm<P: Platform> {
     platform: P,
     config: SvmConfig,
-    structure: Mutex<P::Locks, ()>,
-    notifiers: RwLock<P::Locks, NotifierTree<Handle<P>, P::Locks>>,
-    pub(crate) gc: Mutex<P::Locks, LinkedList<GcAdapter<P::Locks>>>,
+    structure: Mutex<P::Host, ()>,
+    notifiers: RwLock<P::Host, NotifierTree<Handle<P>, P::Host>>,
+    pub(crate) gc: Mutex<P::Host, LinkedList<GcAdapter<P::Host>>>,
     closed: AtomicBool,
     pub(crate) stats: Stats,
     /// This device's own device memory and the peers' it may meet.
-    pub(crate) pagemaps: RwLock<P::Locks, PagemapSet<P::Mem, P::Locks>>,
+    pub(crate) pagemaps: RwLock<P::Host, PagemapSet<P::Mem, P::Host>>,
     /// The owner set explicitly (after joining an owner registry).
-    pub(crate) owner: RwLock<P::Locks, Option<OwnerId>>,
+    pub(crate) owner: RwLock<P::Host, Option<OwnerId>>,
     /// Policy attributes per address interval.
-    pub(crate) attrs: RwLock<P::Locks, AttrStore>,
+    pub(crate) attrs: RwLock<P::Host, AttrStore>,
 }
 
 impl<P: Platform> core::fmt::Debug for Svm<P> {
@@ -257,7 +257,7 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The range containing `addr`, if any.
-    pub fn find(&self, addr: u64) -> Option<Arc<Range<P::Locks>>> {
+    pub fn find(&self, addr: u64) -> Option<Arc<Range<P::Host>>> {
         let t = self.notifiers.read();
         t.find(addr).and_then(|n| n.ranges.find_arc(addr))
     }
@@ -265,7 +265,7 @@ impl<P: Platform> Svm<P> {
     /// Call `f` for every notifier interval and every range in it, in address order, under the
     /// notifier lock (shared). For diagnostics and invariant checkers; `f` must not call back
     /// into this `Svm`.
-    pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range<P::Locks>)) {
+    pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range<P::Host>)) {
         let t = self.notifiers.read();
         for n in t.iter() {
             for r in n.ranges.iter() {
@@ -278,7 +278,7 @@ impl<P: Platform> Svm<P> {
     /// one shared hold of the notifier lock (not a lookup per range inside
     /// [`for_each_range`](Self::for_each_range), which would take the lock recursively: with a
     /// writer waiting between the two, a writer-preferring lock deadlocks).
-    pub(crate) fn overlapping_ranges(&self, start: u64, end: u64) -> Vec<Arc<Range<P::Locks>>> {
+    pub(crate) fn overlapping_ranges(&self, start: u64, end: u64) -> Vec<Arc<Range<P::Host>>> {
         let mut out = Vec::new();
         let t = self.notifiers.read();
         for n in t.iter().filter(|n| n.start < end && start < n.end) {
@@ -370,7 +370,7 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         window: Window,
         ctx: &PagesCtx,
-    ) -> Result<Arc<Range<P::Locks>>> {
+    ) -> Result<Arc<Range<P::Host>>> {
         self.check_open()?;
         if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
             return Err(Error::Invalid);
@@ -406,7 +406,7 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         window: Window,
         ctx: &PagesCtx,
-    ) -> Result<Option<Arc<Range<P::Locks>>>> {
+    ) -> Result<Option<Arc<Range<P::Host>>>> {
         let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
         let notifier = self.notifier_interval(addr);
         // A new range never spans an attribute boundary (SPEC §8): it is placed by the
@@ -429,7 +429,7 @@ impl<P: Platform> Svm<P> {
             },
             |s, e| self.all_present(s, e, ctx.owner),
         )?;
-        let range = Range::with_locks(start, end)?;
+        let range = Range::with_host(start, end)?;
 
         let created = self.ensure_notifier(notifier)?;
         // The notifier is registered: from now on every change of the interval bumps its
@@ -574,7 +574,7 @@ impl<P: Platform> Svm<P> {
 
     /// Whether `range` (the very object) is linked into a notifier of this instance. Call
     /// with the notifier lock held.
-    fn owns(t: &NotifierTree<Handle<P>, P::Locks>, range: &Range<P::Locks>) -> bool {
+    fn owns(t: &NotifierTree<Handle<P>, P::Host>, range: &Range<P::Host>) -> bool {
         t.find(range.start())
             .and_then(|n| n.ranges.find(range.start()))
             .is_some_and(|r| core::ptr::eq(r, range))
@@ -583,8 +583,8 @@ impl<P: Platform> Svm<P> {
     /// Check that `range` is live in this instance (under the notifier lock).
     fn check_range(
         &self,
-        t: &NotifierTree<Handle<P>, P::Locks>,
-        range: &Range<P::Locks>,
+        t: &NotifierTree<Handle<P>, P::Host>,
+        range: &Range<P::Host>,
     ) -> Result<()> {
         let f = range.flags();
         if f.contains(RangeFlags::REMOVED) {
@@ -601,12 +601,12 @@ impl<P: Platform> Svm<P> {
 
     /// Whether `range` (the very object) is linked into a notifier of this instance, unmapped
     /// or not (takes the notifier lock shared).
-    pub(crate) fn owns_range(&self, range: &Range<P::Locks>) -> bool {
+    pub(crate) fn owns_range(&self, range: &Range<P::Host>) -> bool {
         Self::owns(&self.notifiers.read(), range)
     }
 
     /// Check that `range` is live in this instance (takes the notifier lock shared).
-    pub(crate) fn check_live(&self, range: &Range<P::Locks>) -> Result<()> {
+    pub(crate) fn check_live(&self, range: &Range<P::Host>) -> Result<()> {
         let t = self.notifiers.read();
         self.check_range(&t, range)
     }
@@ -617,7 +617,7 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Closed`] after [`close`](Self::close); [`Error::Invalid`] if the range
     /// is not in this instance (already removed, or another instance's). On error nothing
     /// changes.
-    pub fn remove(&self, range: &Range<P::Locks>) -> Result<()> {
+    pub fn remove(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let handle = {
             let _s = self.structure.lock();
@@ -631,7 +631,7 @@ impl<P: Platform> Svm<P> {
 
     /// Unlink `range` (structure lock held); returns the handle of its notifier if that went
     /// with it, for the caller to unregister once no crate lock is held.
-    fn remove_locked(&self, range: &Range<P::Locks>) -> Result<Option<Handle<P>>> {
+    fn remove_locked(&self, range: &Range<P::Host>) -> Result<Option<Handle<P>>> {
         let (handle, _unlinked) = {
             let mut t = self.notifiers.write();
             let n = t.find_mut(range.start()).ok_or(Error::Invalid)?;
@@ -664,7 +664,7 @@ impl<P: Platform> Svm<P> {
     /// without `ctx.allow_mixed`; [`Error::Fault`] (no VMA, or `ctx.devmem_only` with system
     /// pages); [`Error::Perm`]; and the platform's errors. On error nothing stays mapped that was
     /// not mapped before.
-    pub fn get_pages(&self, range: &Range<P::Locks>, ctx: &PagesCtx) -> Result<()> {
+    pub fn get_pages(&self, range: &Range<P::Host>, ctx: &PagesCtx) -> Result<()> {
         self.check_open()?;
         {
             let t = self.notifiers.read();
@@ -715,7 +715,7 @@ impl<P: Platform> Svm<P> {
 
     /// SPEC `pages_valid`: whether the range's pages are usable by the device right now.
     /// `false` for a range that is not in this instance (removed, or another instance's).
-    pub fn pages_valid(&self, range: &Range<P::Locks>) -> bool {
+    pub fn pages_valid(&self, range: &Range<P::Host>) -> bool {
         let t = self.notifiers.read();
         Self::owns(&t, range) && range.pages.lock().valid()
     }
@@ -731,8 +731,8 @@ impl<P: Platform> Svm<P> {
     /// invalidation ran: fault again); [`Error::Invalid`] if the range is not in this instance.
     pub fn bind<R>(
         &self,
-        range: &Range<P::Locks>,
-        f: impl FnOnce(&Range<P::Locks>, &[PageEntry]) -> R,
+        range: &Range<P::Host>,
+        f: impl FnOnce(&Range<P::Host>, &[PageEntry]) -> R,
     ) -> Result<R> {
         self.check_open()?;
         let t = self.notifiers.read();
@@ -751,7 +751,7 @@ impl<P: Platform> Svm<P> {
     /// [`Error::Invalid`] if the range is not in this instance (removed — its pages are already
     /// freed — or another instance's, whose mappings this instance's DMA mapper must not
     /// touch); nothing is unmapped then.
-    pub fn unmap_pages(&self, range: &Range<P::Locks>) -> Result<()> {
+    pub fn unmap_pages(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let t = self.notifiers.write();
         if !Self::owns(&t, range) {
@@ -777,7 +777,7 @@ impl<P: Platform> Svm<P> {
     /// and range page-state locks; allocates only inside `change`.
     pub(crate) fn change_pagemaps<R>(
         &self,
-        change: impl FnOnce(&mut PagemapSet<P::Mem, P::Locks>) -> (R, bool),
+        change: impl FnOnce(&mut PagemapSet<P::Mem, P::Host>) -> (R, bool),
     ) -> R {
         let (out, gone) = change(&mut self.pagemaps.write());
         if gone {
@@ -800,7 +800,7 @@ impl<P: Platform> Svm<P> {
         out
     }
 
-    pub(crate) fn clear_mappings(&self, range: &Range<P::Locks>) {
+    pub(crate) fn clear_mappings(&self, range: &Range<P::Host>) {
         let t = self.notifiers.write();
         if Self::owns(&t, range) {
             self.platform.page_table().zap(range.start(), range.end());
@@ -811,7 +811,7 @@ impl<P: Platform> Svm<P> {
     /// SPEC `free_pages`: unmap, then release the range's page array.
     ///
     /// Errors: as [`unmap_pages`](Self::unmap_pages).
-    pub fn free_pages(&self, range: &Range<P::Locks>) -> Result<()> {
+    pub fn free_pages(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let t = self.notifiers.write();
         if !Self::owns(&t, range) {
@@ -869,7 +869,7 @@ impl<P: Platform> Svm<P> {
     /// exclusively.
     fn invalidate_locked(
         &self,
-        t: &NotifierTree<Handle<P>, P::Locks>,
+        t: &NotifierTree<Handle<P>, P::Host>,
         id: NotifierId,
         start: u64,
         end: u64,

@@ -219,7 +219,7 @@ fn foreign_ranges_are_refused_before_their_pages_are_looked_at() {
     let mm = SimMm::new(&world);
     let gpu = SimGpu::with_devmem(&mm, 0, 512, 0).unwrap();
     for (s, e) in [(0, 1u64 << 62), (0x1000, 0x2000), (0, !0xfff)] {
-        let r = Range::with_locks(s, e).unwrap();
+        let r = Range::with_host(s, e).unwrap();
         assert_eq!(gpu.svm.evict(&r), Err(Error::Invalid));
         assert_eq!(
             gpu.svm.place_in(&r, DeviceTarget::Local, 0),

@@ -42,7 +42,7 @@ const GOOD_INTERVALS: &[(u64, u64)] = &[(0, P), (0, TOP), (TOP - P, TOP), (M, M 
 
 /// An Svm (default config over [0, 4 GiB), VMA [0, 1 GiB)) with a few ranges, some mapped, and
 /// a retry budget small enough that a stuck sequence fails fast.
-fn busy_svm() -> (MockSvm, Vec<Arc<Range<TestLocks>>>) {
+fn busy_svm() -> (MockSvm, Vec<Arc<Range<TestHost>>>) {
     let p = MockPlatform::new();
     p.mm.add_vma(0, G, true);
     let mut cfg = SvmConfig::new(0, 4 * G);
@@ -327,9 +327,9 @@ fn remove_hostile() {
     // A fresh range with the bounds of a live one; another Svm's live range with the same
     // bounds; ranges nowhere near anything.
     let strangers = [
-        Range::with_locks(2 * M, 4 * M).unwrap(),
-        Range::with_locks(TOP - P, TOP).unwrap(),
-        Range::with_locks(0, P).unwrap(),
+        Range::with_host(2 * M, 4 * M).unwrap(),
+        Range::with_host(TOP - P, TOP).unwrap(),
+        Range::with_host(0, P).unwrap(),
         oranges[0].clone(),
         oranges[1].clone(),
     ];
@@ -356,8 +356,8 @@ fn get_pages_and_bind_hostile_ranges() {
     let maps = svm.platform().dma.state().maps;
     let omaps = other.platform().dma.state().maps;
     let strangers = [
-        Range::with_locks(2 * M, 4 * M).unwrap(),
-        Range::with_locks(20 * M, 20 * M + P).unwrap(),
+        Range::with_host(2 * M, 4 * M).unwrap(),
+        Range::with_host(20 * M, 20 * M + P).unwrap(),
         oranges[0].clone(),
         oranges[1].clone(),
     ];

@@ -123,7 +123,7 @@ impl Platform for P {
     type Dma = Dma;
     type Pt = Pt;
     type Mem = NoDeviceMemory;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Host = gpusvm::DefaultHost;
     fn mm(&self) -> &Mm {
         &self.mm
     }

@@ -1,6 +1,6 @@
 //! Loom models of the notifier sequence counter ([`gpusvm::range::SeqCounter`]) together with
 //! the notifier lock and the per-range page lock ([`gpusvm::sync::RwLock`],
-//! [`gpusvm::sync::Mutex`] on `DefaultLocks`, i.e. loom's mutex + condvar under `--cfg loom`),
+//! [`gpusvm::sync::Mutex`] on `DefaultHost`, i.e. loom's mutex + condvar under `--cfg loom`),
 //! the protocol of DESIGN "Concurrency model" and invariant 6: *a page collection is never
 //! committed if an invalidation overlapped it.*
 //!
@@ -51,7 +51,8 @@
 #![cfg(loom)]
 
 use gpusvm::range::SeqCounter;
-use gpusvm::sync::{class, AtomicUsize, DefaultLocks, Mutex, Ordering, RwLock};
+use gpusvm::sync::{class, AtomicUsize, Mutex, Ordering, RwLock};
+use gpusvm::DefaultHost;
 use loom::sync::Arc;
 use loom::thread;
 use std::collections::BTreeSet;
@@ -66,7 +67,7 @@ struct Device {
 
 /// One range: its page lock (guarding the device state) and the CPU page it covers.
 struct RangeM {
-    pages: Mutex<DefaultLocks, Device>,
+    pages: Mutex<DefaultHost, Device>,
     /// The CPU page table entry: changed only while an invalidation is in progress.
     page: AtomicUsize,
     /// Ghost: commits of this range inside its page lock right now.
@@ -100,7 +101,7 @@ impl Coverage {
 /// One notifier: its lock (guarding the notifier tree in the crate; nothing here), its counter,
 /// and its ranges.
 struct Notifier {
-    lock: RwLock<DefaultLocks, ()>,
+    lock: RwLock<DefaultHost, ()>,
     seq: SeqCounter,
     ranges: Vec<RangeM>,
     /// Ghost: collectors holding the notifier lock shared in their commit right now.

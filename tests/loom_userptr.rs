@@ -3,7 +3,7 @@
 //! exclusively with the sequence check) racing the driver's forwarded notifier callbacks
 //! (`invalidate_begin`/`invalidate_end`, `invalidate_begin_nonblock`) and `bind` racing an
 //! invalidation. The real `Userptr` code runs over the tiny platform of `loom_support` (its
-//! lock is the crate's `RwLock` on `DefaultLocks`, i.e. loom's mutex + condvar under
+//! lock is the crate's `RwLock` on `DefaultHost`, i.e. loom's mutex + condvar under
 //! `--cfg loom`; its sequence counter is loom atomics).
 //!
 //! Run with

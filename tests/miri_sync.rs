@@ -5,7 +5,8 @@
 //! writes, would show up as a race (and as a lost update in the counts checked here). Runs in
 //! the normal `cargo test` too.
 
-use gpusvm::sync::{class, Locks, Mutex, RwLock, SpinLocks};
+use gpusvm::sync::{class, Mutex, RwLock, SpinHost};
+use gpusvm::Host;
 use std::sync::Arc;
 use std::thread;
 
@@ -13,7 +14,7 @@ const THREADS: usize = 3;
 const ROUNDS: usize = 20;
 
 /// Every thread adds to a non-atomic counter behind the mutex (plain `u64` read-modify-write).
-fn mutex_counts<L: Locks>()
+fn mutex_counts<L: Host>()
 where
     L::Mutex: 'static,
 {
@@ -39,7 +40,7 @@ where
 
 /// Writers push to a `Vec` (reallocation under the lock), readers read it whole: a reader must
 /// never see a torn vector, and no push is lost.
-fn rwlock_readers_and_writers<L: Locks>()
+fn rwlock_readers_and_writers<L: Host>()
 where
     L::RwLock: 'static,
 {
@@ -75,24 +76,24 @@ where
 
 #[test]
 fn spin_mutex_excludes() {
-    mutex_counts::<SpinLocks>();
+    mutex_counts::<SpinHost>();
 }
 
 #[test]
 fn spin_rwlock_excludes() {
-    rwlock_readers_and_writers::<SpinLocks>();
+    rwlock_readers_and_writers::<SpinHost>();
 }
 
 #[cfg(feature = "std")]
 #[test]
 fn parking_locks_exclude() {
-    mutex_counts::<gpusvm::sync::ParkingLocks>();
-    rwlock_readers_and_writers::<gpusvm::sync::ParkingLocks>();
+    mutex_counts::<gpusvm::sync::ParkingHost>();
+    rwlock_readers_and_writers::<gpusvm::sync::ParkingHost>();
 }
 
 #[cfg(feature = "sim")]
 #[test]
 fn simulator_locks_exclude() {
-    mutex_counts::<gpusvm::sim::SimLocks>();
-    rwlock_readers_and_writers::<gpusvm::sim::SimLocks>();
+    mutex_counts::<gpusvm::sim::SimHost>();
+    rwlock_readers_and_writers::<gpusvm::sim::SimHost>();
 }

@@ -209,7 +209,7 @@ impl Env {
 
 fn to_devmem_with<A: AddressSpace, M: DeviceMemory>(
     mm: &A,
-    pm: &Pagemap<M, gpusvm::sim::SimLocks>,
+    pm: &Pagemap<M, gpusvm::sim::SimHost>,
     start: u64,
     end: u64,
     details: &MigrateDetails,
@@ -222,7 +222,7 @@ fn to_devmem_with<A: AddressSpace, M: DeviceMemory>(
 
 fn to_ram_with<A: AddressSpace, M: DeviceMemory>(
     mm: &A,
-    pm: &Pagemap<M, gpusvm::sim::SimLocks>,
+    pm: &Pagemap<M, gpusvm::sim::SimHost>,
     start: u64,
     end: u64,
 ) -> (Result<MigrateReport>, Vec<R>) {

@@ -16,11 +16,11 @@ const CTX: PagesCtx = PagesCtx {
     owner: None,
 };
 
-fn bounds(r: &Range<TestLocks>) -> (u64, u64) {
+fn bounds(r: &Range<TestHost>) -> (u64, u64) {
     (r.start(), r.end())
 }
 
-fn entries(svm: &MockSvm, r: &Range<TestLocks>) -> Vec<PageEntry> {
+fn entries(svm: &MockSvm, r: &Range<TestHost>) -> Vec<PageEntry> {
     svm.bind(r, |_, e| e.to_vec()).unwrap()
 }
 

@@ -141,7 +141,7 @@ impl Platform for FastPlatform {
     type Dma = IdentityDma;
     type Pt = NullPt;
     type Mem = NoDeviceMemory;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Host = gpusvm::DefaultHost;
     fn mm(&self) -> &FastMm {
         &self.mm
     }

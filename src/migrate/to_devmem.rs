@@ -11,7 +11,7 @@ use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
     MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
-use crate::sync::Locks;
+use crate::Host;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -34,7 +34,7 @@ pub enum ToDevmemState {
     Done,
 }
 
-struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Locks> {
+struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Host> {
     mm: &'a A,
     pm: &'a Pagemap<M, L>,
     peers: Peers<'a, M, L>,
@@ -61,7 +61,7 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Locks> {
 /// returns (nothing was isolated then); [`Error::Busy`] (a page could not be isolated, is
 /// outside a VMA, or is a device page this pagemap cannot copy directly); [`Error::NoMem`]
 /// (device memory or DMA space); copy errors.
-pub fn to_devmem<A: AddressSpace, M: DeviceMemory, L: Locks>(
+pub fn to_devmem<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
     start: u64,
@@ -75,7 +75,7 @@ pub fn to_devmem<A: AddressSpace, M: DeviceMemory, L: Locks>(
 /// owner are migrated too, copied over the interconnect (by the source's copy engine when
 /// `details.source_peer_migrates`, else by `pm`'s); and every state entered is reported to
 /// `trace` (tests use it to prove that each failure path restores).
-pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Locks>(
+pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
     peers: Peers<'_, M, L>,
@@ -125,7 +125,7 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Locks>(
     }
 }
 
-impl<A: AddressSpace, M: DeviceMemory, L: Locks> Machine<'_, A, M, L> {
+impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
     fn fail(&mut self, e: Error) -> ToDevmemState {
         self.error = Some(e);
         ToDevmemState::Restore

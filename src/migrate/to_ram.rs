@@ -11,7 +11,7 @@ use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
     MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
-use crate::sync::Locks;
+use crate::Host;
 use alloc::vec::Vec;
 
 /// The states of a migration to RAM.
@@ -33,7 +33,7 @@ pub enum ToRamState {
     Done,
 }
 
-struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Locks> {
+struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Host> {
     mm: &'a A,
     pm: &'a Pagemap<M, L>,
     req: MigrateRequest,
@@ -56,7 +56,7 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Locks> {
 /// Errors: [`Error::Invalid`] (bad interval); whatever
 /// [`AddressSpace::migrate_isolate`] returns (nothing was isolated then); [`Error::NoMem`]
 /// (system memory or DMA space); copy errors.
-pub fn to_ram<A: AddressSpace, M: DeviceMemory, L: Locks>(
+pub fn to_ram<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
     start: u64,
@@ -67,7 +67,7 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory, L: Locks>(
 
 /// [`to_ram`], reporting every state entered to `trace` (tests use it to prove that each
 /// failure path restores).
-pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Locks>(
+pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
     start: u64,
@@ -114,7 +114,7 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Locks>(
     }
 }
 
-impl<A: AddressSpace, M: DeviceMemory, L: Locks> Machine<'_, A, M, L> {
+impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
     fn fail(&mut self, e: Error) -> ToRamState {
         self.error = Some(e);
         ToRamState::Restore

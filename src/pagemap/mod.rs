@@ -20,14 +20,15 @@ pub use owner::{Interconnect, OwnerRegistry, PeerId};
 use crate::error::{Error, Result};
 use crate::migrate::{self, MigrateReport};
 use crate::platform::{AddressSpace, DeviceMemory, OwnerId, PagemapId};
-use crate::sync::{class, AtomicUsize, DefaultLocks, Locks, Mutex, Ordering};
+use crate::sync::{class, AtomicUsize, Mutex, Ordering};
+use crate::{DefaultHost, Host};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// The device memory of one device (or tile): allocations, their lifetime, and migration out
 /// of it on CPU faults. Shared as `Arc<Pagemap<M>>`; the `Arc` count is the pagemap's refcount.
-pub struct Pagemap<M: DeviceMemory, L: Locks = DefaultLocks> {
+pub struct Pagemap<M: DeviceMemory, L: Host = DefaultHost> {
     id: PagemapId,
     owner: OwnerId,
     mem: M,
@@ -40,7 +41,7 @@ pub struct Pagemap<M: DeviceMemory, L: Locks = DefaultLocks> {
     cpu_bytes: AtomicUsize,
 }
 
-impl<M: DeviceMemory, L: Locks> core::fmt::Debug for Pagemap<M, L> {
+impl<M: DeviceMemory, L: Host> core::fmt::Debug for Pagemap<M, L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Pagemap")
             .field("id", &self.id)
@@ -50,7 +51,7 @@ impl<M: DeviceMemory, L: Locks> core::fmt::Debug for Pagemap<M, L> {
     }
 }
 
-impl<M: DeviceMemory, L: Locks> Pagemap<M, L> {
+impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     /// A pagemap `id` of owner `owner` over the device memory `mem`.
     pub fn new(id: PagemapId, owner: OwnerId, mem: M) -> Arc<Self> {
         Arc::new(Pagemap {

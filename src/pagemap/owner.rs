@@ -11,7 +11,8 @@
 
 use crate::error::{Error, Result};
 use crate::platform::OwnerId;
-use crate::sync::{class, DefaultLocks, Locks, Mutex};
+use crate::sync::{class, Mutex};
+use crate::{DefaultHost, Host};
 use alloc::vec::Vec;
 
 /// Identifies a peer in an [`OwnerRegistry`] (chosen by the driver, unique per registry).
@@ -58,27 +59,27 @@ struct Inner {
 /// assert_eq!(reg.owner_of(PeerId(2)), None);
 /// ```
 #[derive(Debug)]
-pub struct OwnerRegistry<F, L: Locks = DefaultLocks> {
+pub struct OwnerRegistry<F, L: Host = DefaultHost> {
     inner: Mutex<L, Inner>,
     has_interconnect: F,
 }
 
 impl<F: Interconnect> OwnerRegistry<F> {
     /// An empty registry with the symmetric predicate `has_interconnect`, on the default lock
-    /// facet ([`with_locks`](Self::with_locks) chooses another).
+    /// facet ([`with_host`](Self::with_host) chooses another).
     ///
     /// Context: does not sleep or allocate; takes no lock.
     pub fn new(has_interconnect: F) -> Self {
-        Self::with_locks(has_interconnect)
+        Self::with_host(has_interconnect)
     }
 }
 
-impl<F: Interconnect, L: Locks> OwnerRegistry<F, L> {
+impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     /// An empty registry with the symmetric predicate `has_interconnect`, whose lock comes
     /// from the facet `L`.
     ///
     /// Context: does not sleep or allocate (unless the host's lock constructor does).
-    pub fn with_locks(has_interconnect: F) -> Self {
+    pub fn with_host(has_interconnect: F) -> Self {
         OwnerRegistry {
             inner: Mutex::new(&class::OWNER_REGISTRY, Inner::default()),
             has_interconnect,

@@ -74,7 +74,7 @@ impl<P: Platform> Svm<P> {
     /// let vram = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::DEVICE_LOCAL).unwrap();
     /// assert!(!rights.allows(sys) && rights.allows(vram));
     /// ```
-    pub fn device_atomics(&self, range: &Range<P::Locks>) -> DeviceAtomics {
+    pub fn device_atomics(&self, range: &Range<P::Host>) -> DeviceAtomics {
         super::device_atomics(self.attrs_at(range.start()).atomic, &self.config().policy)
     }
 

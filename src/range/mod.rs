@@ -23,7 +23,8 @@ pub use tree::{Overlapping, RangeTree};
 use crate::error::{Error, Result};
 use crate::pages::PageState;
 use crate::platform::PAGE_SIZE;
-use crate::sync::{class, AtomicU32, AtomicU64, DefaultLocks, Locks, Mutex, Ordering};
+use crate::sync::{class, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::{DefaultHost, Host};
 use alloc::sync::Arc;
 use bitflags::bitflags;
 use intrusive_collections::{intrusive_adapter, linked_list, rbtree, KeyAdapter};
@@ -52,7 +53,7 @@ bitflags! {
 /// Ranges are shared as `Arc<Range>`; the tree, the GC queue and the driver each hold a
 /// reference. The bounds never change; the page state is behind the range's own lock, which is
 /// only taken with the notifier lock held (lock order: structure lock → notifier lock → range).
-pub struct Range<L: Locks = DefaultLocks> {
+pub struct Range<L: Host = DefaultHost> {
     tree_link: rbtree::AtomicLink,
     gc_link: linked_list::AtomicLink,
     start: u64,
@@ -65,9 +66,9 @@ pub struct Range<L: Locks = DefaultLocks> {
 
 intrusive_adapter!(
     /// Adapter for the range tree (keyed by start address).
-    pub(crate) RangeAdapter<L> = Arc<Range<L>>: Range<L> { tree_link => rbtree::AtomicLink } where L: Locks
+    pub(crate) RangeAdapter<L> = Arc<Range<L>>: Range<L> { tree_link => rbtree::AtomicLink } where L: Host
 );
-impl<'a, L: Locks> KeyAdapter<'a> for RangeAdapter<L> {
+impl<'a, L: Host> KeyAdapter<'a> for RangeAdapter<L> {
     type Key = u64;
     fn get_key(&self, r: &'a Range<L>) -> u64 {
         r.start
@@ -75,10 +76,10 @@ impl<'a, L: Locks> KeyAdapter<'a> for RangeAdapter<L> {
 }
 intrusive_adapter!(
     /// Adapter for the garbage-collector queue.
-    pub(crate) GcAdapter<L> = Arc<Range<L>>: Range<L> { gc_link => linked_list::AtomicLink } where L: Locks
+    pub(crate) GcAdapter<L> = Arc<Range<L>>: Range<L> { gc_link => linked_list::AtomicLink } where L: Host
 );
 
-impl<L: Locks> core::fmt::Debug for Range<L> {
+impl<L: Host> core::fmt::Debug for Range<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Range")
             .field("start", &self.start)
@@ -100,18 +101,18 @@ impl Range {
     /// assert_eq!(Range::new(0x1001, 0x3000).unwrap_err(), gpusvm::Error::Invalid);
     /// ```
     pub fn new(start: u64, end: u64) -> Result<Arc<Range>> {
-        Self::with_locks(start, end)
+        Self::with_host(start, end)
     }
 }
 
-impl<L: Locks> Range<L> {
+impl<L: Host> Range<L> {
     /// A new, unlinked range over `[start, end)` whose page-state lock comes from the facet
     /// `L` (the fault service creates its ranges with the platform's facet).
     ///
     /// Errors: [`Error::Invalid`] unless `start < end` and both are page aligned.
     ///
     /// Context: allocates the range (global allocator); does not sleep; takes no lock.
-    pub fn with_locks(start: u64, end: u64) -> Result<Arc<Range<L>>> {
+    pub fn with_host(start: u64, end: u64) -> Result<Arc<Range<L>>> {
         if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(Error::Invalid);
         }

@@ -2,11 +2,11 @@
 //! the platform and each holding the ranges that lie inside it.
 
 use super::{RangeTree, SeqCounter};
-use crate::sync::Locks;
+use crate::Host;
 use alloc::collections::BTreeMap;
 
 /// One notifier `[start, end)`.
-pub(crate) struct Notifier<H, L: Locks> {
+pub(crate) struct Notifier<H, L: Host> {
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) seq: SeqCounter,
@@ -15,13 +15,13 @@ pub(crate) struct Notifier<H, L: Locks> {
     pub(crate) handle: Option<H>,
 }
 
-impl<H, L: Locks> Notifier<H, L> {
+impl<H, L: Host> Notifier<H, L> {
     pub(crate) fn new(start: u64, end: u64) -> Self {
         Notifier {
             start,
             end,
             seq: SeqCounter::new(),
-            ranges: RangeTree::with_locks(),
+            ranges: RangeTree::with_host(),
             handle: None,
         }
     }
@@ -29,11 +29,11 @@ impl<H, L: Locks> Notifier<H, L> {
 
 /// The notifiers of one `Svm`, ordered by start address (they never overlap). Lookup by address
 /// is O(log n). Kept under the notifier lock.
-pub(crate) struct NotifierTree<H, L: Locks> {
+pub(crate) struct NotifierTree<H, L: Host> {
     map: BTreeMap<u64, Notifier<H, L>>,
 }
 
-impl<H, L: Locks> Default for NotifierTree<H, L> {
+impl<H, L: Host> Default for NotifierTree<H, L> {
     fn default() -> Self {
         NotifierTree {
             map: BTreeMap::new(),
@@ -41,7 +41,7 @@ impl<H, L: Locks> Default for NotifierTree<H, L> {
     }
 }
 
-impl<H, L: Locks> NotifierTree<H, L> {
+impl<H, L: Host> NotifierTree<H, L> {
     /// The notifier containing `addr`.
     pub(crate) fn find(&self, addr: u64) -> Option<&Notifier<H, L>> {
         self.map

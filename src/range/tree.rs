@@ -7,7 +7,7 @@ use core::ptr::NonNull;
 // The lookup hint is a cache, not a synchronisation device (see `RangeTree::hint`): a
 // `HintCell`, which loom does not explore.
 use crate::sync::atomic::{HintCell, Ordering};
-use crate::sync::{DefaultLocks, Locks};
+use crate::{DefaultHost, Host};
 use intrusive_collections::rbtree::{AtomicLink, AtomicLinkOps, Cursor, RBTree, RBTreeOps};
 use intrusive_collections::{Adapter, Bound};
 
@@ -15,7 +15,7 @@ use intrusive_collections::{Adapter, Bound};
 type Link = NonNull<AtomicLink>;
 
 /// The adapter (zero-sized): converts between links and ranges.
-const fn adapter<L: Locks>() -> RangeAdapter<L> {
+const fn adapter<L: Host>() -> RangeAdapter<L> {
     RangeAdapter::NEW
 }
 
@@ -46,7 +46,7 @@ const fn adapter<L: Locks>() -> RangeAdapter<L> {
 /// // Overlapping inserts are refused.
 /// assert!(t.insert(Range::new(0x2000, 0x4000).unwrap()).is_err());
 /// ```
-pub struct RangeTree<L: Locks = DefaultLocks> {
+pub struct RangeTree<L: Host = DefaultHost> {
     tree: RBTree<RangeAdapter<L>>,
     len: usize,
     /// The last range [`find`](Self::find) or [`find_arc`](Self::find_arc) returned, as an
@@ -60,13 +60,13 @@ pub struct RangeTree<L: Locks = DefaultLocks> {
     hint: HintCell,
 }
 
-impl<L: Locks> Default for RangeTree<L> {
+impl<L: Host> Default for RangeTree<L> {
     fn default() -> Self {
-        Self::with_locks()
+        Self::with_host()
     }
 }
 
-impl<L: Locks> core::fmt::Debug for RangeTree<L> {
+impl<L: Host> core::fmt::Debug for RangeTree<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_list()
             .entries(self.iter().map(|r| (r.start(), r.end())))
@@ -78,7 +78,7 @@ impl<L: Locks> core::fmt::Debug for RangeTree<L> {
 ///
 /// # Safety
 /// `link` is the link of a range that stays alive for `'a`.
-unsafe fn range_of<'a, L: Locks>(link: Link) -> &'a Range<L> {
+unsafe fn range_of<'a, L: Host>(link: Link) -> &'a Range<L> {
     // SAFETY: the caller guarantees the range lives for 'a; `get_value` undoes the link offset.
     unsafe { &*adapter::<L>().get_value(link) }
 }
@@ -139,15 +139,15 @@ impl RangeTree {
     ///
     /// Context: allocates nothing; does not sleep.
     pub fn new() -> Self {
-        Self::with_locks()
+        Self::with_host()
     }
 }
 
-impl<L: Locks> RangeTree<L> {
+impl<L: Host> RangeTree<L> {
     /// An empty tree of ranges whose locks come from the facet `L`.
     ///
     /// Context: allocates nothing; does not sleep.
-    pub fn with_locks() -> Self {
+    pub fn with_host() -> Self {
         RangeTree {
             tree: RBTree::new(RangeAdapter::new()),
             len: 0,
@@ -341,7 +341,7 @@ impl<L: Locks> RangeTree<L> {
 }
 
 /// Iterator over the ranges overlapping an interval (see [`RangeTree::overlapping`]).
-pub struct Overlapping<'a, L: Locks = DefaultLocks> {
+pub struct Overlapping<'a, L: Host = DefaultHost> {
     tree: &'a RBTree<RangeAdapter<L>>,
     /// The next range to yield (a node of `tree`), if any.
     cur: Option<Link>,
@@ -349,7 +349,7 @@ pub struct Overlapping<'a, L: Locks = DefaultLocks> {
     end: u64,
 }
 
-impl<'a, L: Locks> Iterator for Overlapping<'a, L> {
+impl<'a, L: Host> Iterator for Overlapping<'a, L> {
     type Item = &'a Range<L>;
     fn next(&mut self) -> Option<&'a Range<L>> {
         let link = self.cur?;
@@ -364,7 +364,7 @@ impl<'a, L: Locks> Iterator for Overlapping<'a, L> {
     }
 }
 
-impl<'a, L: Locks> Overlapping<'a, L> {
+impl<'a, L: Host> Overlapping<'a, L> {
     /// The range `next` would return, without advancing.
     pub fn peek(&self) -> Option<&'a Range<L>> {
         let link = self.cur?;

@@ -4,7 +4,7 @@
 
 use super::cpu::{SimMm, SimMmView};
 use super::world::{SimPagemapHooks, SimWorld, PAGE};
-use super::SimLocks;
+use super::SimHost;
 use super::{lock, Rng};
 use crate::error::{Error, Result};
 use crate::fault::Access;
@@ -605,7 +605,7 @@ impl DeviceMemory for SimDevmem {
 /// The simulator's peer-to-peer protocol number.
 pub const SIM_P2P: Protocol = Protocol(2);
 
-impl SimPagemapHooks for Pagemap<SimDevmem, SimLocks> {
+impl SimPagemapHooks for Pagemap<SimDevmem, SimHost> {
     fn page_free(&self, dpfn: u64) {
         Pagemap::page_free(self, dpfn);
     }
@@ -628,7 +628,7 @@ impl Platform for SimPlatform {
     type Dma = SimDevice;
     type Pt = SimDevice;
     type Mem = SimDevmem;
-    type Locks = super::SimLocks;
+    type Host = super::SimHost;
     fn mm(&self) -> &SimMmView {
         &self.mm
     }
@@ -756,7 +756,7 @@ impl SimGpu {
 
     /// Give the device `vram_pages` pages of device memory as pagemap `PagemapId(id)` of owner
     /// `owner`, registered with the machine so CPU faults on its pages come back to it.
-    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Arc<Pagemap<SimDevmem, SimLocks>> {
+    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Arc<Pagemap<SimDevmem, SimHost>> {
         self.dev.set_vram_pages(vram_pages);
         let pm = Pagemap::new(
             PagemapId(self.dev.id()),
@@ -781,7 +781,7 @@ impl SimGpu {
     /// The driver's part of [`Svm::bind`]: write one device PTE per page of `entries` (laid
     /// out from `range.start()`), writable as the entry is and with the atomic-enable bit from
     /// [`Svm::device_atomics`]. Returns the bytes the entries cover.
-    pub fn write_ptes(&self, range: &crate::Range<SimLocks>, entries: &[crate::PageEntry]) -> u64 {
+    pub fn write_ptes(&self, range: &crate::Range<SimHost>, entries: &[crate::PageEntry]) -> u64 {
         let atomics = self.svm.device_atomics(range);
         let mut pt = lock(&self.dev.pt);
         let mut vpn = range.start() >> PAGE_SHIFT;

@@ -1,6 +1,6 @@
-//! [`SimLocks`]: the simulator's lock facet, a small lockdep.
+//! [`SimHost`]: the simulator's lock facet, a small lockdep.
 //!
-//! Each lock is a [`ParkingLocks`](crate::sync::ParkingLocks) lock that also checks, on every blocking acquisition, the
+//! Each lock is a [`ParkingHost`](crate::sync::ParkingHost) lock that also checks, on every blocking acquisition, the
 //! rules of the crate's lock table ([`crate::sync`]):
 //!
 //! * **order**: every lock this thread holds has a smaller [`rank`](LockClass::rank) than the
@@ -17,19 +17,21 @@
 // A lock-order violation in the simulator is a failed test: the checker panics on purpose.
 #![allow(clippy::panic)]
 
-use crate::sync::{class, AtomicBool, LockClass, Locks, Ordering};
+use crate::sync::{class, AtomicBool, LockClass, Ordering};
 use crate::sync::{ParkingMutex, ParkingRwLock, RawMutex, RawRwLock};
+use crate::Host;
 use std::cell::RefCell;
 use std::vec::Vec;
 
-/// The simulator's lock facet: [`ParkingLocks`](crate::sync::ParkingLocks) with lock-order
-/// checking (see the module docs).
+/// The simulator's host facet: [`ParkingHost`](crate::sync::ParkingHost)'s locks with lock-order
+/// checking (see the module docs), and the counting, failure-injecting [`SimAlloc`](super::SimAlloc).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SimLocks;
+pub struct SimHost;
 
-impl Locks for SimLocks {
+impl Host for SimHost {
     type Mutex = CheckedMutex;
     type RwLock = CheckedRwLock;
+    type Alloc = super::SimAlloc;
 }
 
 /// Most locks one thread may hold at once (the crate nests at most a handful).
@@ -140,7 +142,7 @@ fn pop(addr: usize) {
     });
 }
 
-/// The raw mutex of [`SimLocks`].
+/// The raw mutex of [`SimHost`].
 #[derive(Debug)]
 pub struct CheckedMutex {
     class: &'static LockClass,
@@ -180,7 +182,7 @@ unsafe impl RawMutex for CheckedMutex {
     }
 }
 
-/// The raw reader-writer lock of [`SimLocks`].
+/// The raw reader-writer lock of [`SimHost`].
 #[derive(Debug)]
 pub struct CheckedRwLock {
     class: &'static LockClass,
@@ -244,8 +246,8 @@ mod tests {
 
     #[test]
     fn documented_order_passes_and_is_recorded() {
-        let n: R<SimLocks, u32> = R::new(&class::NOTIFIER, 0);
-        let p: M<SimLocks, u32> = M::new(&class::RANGE_PAGES, 0);
+        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0);
+        let p: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0);
         let g = n.write();
         let q = p.lock();
         assert_eq!(held_classes(), ["gpusvm.notifier", "gpusvm.range_pages"]);
@@ -258,8 +260,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "lock order violation: taking gpusvm.notifier")]
     fn inversion_panics() {
-        let n: R<SimLocks, u32> = R::new(&class::NOTIFIER, 0);
-        let p: M<SimLocks, u32> = M::new(&class::GC_QUEUE, 0);
+        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0);
+        let p: M<SimHost, u32> = M::new(&class::GC_QUEUE, 0);
         let _q = p.lock();
         let _g = n.read();
     }
@@ -267,16 +269,16 @@ mod tests {
     #[test]
     #[should_panic(expected = "lock order violation: taking gpusvm.range_pages")]
     fn same_class_nesting_panics() {
-        let a: M<SimLocks, u32> = M::new(&class::RANGE_PAGES, 0);
-        let b: M<SimLocks, u32> = M::new(&class::RANGE_PAGES, 0);
+        let a: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0);
+        let b: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0);
         let _x = a.lock();
         let _y = b.lock();
     }
 
     #[test]
     fn try_locks_are_exempt_but_held() {
-        let n: R<SimLocks, u32> = R::new(&class::NOTIFIER, 0);
-        let p: M<SimLocks, u32> = M::new(&class::GC_QUEUE, 0);
+        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0);
+        let p: M<SimHost, u32> = M::new(&class::GC_QUEUE, 0);
         let _q = p.lock();
         let g = n.try_write();
         assert!(g.is_some());

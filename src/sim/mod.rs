@@ -21,6 +21,7 @@
 //! (double DMA unmaps, stale device mappings, leaks) through [`check_invariants`].
 #![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
+mod alloc;
 mod check;
 mod cpu;
 mod device;
@@ -28,16 +29,17 @@ pub mod harness;
 pub mod lockdep;
 mod world;
 
+pub use alloc::{AllocStats, SimAlloc};
 pub use check::{check_closed, check_invariants};
 pub use cpu::{CpuPte, InvalidationSink, SimMm, SimMmView, SimVma};
 pub use device::{DevPte, DmaMapping, SimDevice, SimDevmem, SimGpu, SimPlatform, VRAM_POISON};
-pub use lockdep::SimLocks;
+pub use lockdep::SimHost;
 pub use world::{SimPagemapHooks, SimWorld};
 
-/// A range of the simulator's [`Svm`](crate::Svm)s (their locks are [`SimLocks`]).
-pub type SimRange = crate::Range<SimLocks>;
+/// A range of the simulator's [`Svm`](crate::Svm)s (their locks are [`SimHost`]).
+pub type SimRange = crate::Range<SimHost>;
 /// A pagemap of simulated device memory with the simulator's locks.
-pub type SimPagemap = crate::pagemap::Pagemap<SimDevmem, SimLocks>;
+pub type SimPagemap = crate::pagemap::Pagemap<SimDevmem, SimHost>;
 
 use std::sync::{Mutex, MutexGuard};
 

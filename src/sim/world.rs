@@ -2,7 +2,7 @@
 
 use super::device::{SimDevice, SimDevmem, SimPlatform};
 use super::lock;
-use super::SimLocks;
+use super::SimHost;
 use crate::error::{Error, Result};
 use crate::pagemap::Pagemap;
 use crate::pagemap::{Interconnect, OwnerRegistry, PeerId};
@@ -150,7 +150,7 @@ pub struct SimWorld {
     hooks: Mutex<HashMap<PagemapId, Weak<dyn SimPagemapHooks>>>,
     devices: Mutex<HashMap<u32, Weak<SimDevice>>>,
     gpus: Mutex<Vec<Weak<Svm<SimPlatform>>>>,
-    pagemaps: Mutex<Vec<Weak<Pagemap<SimDevmem, SimLocks>>>>,
+    pagemaps: Mutex<Vec<Weak<Pagemap<SimDevmem, SimHost>>>>,
     links: Arc<Mutex<BTreeSet<(u32, u32)>>>,
     /// The owner registry every simulated device joins (peers: `2*id` for a device's pagemap,
     /// `2*id+1` for its `Svm`; two peers have an interconnect if they are on the same device or
@@ -200,7 +200,7 @@ impl SimWorld {
     }
 
     /// The pagemaps of the machine's devices.
-    pub fn pagemaps(&self) -> Vec<Arc<Pagemap<SimDevmem, SimLocks>>> {
+    pub fn pagemaps(&self) -> Vec<Arc<Pagemap<SimDevmem, SimHost>>> {
         lock(&self.pagemaps)
             .iter()
             .filter_map(Weak::upgrade)
@@ -208,7 +208,7 @@ impl SimWorld {
     }
 
     /// A new device pagemap: every device's `Svm` attaches it.
-    pub(crate) fn add_pagemap(&self, pm: Arc<Pagemap<SimDevmem, SimLocks>>) {
+    pub(crate) fn add_pagemap(&self, pm: Arc<Pagemap<SimDevmem, SimHost>>) {
         lock(&self.pagemaps).push(Arc::downgrade(&pm));
         for g in self.live_gpus() {
             // Refused only if another pagemap has its id there: that one stays.

@@ -1,27 +1,28 @@
 //! `Mutex<L, T>` and `RwLock<L, T>`: data guarded by a host-supplied raw lock.
 //!
-//! The raw lock (from the host's [`Locks`] facet) only excludes; these wrappers own the data and
+//! The raw lock (from the host's [`Host`] facet) only excludes; these wrappers own the data and
 //! hand out guards, which are the proof that the lock is held (as `kernel::sync::Guard` is):
 //! the data is reachable only through a guard, and dropping the guard unlocks.
 
-use super::{LockClass, Locks, RawMutex, RawRwLock};
+use super::{LockClass, RawMutex, RawRwLock};
+use crate::Host;
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 
 /// A mutual-exclusion lock of the host's facet `L` over a `T`.
-pub struct Mutex<L: Locks, T> {
+pub struct Mutex<L: Host, T> {
     raw: L::Mutex,
     data: UnsafeCell<T>,
 }
 
 // SAFETY: the lock hands out access to `T` to one thread at a time (the raw mutex's contract),
 // so sharing the lock between threads only moves `T` between them: `T: Send` suffices.
-unsafe impl<L: Locks, T: Send> Sync for Mutex<L, T> {}
+unsafe impl<L: Host, T: Send> Sync for Mutex<L, T> {}
 // SAFETY: the raw lock is `Send` (trait bound of `RawMutex`); the data moves with it.
-unsafe impl<L: Locks, T: Send> Send for Mutex<L, T> {}
+unsafe impl<L: Host, T: Send> Send for Mutex<L, T> {}
 
-impl<L: Locks, T> core::fmt::Debug for Mutex<L, T> {
+impl<L: Host, T> core::fmt::Debug for Mutex<L, T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Mutex").finish_non_exhaustive()
     }
@@ -29,12 +30,12 @@ impl<L: Locks, T> core::fmt::Debug for Mutex<L, T> {
 
 /// Proof that a [`Mutex`] is held; unlocks on drop. Not `Send`: a host lock may require the
 /// locking thread to unlock it.
-pub struct MutexGuard<'a, L: Locks, T> {
+pub struct MutexGuard<'a, L: Host, T> {
     lock: &'a Mutex<L, T>,
     _not_send: PhantomData<*const ()>,
 }
 
-impl<L: Locks, T> Mutex<L, T> {
+impl<L: Host, T> Mutex<L, T> {
     /// A new unlocked mutex of lock class `class` holding `v`.
     ///
     /// Context: does not sleep; allocates only if the host's raw lock does.
@@ -72,7 +73,7 @@ impl<L: Locks, T> Mutex<L, T> {
     }
 }
 
-impl<L: Locks, T> Deref for MutexGuard<'_, L, T> {
+impl<L: Host, T> Deref for MutexGuard<'_, L, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard exists only while the raw mutex is held, which excludes every other
@@ -81,14 +82,14 @@ impl<L: Locks, T> Deref for MutexGuard<'_, L, T> {
     }
 }
 
-impl<L: Locks, T> DerefMut for MutexGuard<'_, L, T> {
+impl<L: Host, T> DerefMut for MutexGuard<'_, L, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`, and `&mut self` makes this the only reference through the guard.
         unsafe { &mut *self.lock.data.get() }
     }
 }
 
-impl<L: Locks, T> Drop for MutexGuard<'_, L, T> {
+impl<L: Host, T> Drop for MutexGuard<'_, L, T> {
     fn drop(&mut self) {
         // SAFETY: this guard was created by a successful `lock`/`try_lock` and is dropped once.
         unsafe { self.lock.raw.unlock() }
@@ -96,36 +97,36 @@ impl<L: Locks, T> Drop for MutexGuard<'_, L, T> {
 }
 
 /// A reader-writer lock of the host's facet `L` over a `T`.
-pub struct RwLock<L: Locks, T> {
+pub struct RwLock<L: Host, T> {
     raw: L::RwLock,
     data: UnsafeCell<T>,
 }
 
 // SAFETY: readers share `&T` across threads (`T: Sync`), a writer gets `&mut T` on one thread at
 // a time (`T: Send`); the raw lock's contract keeps the two apart.
-unsafe impl<L: Locks, T: Send + Sync> Sync for RwLock<L, T> {}
+unsafe impl<L: Host, T: Send + Sync> Sync for RwLock<L, T> {}
 // SAFETY: the raw lock is `Send`; the data moves with it.
-unsafe impl<L: Locks, T: Send> Send for RwLock<L, T> {}
+unsafe impl<L: Host, T: Send> Send for RwLock<L, T> {}
 
-impl<L: Locks, T> core::fmt::Debug for RwLock<L, T> {
+impl<L: Host, T> core::fmt::Debug for RwLock<L, T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RwLock").finish_non_exhaustive()
     }
 }
 
 /// Proof that an [`RwLock`] is held shared; unlocks on drop.
-pub struct RwLockReadGuard<'a, L: Locks, T> {
+pub struct RwLockReadGuard<'a, L: Host, T> {
     lock: &'a RwLock<L, T>,
     _not_send: PhantomData<*const ()>,
 }
 
 /// Proof that an [`RwLock`] is held exclusively; unlocks on drop.
-pub struct RwLockWriteGuard<'a, L: Locks, T> {
+pub struct RwLockWriteGuard<'a, L: Host, T> {
     lock: &'a RwLock<L, T>,
     _not_send: PhantomData<*const ()>,
 }
 
-impl<L: Locks, T> RwLock<L, T> {
+impl<L: Host, T> RwLock<L, T> {
     /// A new unlocked lock of lock class `class` holding `v`.
     ///
     /// Context: does not sleep; allocates only if the host's raw lock does.
@@ -184,7 +185,7 @@ impl<L: Locks, T> RwLock<L, T> {
     }
 }
 
-impl<L: Locks, T> Deref for RwLockReadGuard<'_, L, T> {
+impl<L: Host, T> Deref for RwLockReadGuard<'_, L, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the lock is held shared: no writer exists, so shared references are sound.
@@ -192,14 +193,14 @@ impl<L: Locks, T> Deref for RwLockReadGuard<'_, L, T> {
     }
 }
 
-impl<L: Locks, T> Drop for RwLockReadGuard<'_, L, T> {
+impl<L: Host, T> Drop for RwLockReadGuard<'_, L, T> {
     fn drop(&mut self) {
         // SAFETY: this guard holds one shared acquisition, released exactly once here.
         unsafe { self.lock.raw.unlock_read() }
     }
 }
 
-impl<L: Locks, T> Deref for RwLockWriteGuard<'_, L, T> {
+impl<L: Host, T> Deref for RwLockWriteGuard<'_, L, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the lock is held exclusively by this guard.
@@ -207,14 +208,14 @@ impl<L: Locks, T> Deref for RwLockWriteGuard<'_, L, T> {
     }
 }
 
-impl<L: Locks, T> DerefMut for RwLockWriteGuard<'_, L, T> {
+impl<L: Host, T> DerefMut for RwLockWriteGuard<'_, L, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the lock is held exclusively by this guard, and `&mut self` is unique.
         unsafe { &mut *self.lock.data.get() }
     }
 }
 
-impl<L: Locks, T> Drop for RwLockWriteGuard<'_, L, T> {
+impl<L: Host, T> Drop for RwLockWriteGuard<'_, L, T> {
     fn drop(&mut self) {
         // SAFETY: this guard holds the exclusive acquisition, released exactly once here.
         unsafe { self.lock.raw.unlock_write() }

@@ -1,12 +1,12 @@
 //! The lock facet and the atomics: the only place the crate's synchronisation comes from.
 //!
-//! The host supplies the locks. A [`Locks`] type names a raw mutex and a raw reader-writer lock
+//! The host supplies the locks. A [`Host`] type names a raw mutex and a raw reader-writer lock
 //! ([`RawMutex`], [`RawRwLock`]: lock, try-lock, unlock, nothing else); the crate wraps them in
 //! [`Mutex`] and [`RwLock`], which own the data and hand out guards. A platform picks its
-//! facet with [`Platform::Locks`](crate::platform::Platform::Locks); the crate's lock-holding
+//! facet with [`Platform::Host`](crate::platform::Platform::Host); the crate's lock-holding
 //! types ([`Range`](crate::Range), [`Pagemap`](crate::pagemap::Pagemap),
 //! [`OwnerRegistry`](crate::pagemap::OwnerRegistry), [`Userptr`](crate::Userptr)) take the
-//! facet as a type parameter that defaults to [`DefaultLocks`].
+//! facet as a type parameter that defaults to [`DefaultHost`].
 //!
 //! Every lock is created with its static [`LockClass`] (module [`class`]): a name the host
 //! maps to a lock class of its own (a lockdep key), its rank in the lock order, and whether it
@@ -14,10 +14,10 @@
 //!
 //! | facet | for | waits by |
 //! | --- | --- | --- |
-//! | [`SpinLocks`] | bare metal, firmware; the default ([`DefaultLocks`]) | spinning |
-//! | `ParkingLocks` (feature `std`) | user space | parking on a condition variable |
-//! | `ParkingLocks` under `--cfg loom` | the loom models; [`DefaultLocks`] there | loom's scheduler |
-//! | `sim::SimLocks` (feature `sim`) | the simulator and the tests | `ParkingLocks`, checking the lock order (a small lockdep) |
+//! | [`SpinHost`] | bare metal, firmware; the default ([`DefaultHost`]) | spinning |
+//! | `ParkingHost` (feature `std`) | user space | parking on a condition variable |
+//! | `ParkingHost` under `--cfg loom` | the loom models; [`DefaultHost`] there | loom's scheduler |
+//! | `sim::SimHost` (feature `sim`) | the simulator and the tests | `ParkingHost`, checking the lock order (a small lockdep) |
 //!
 //! A Linux host implements the raw traits over `struct mutex`, `struct rw_semaphore` and
 //! `spinlock_t` with one `lock_class_key` per [`LockClass`]; classes with
@@ -70,8 +70,8 @@ pub use atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use class::LockClass;
 pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(any(feature = "std", loom))]
-pub use parking::{ParkingLocks, ParkingMutex, ParkingRwLock};
-pub use spin::{SpinLocks, SpinMutex, SpinRwLock};
+pub use parking::{ParkingHost, ParkingMutex, ParkingRwLock};
+pub use spin::{SpinHost, SpinMutex, SpinRwLock};
 
 /// A host's raw mutex: excludes, holds no data.
 ///
@@ -128,21 +128,6 @@ pub unsafe trait RawRwLock: Send + Sync + Sized {
     /// The caller holds the lock exclusively.
     unsafe fn unlock_write(&self);
 }
-
-/// The lock facet: which raw locks a host supplies. A type-level bundle, usually a unit struct.
-pub trait Locks: 'static {
-    /// The raw mutex.
-    type Mutex: RawMutex;
-    /// The raw reader-writer lock.
-    type RwLock: RawRwLock;
-}
-
-/// The facet used where none is named: [`SpinLocks`], or loom's locks under `--cfg loom`.
-#[cfg(not(loom))]
-pub type DefaultLocks = SpinLocks;
-/// The facet used where none is named: [`SpinLocks`], or loom's locks under `--cfg loom`.
-#[cfg(loom)]
-pub type DefaultLocks = ParkingLocks;
 
 /// Hint that the caller is busy-waiting (a retry loop): the CPU's spin hint, or a yield to
 /// loom's scheduler under `--cfg loom`.

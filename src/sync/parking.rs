@@ -1,4 +1,4 @@
-//! [`ParkingLocks`]: sleeping locks built from a mutex and a condition variable: `std::sync`'s
+//! [`ParkingHost`]: sleeping locks built from a mutex and a condition variable: `std::sync`'s
 //! with the `std` feature, loom's under `--cfg loom` (so the models explore every lock the crate
 //! takes). A waiter parks instead of spinning. Poisoning is ignored (no code of the crate
 //! panics while holding a lock), and no path panics.
@@ -8,24 +8,31 @@ use loom::sync::{Condvar, Mutex as Inner, MutexGuard as InnerGuard};
 #[cfg(not(loom))]
 use std::sync::{Condvar, Mutex as Inner, MutexGuard as InnerGuard};
 
-use super::{LockClass, Locks, RawMutex, RawRwLock};
+use super::{LockClass, RawMutex, RawRwLock};
+use crate::heap::{Allocator, DefaultAlloc};
+use crate::Host;
+use core::marker::PhantomData;
 
 /// The parking lock facet: `std::sync` (or loom) mutexes and condition variables.
 ///
 /// ```
-/// use gpusvm::sync::{class, ParkingLocks, RwLock};
-/// let l: RwLock<ParkingLocks, u32> = RwLock::new(&class::NOTIFIER, 1);
+/// use gpusvm::sync::{class, ParkingHost, RwLock};
+/// let l: RwLock<ParkingHost, u32> = RwLock::new(&class::NOTIFIER, 1);
 /// *l.write() += 1;
 /// let (a, b) = (l.read(), l.read());
 /// assert_eq!(*a + *b, 4);
 /// assert!(l.try_write().is_none());
 /// ```
+///
+/// `A` is the allocator of the facet (default [`DefaultAlloc`]: the global allocator with the
+/// feature `alloc`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ParkingLocks;
+pub struct ParkingHost<A = DefaultAlloc>(PhantomData<fn() -> A>);
 
-impl Locks for ParkingLocks {
+impl<A: Allocator> Host for ParkingHost<A> {
     type Mutex = ParkingMutex;
     type RwLock = ParkingRwLock;
+    type Alloc = A;
 }
 
 fn lock<T>(m: &Inner<T>) -> InnerGuard<'_, T> {
@@ -42,7 +49,7 @@ fn wait<'a, T>(cv: &Condvar, g: InnerGuard<'a, T>) -> InnerGuard<'a, T> {
     }
 }
 
-/// The raw mutex of [`ParkingLocks`].
+/// The raw mutex of [`ParkingHost`].
 #[derive(Debug)]
 pub struct ParkingMutex {
     held: Inner<bool>,
@@ -83,7 +90,7 @@ struct RwState {
     writers_waiting: usize,
 }
 
-/// The raw reader-writer lock of [`ParkingLocks`] (writers preferred).
+/// The raw reader-writer lock of [`ParkingHost`] (writers preferred).
 #[derive(Debug)]
 pub struct ParkingRwLock {
     state: Inner<RwState>,

@@ -1,8 +1,11 @@
-//! [`SpinLocks`]: the bare-metal default: spinning locks over the crate's atomics that never
+//! [`SpinHost`]: the bare-metal default: spinning locks over the crate's atomics that never
 //! panic, never allocate and never sleep.
 
 use super::atomic::{AtomicBool, AtomicUsize, Ordering};
-use super::{spin_hint, LockClass, Locks, RawMutex, RawRwLock};
+use super::{spin_hint, LockClass, RawMutex, RawRwLock};
+use crate::heap::{Allocator, DefaultAlloc};
+use crate::Host;
+use core::marker::PhantomData;
 
 /// The spinning lock facet (bare metal, firmware, any context that may spin). A mutex is one
 /// atomic flag; a reader-writer lock is one atomic word that prefers writers (a waiting writer
@@ -10,20 +13,24 @@ use super::{spin_hint, LockClass, Locks, RawMutex, RawRwLock};
 /// waits instead of panicking.
 ///
 /// ```
-/// use gpusvm::sync::{class, Mutex, SpinLocks};
-/// let m: Mutex<SpinLocks, u32> = Mutex::new(&class::GC_QUEUE, 1);
+/// use gpusvm::sync::{class, Mutex, SpinHost};
+/// let m: Mutex<SpinHost, u32> = Mutex::new(&class::GC_QUEUE, 1);
 /// *m.lock() += 1;
 /// assert_eq!(*m.try_lock().unwrap(), 2);
 /// ```
+///
+/// `A` is the allocator of the facet (default [`DefaultAlloc`]: the global allocator with the
+/// feature `alloc`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SpinLocks;
+pub struct SpinHost<A = DefaultAlloc>(PhantomData<fn() -> A>);
 
-impl Locks for SpinLocks {
+impl<A: Allocator> Host for SpinHost<A> {
     type Mutex = SpinMutex;
     type RwLock = SpinRwLock;
+    type Alloc = A;
 }
 
-/// The raw mutex of [`SpinLocks`].
+/// The raw mutex of [`SpinHost`].
 #[derive(Debug)]
 pub struct SpinMutex {
     held: AtomicBool,
@@ -55,7 +62,7 @@ unsafe impl RawMutex for SpinMutex {
     }
 }
 
-/// The raw reader-writer lock of [`SpinLocks`].
+/// The raw reader-writer lock of [`SpinHost`].
 #[derive(Debug)]
 pub struct SpinRwLock {
     /// `WRITER` | `PENDING` | readers × `READER`.

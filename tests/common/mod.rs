@@ -401,17 +401,17 @@ impl MockPlatform {
 /// The mock platform's locks: the simulator's lock-order checker when it is built (the README's
 /// `cargo test --all-features`), the default spin locks otherwise.
 #[cfg(feature = "sim")]
-pub type TestLocks = gpusvm::sim::SimLocks;
+pub type TestHost = gpusvm::sim::SimHost;
 /// The mock platform's locks (see above).
 #[cfg(not(feature = "sim"))]
-pub type TestLocks = gpusvm::sync::DefaultLocks;
+pub type TestHost = gpusvm::DefaultHost;
 
 impl Platform for MockPlatform {
     type Mm = MockMm;
     type Dma = MockDma;
     type Pt = MockPt;
     type Mem = NoDeviceMemory;
-    type Locks = TestLocks;
+    type Host = TestHost;
     fn mm(&self) -> &MockMm {
         &self.mm
     }

@@ -274,7 +274,7 @@ impl Platform for LoomPlatform {
     type Dma = LoomDma;
     type Pt = LoomPt;
     type Mem = NoDeviceMemory;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Host = gpusvm::DefaultHost;
     fn mm(&self) -> &LoomMm {
         &self.mm
     }
@@ -926,7 +926,7 @@ pub mod dev {
         type Dma = DevDma;
         type Pt = LoomPt;
         type Mem = DevMem;
-        type Locks = gpusvm::sync::DefaultLocks;
+        type Host = gpusvm::DefaultHost;
         fn mm(&self) -> &DevMm {
             &self.mm
         }

@@ -373,7 +373,7 @@ impl Platform for BarePlatform {
     type Dma = IdentityDma;
     type Pt = StaticPt;
     type Mem = NoDeviceMemory;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Host = gpusvm::DefaultHost;
 
     fn mm(&self) -> &StaticMm {
         &self.mm

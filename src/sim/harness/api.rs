@@ -62,7 +62,7 @@ use crate::policy::{
     MigrationPolicy, PolicyConfig, PreferredLoc, PrefetchLoc, RangeHistory, RawAttr,
 };
 use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
-use crate::sim::SimLocks;
+use crate::sim::SimHost;
 use crate::sim::{
     check_closed, check_invariants, lock, SimDevice, SimDevmem, SimGpu, SimMm, SimWorld,
 };
@@ -869,10 +869,10 @@ struct Harness {
     /// Whether each device was closed.
     closed: Vec<bool>,
     /// Range objects seen (from the devices, `Range::new`, removals), oldest first.
-    known: Vec<Arc<Range<SimLocks>>>,
+    known: Vec<Arc<Range<SimHost>>>,
     /// The harness's own range tree and its model (start, end, object).
-    tree: RangeTree<SimLocks>,
-    tree_model: Vec<Arc<Range<SimLocks>>>,
+    tree: RangeTree<SimHost>,
+    tree_model: Vec<Arc<Range<SimHost>>>,
     /// The harness's owner registry and its members.
     owners: OwnerRegistry<fn(PeerId, PeerId) -> bool>,
     members: BTreeSet<u64>,
@@ -892,8 +892,8 @@ enum Direct {
 
 /// Whether two pagemap lookups name the same object (or both nothing).
 fn same_pagemap(
-    a: &Option<Arc<Pagemap<SimDevmem, SimLocks>>>,
-    b: &Option<Arc<Pagemap<SimDevmem, SimLocks>>>,
+    a: &Option<Arc<Pagemap<SimDevmem, SimHost>>>,
+    b: &Option<Arc<Pagemap<SimDevmem, SimHost>>>,
 ) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -933,7 +933,7 @@ impl Harness {
             gpus: Vec::new(),
             closed: Vec::new(),
             known: Vec::new(),
-            tree: RangeTree::with_locks(),
+            tree: RangeTree::with_host(),
             tree_model: Vec::new(),
             owners: OwnerRegistry::new(linked_peers as fn(PeerId, PeerId) -> bool),
             members: BTreeSet::new(),
@@ -1048,7 +1048,7 @@ impl Harness {
         }
     }
 
-    fn known_range(&self, index: u8) -> Option<&Arc<Range<SimLocks>>> {
+    fn known_range(&self, index: u8) -> Option<&Arc<Range<SimHost>>> {
         let n = self.known.len();
         if n == 0 {
             return None;
@@ -1056,7 +1056,7 @@ impl Harness {
         self.known.get(usize::from(index) % n)
     }
 
-    fn remember(&mut self, r: &Arc<Range<SimLocks>>) {
+    fn remember(&mut self, r: &Arc<Range<SimHost>>) {
         if self.known.iter().any(|k| Arc::ptr_eq(k, r)) {
             return;
         }
@@ -1066,15 +1066,15 @@ impl Harness {
         self.known.push(r.clone());
     }
 
-    fn range(&mut self, r: RangeRef) -> Result<Arc<Range<SimLocks>>, String> {
-        let fallback = || Range::with_locks(ARENA, ARENA + PAGE_SIZE).map_err(|e| format!("{e:?}"));
+    fn range(&mut self, r: RangeRef) -> Result<Arc<Range<SimHost>>, String> {
+        let fallback = || Range::with_host(ARENA, ARENA + PAGE_SIZE).map_err(|e| format!("{e:?}"));
         let out = match r {
             RangeRef::Known(i) => match self.known_range(i) {
                 Some(r) => r.clone(),
                 None => fallback()?,
             },
             RangeRef::Fresh { start, end } => {
-                match Range::with_locks(start.value(self), end.value(self)) {
+                match Range::with_host(start.value(self), end.value(self)) {
                     Ok(r) => r,
                     Err(e) => {
                         typed(e)?;
@@ -1179,7 +1179,7 @@ impl Harness {
     }
 
     /// Whether `r` (the very object) is a range of device `d`.
-    fn owns(&self, d: u8, r: &Arc<Range<SimLocks>>) -> bool {
+    fn owns(&self, d: u8, r: &Arc<Range<SimHost>>) -> bool {
         self.gpu(d)
             .svm
             .find(r.start())
@@ -1208,10 +1208,10 @@ impl Harness {
             ApiOp::RangeNew { start, end } => {
                 let (s, e) = (start.value(self), end.value(self));
                 let valid = s < e && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0;
-                match Range::with_locks(s, e) {
+                match Range::with_host(s, e) {
                     Ok(r) if valid => {
                         if r.start() != s || r.end() != e || r.is_linked() {
-                            return Err(format!("Range::with_locks({s:#x}, {e:#x}) = {r:?}"));
+                            return Err(format!("Range::with_host({s:#x}, {e:#x}) = {r:?}"));
                         }
                         if r.size() != e - s || r.npages() != (e - s) / PAGE_SIZE {
                             return Err(format!("{r:?}: size {:#x}", r.size()));
@@ -1219,7 +1219,7 @@ impl Harness {
                         self.remember(&r);
                     }
                     Err(Error::Invalid) if !valid => {}
-                    other => return Err(format!("Range::with_locks({s:#x}, {e:#x}) = {other:?}")),
+                    other => return Err(format!("Range::with_host({s:#x}, {e:#x}) = {other:?}")),
                 }
             }
             ApiOp::TreeInsert { range } => {
@@ -1263,24 +1263,24 @@ impl Harness {
                 let (s, e) = (start.value(self), end.value(self));
                 let want = self.tree_model.iter().find(|m| m.contains(s));
                 let got = self.tree.find(s);
-                if got.map(|r| r as *const Range<SimLocks>) != want.map(Arc::as_ptr) {
+                if got.map(|r| r as *const Range<SimHost>) != want.map(Arc::as_ptr) {
                     return Err(format!("tree find({s:#x}) = {got:?}, model {want:?}"));
                 }
                 let got_arc = self.tree.find_arc(s);
                 if got_arc.as_ref().map(Arc::as_ptr) != want.map(Arc::as_ptr) {
                     return Err(format!("tree find_arc({s:#x}) = {got_arc:?}"));
                 }
-                let want: Vec<*const Range<SimLocks>> = self
+                let want: Vec<*const Range<SimHost>> = self
                     .tree_model
                     .iter()
                     .filter(|m| s < e && m.overlaps(s, e))
                     .map(Arc::as_ptr)
                     .collect();
-                let got: Vec<*const Range<SimLocks>> = self
+                let got: Vec<*const Range<SimHost>> = self
                     .tree
                     .overlapping(s, e)
                     .take(want.len() + 1)
-                    .map(|r| r as *const Range<SimLocks>)
+                    .map(|r| r as *const Range<SimHost>)
                     .collect();
                 if got != want {
                     return Err(format!("tree overlapping({s:#x}, {e:#x}) differs"));
@@ -2080,7 +2080,7 @@ impl Harness {
     }
 
     /// The pagemap object a spec names (`None`: the device has no device memory).
-    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<Arc<Pagemap<SimDevmem, SimLocks>>> {
+    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<Arc<Pagemap<SimDevmem, SimHost>>> {
         match spec {
             PagemapSpec::Device(d) => self.gpu(d).svm.pagemap(),
             PagemapSpec::Fresh { id, owner } => {

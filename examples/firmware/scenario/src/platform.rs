@@ -27,7 +27,7 @@ impl Platform for FwPlatform {
     type Dma = IdentityDma;
     type Pt = DevPt;
     type Mem = FwVram;
-    type Locks = gpusvm::sync::DefaultLocks;
+    type Host = gpusvm::DefaultHost;
 
     fn mm(&self) -> &FwMm {
         &self.mm

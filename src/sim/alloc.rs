@@ -1,0 +1,152 @@
+//! [`SimAlloc`]: the simulator's allocator — the global allocator, counted, with failure
+//! injection (DESIGN invariant 9).
+//!
+//! Counts and the failure schedule are per thread, so tests running in parallel do not see each
+//! other's allocations. A scenario that allocates on one thread and frees on another sees the
+//! free on the other thread's counters.
+
+use crate::heap::{AllocCtx, Allocator};
+use crate::{Error, Result};
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use std::cell::Cell;
+
+/// The simulator's allocator (the `Alloc` of [`SimHost`](super::SimHost)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimAlloc;
+
+/// What this thread's [`SimAlloc`] did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    /// Successful allocations.
+    pub allocs: u64,
+    /// Frees.
+    pub frees: u64,
+    /// Allocations refused by the failure schedule.
+    pub failed: u64,
+    /// Allocations made in [`AllocCtx::NoSleep`] context (successful or not).
+    pub no_sleep: u64,
+    /// Bytes allocated and not freed (by this thread).
+    pub live_bytes: i64,
+}
+
+struct State {
+    stats: Cell<AllocStats>,
+    /// Allocations to let through before failing; `None`: never fail.
+    fail_in: Cell<Option<u64>>,
+    /// How many allocations fail once the schedule triggers.
+    fail_count: Cell<u64>,
+}
+
+std::thread_local! {
+    static STATE: State = const {
+        State {
+            stats: Cell::new(AllocStats { allocs: 0, frees: 0, failed: 0, no_sleep: 0, live_bytes: 0 }),
+            fail_in: Cell::new(None),
+            fail_count: Cell::new(0),
+        }
+    };
+}
+
+impl SimAlloc {
+    /// This thread's counts.
+    pub fn stats() -> AllocStats {
+        STATE.with(|s| s.stats.get())
+    }
+
+    /// Reset this thread's counts and cancel its failure schedule.
+    pub fn reset() {
+        STATE.with(|s| {
+            s.stats.set(AllocStats::default());
+            s.fail_in.set(None);
+            s.fail_count.set(0);
+        })
+    }
+
+    /// Let `skip` allocations of this thread succeed, then fail the next `count`.
+    /// `fail_after(k - 1, 1)` fails exactly the k-th allocation from now.
+    pub fn fail_after(skip: u64, count: u64) {
+        STATE.with(|s| {
+            s.fail_in.set(Some(skip));
+            s.fail_count.set(count);
+        })
+    }
+
+    /// Fail the next `count` allocations of this thread.
+    pub fn fail_next(count: u64) {
+        Self::fail_after(0, count);
+    }
+
+    /// Cancel this thread's failure schedule.
+    pub fn stop_failing() {
+        STATE.with(|s| {
+            s.fail_in.set(None);
+            s.fail_count.set(0);
+        })
+    }
+
+    /// Whether this thread's failure schedule has failures left to inject.
+    pub fn failing() -> bool {
+        STATE.with(|s| s.fail_in.get().is_some() && s.fail_count.get() > 0)
+    }
+
+    fn should_fail() -> bool {
+        STATE.with(|s| match s.fail_in.get() {
+            None => false,
+            Some(0) => {
+                let left = s.fail_count.get().saturating_sub(1);
+                s.fail_count.set(left);
+                if left == 0 {
+                    s.fail_in.set(None);
+                }
+                true
+            }
+            Some(n) => {
+                s.fail_in.set(Some(n - 1));
+                false
+            }
+        })
+    }
+
+    fn update(f: impl FnOnce(&mut AllocStats)) {
+        STATE.with(|s| {
+            let mut st = s.stats.get();
+            f(&mut st);
+            s.stats.set(st);
+        })
+    }
+}
+
+// SAFETY: forwards to the global allocator (the system's, under `std`); a refused or failed
+// allocation returns an error, never a pointer.
+unsafe impl Allocator for SimAlloc {
+    fn allocate(layout: Layout, ctx: AllocCtx) -> Result<NonNull<u8>> {
+        if ctx == AllocCtx::NoSleep {
+            Self::update(|s| s.no_sleep += 1);
+        }
+        if layout.size() == 0 {
+            return Err(Error::Invalid);
+        }
+        if Self::should_fail() {
+            Self::update(|s| s.failed += 1);
+            return Err(Error::NoMem);
+        }
+        // SAFETY: the layout is not zero-sized (checked above).
+        let p = NonNull::new(unsafe { std::alloc::alloc(layout) }).ok_or(Error::NoMem)?;
+        Self::update(|s| {
+            s.allocs += 1;
+            s.live_bytes += layout.size() as i64;
+        });
+        Ok(p)
+    }
+
+    unsafe fn deallocate(ptr: NonNull<u8>, layout: Layout) {
+        Self::update(|s| {
+            s.frees += 1;
+            s.live_bytes -= layout.size() as i64;
+        });
+        // SAFETY: the caller guarantees `ptr` came from `allocate` with `layout`, which got it
+        // from the global allocator with that layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) }
+    }
+}
