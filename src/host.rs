@@ -42,3 +42,8 @@ pub type DefaultHost = crate::sync::SpinHost;
 /// [`DefaultAlloc`](crate::heap::DefaultAlloc), or loom's locks under `--cfg loom`.
 #[cfg(loom)]
 pub type DefaultHost = crate::sync::ParkingHost;
+
+/// A [`heap::Arc`](crate::heap::Arc) on the allocator of host `H`.
+pub type HostArc<H, T> = crate::heap::Arc<T, <H as Host>::Alloc>;
+/// A [`heap::Vec`](crate::heap::Vec) on the allocator of host `H`.
+pub type HostVec<H, T> = crate::heap::Vec<T, <H as Host>::Alloc>;

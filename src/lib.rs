@@ -205,7 +205,7 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use fault::Access;
-pub use host::{DefaultHost, Host};
+pub use host::{DefaultHost, Host, HostArc, HostVec};
 pub use pages::{PageEntry, PagesCtx, Userptr};
 pub use range::Range;
 pub use svm::{Event, Svm, SvmConfig, Window, MAX_CHUNK_SIZES};
