@@ -5,9 +5,10 @@
 //! space: the range tree, the fault path, invalidation, page migration between system RAM and
 //! device memory (and between devices over a fast interconnect), the owner/interconnect
 //! registry, a policy engine and the garbage collector. It follows the design of Linux's DRM GPU
-//! SVM core (`drm_gpusvm`, `drm_pagemap`) and its use in the Intel Xe driver, as a `no_std` +
-//! `alloc` Rust library that takes its locks and atomics from the host and never allocates in the
-//! invalidation path.
+//! SVM core (`drm_gpusvm`, `drm_pagemap`) and its use in the Intel Xe driver, as a `no_std`
+//! Rust library that needs only `core` and takes its locks, atomics and memory from the host
+//! ([`Host`]): it allocates only through the host's allocator, only fallibly, never in the
+//! invalidation path, and no panic is reachable from its public API.
 //!
 //! ## The model
 //!
@@ -113,6 +114,16 @@
 //! range lock (spinning): it must not sleep and must call back into the `Svm` only through
 //! [`Svm::device_atomics`].
 //!
+//! ## Memory
+//!
+//! Every allocation goes through the host's allocator ([`Host::Alloc`], a
+//! [`heap::Allocator`]) into the crate's fallible containers ([`heap::Vec`], [`heap::Arc`];
+//! [`HostVec`]/[`HostArc`] name them on a host). Each call that may allocate says so in its
+//! "Context:" line, with the [`AllocCtx`](heap::AllocCtx) it uses: `MaySleep` where no spinning
+//! lock is held, `NoSleep` under one. Nothing is allocated while a lock the invalidation path
+//! takes is held (capacity is reserved before taking it), and the invalidation path allocates
+//! nothing. A failed allocation returns [`Error::NoMem`] and leaves the state as it was.
+//!
 //! Atomics come from [`sync::atomic`] only (`core`'s; `portable-atomic`'s `AtomicU64` on
 //! 32-bit targets without 64-bit atomics; a kernel build replaces that one file).
 //!
@@ -123,14 +134,26 @@
 //! memory required but unavailable), `NoMem`, `Invalid` (bad argument), `NotSupported`,
 //! `Perm` (write to read-only memory), `Access` (atomic policy), `NoLink` (no interconnect),
 //! `Closed`. Bad input is refused with a typed error and leaves the state as it was; a failed
-//! migration restores every page, with its data. No call panics on any input.
+//! migration restores every page, with its data.
+//!
+//! ## Panics
+//!
+//! None is reachable from the public API. This is proven at link time, in CI, by
+//! `examples/panic_proof`: a core-only `x86_64-unknown-none` binary, built in release with LTO,
+//! calls every public entry point with inputs and platform answers hidden from the optimiser
+//! (`core::hint::black_box`), and its panic handler calls a symbol that exists nowhere — it
+//! links only if no panic path is left. The proof covers this crate's code (and what it uses of
+//! `core`, `heapless`, `bitflags` and `intrusive-collections`) on that target with spinning locks
+//! and a pool allocator; a host's own facets (its locks, allocator and platform methods) must not
+//! panic either, which the facet traits require.
 //!
 //! ## Features
 //!
 //! | feature | what it adds |
 //! | --- | --- |
-//! | (none) | the `no_std` + `alloc` core; builds for `x86_64-unknown-none`, `aarch64-unknown-none`, `riscv64gc-unknown-none-elf`, `thumbv7em-none-eabihf` and `riscv32imac-unknown-none-elf` |
-//! | `std` | `std::error::Error` for [`Error`]; the parking lock facet `sync::ParkingHost` |
+//! | (none) | the core, `core` only (no `alloc` crate); memory from the host's allocator; builds for `x86_64-unknown-none`, `aarch64-unknown-none`, `riscv64gc-unknown-none-elf`, `thumbv7em-none-eabihf` and `riscv32imac-unknown-none-elf` |
+//! | `alloc` (default) | [`heap::Global`], the global allocator as an allocation facet and the allocator of [`DefaultHost`] (without it `DefaultHost` cannot allocate) |
+//! | `std` | implies `alloc`; `std::error::Error` for [`Error`]; the parking lock facet `sync::ParkingHost` |
 //! | `single-core` | on targets without 64-bit atomics: `portable-atomic` masks interrupts instead of taking its global spin lock (single-core parts only; see [`sync::atomic`]) |
 //! | `sim` | the simulated platform (`gpusvm::sim`) and the fuzz/replay harnesses; implies `std` |
 //!

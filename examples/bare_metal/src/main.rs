@@ -4,7 +4,7 @@
 //!
 //! | what | here |
 //! | --- | --- |
-//! | heap (`alloc`) | [`BumpHeap`]: a bump allocator over a static array, `#[global_allocator]` |
+//! | memory | [`BarePool`]: a fixed pool in static memory ([`gpusvm::pool_allocator!`]); no heap, no `alloc` crate |
 //! | [`AddressSpace`] | [`StaticMm`]: one VMA of [`N_PAGES`] pages, a fixed table of CPU PTEs, a fixed table of notifier slots |
 //! | [`DmaMapper`] | [`IdentityDma`]: bus address = physical address, counts live mappings |
 //! | [`DevicePageTable`] | [`StaticPt`]: an array of device PTEs, `zap` clears them |
@@ -29,10 +29,6 @@
     clippy::undocumented_unsafe_blocks
 )]
 
-extern crate alloc;
-
-use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use gpusvm::pages::PageEntry;
 use gpusvm::platform::{
@@ -42,60 +38,17 @@ use gpusvm::platform::{
 use gpusvm::{Access, Error, Event, Range, Result, Svm, SvmConfig, Window};
 
 // ---------------------------------------------------------------------------------------------
-// Heap: a bump allocator over a static array. `dealloc` is a no-op; the run is short.
+// Memory: the crate allocates only through the host facet; here a fixed pool in static memory.
 // ---------------------------------------------------------------------------------------------
 
-/// Size of the static heap.
-const HEAP_SIZE: usize = 256 * 1024;
+gpusvm::pool_allocator!(
+    /// The crate's memory: a 256 KiB pool of 64-byte blocks in static memory (no heap, no
+    /// `alloc` crate).
+    BarePool, 4096
+);
 
-/// A bump allocator: hands out pieces of `mem` in order and never reuses them.
-struct BumpHeap {
-    mem: UnsafeCell<[u8; HEAP_SIZE]>,
-    /// Offset of the first free byte of `mem`.
-    next: AtomicUsize,
-}
-
-// SAFETY: the heap itself never reads or writes `mem`; it only hands out disjoint pieces of it,
-// and `next` is advanced with a compare-exchange before a piece is returned, so two threads can
-// never be given overlapping pieces.
-unsafe impl Sync for BumpHeap {}
-
-// SAFETY: `alloc` returns null or a pointer to `layout.size()` bytes inside `mem`, aligned to
-// `layout.align()`, that overlaps no other allocation (`next` only grows). `dealloc` leaks, which
-// the `GlobalAlloc` contract allows.
-unsafe impl GlobalAlloc for BumpHeap {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let base = self.mem.get().cast::<u8>();
-        let base_addr = base as usize;
-        let mut cur = self.next.load(Ordering::Relaxed);
-        loop {
-            let piece = base_addr
-                .checked_add(cur)
-                .and_then(|a| a.checked_next_multiple_of(layout.align()))
-                .and_then(|a| a.checked_sub(base_addr))
-                .and_then(|off| Some((off, off.checked_add(layout.size())?)));
-            let Some((off, end)) = piece.filter(|&(_, end)| end <= HEAP_SIZE) else {
-                return core::ptr::null_mut();
-            };
-            match self
-                .next
-                .compare_exchange_weak(cur, end, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                // In bounds (`end <= HEAP_SIZE`): stays inside `mem`'s provenance.
-                Ok(_) => return base.wrapping_add(off),
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
-}
-
-#[global_allocator]
-static HEAP: BumpHeap = BumpHeap {
-    mem: UnsafeCell::new([0; HEAP_SIZE]),
-    next: AtomicUsize::new(0),
-};
+/// The host facet: the crate's spinning locks and the static pool.
+type BareHost = gpusvm::sync::SpinHost<BarePool>;
 
 // ---------------------------------------------------------------------------------------------
 // The CPU address space: one VMA over a fixed table of CPU page-table entries.
@@ -373,7 +326,7 @@ impl Platform for BarePlatform {
     type Dma = IdentityDma;
     type Pt = StaticPt;
     type Mem = NoDeviceMemory;
-    type Host = gpusvm::DefaultHost;
+    type Host = BareHost;
 
     fn mm(&self) -> &StaticMm {
         &self.mm
@@ -465,6 +418,10 @@ fn run() -> u32 {
     drop(svm);
     if stats.faults < 2 || TLB_FLUSHES.load(Ordering::Relaxed) == 0 || live_notifiers() != 0 {
         return 8;
+    }
+    // 7. Nothing leaked: every block the crate took from the pool is back.
+    if BarePool::pool().used_blocks() != 0 {
+        return 9;
     }
     0
 }

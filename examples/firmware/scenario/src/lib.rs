@@ -11,8 +11,9 @@
 //! | [`DeviceMemory`](gpusvm::platform::DeviceMemory) | [`devmem::FwVram`]: 32 pages of static RAM, allocator, copy engine |
 //! | clock | [`phys::Phys::now_ns`]: +1 µs per read |
 //!
-//! The crate needs `alloc`: the binary that links this library provides the
-//! `#[global_allocator]`.
+//! The crate allocates from a static pool through its host facet ([`platform::FwHost`]); the
+//! scenario's own bookkeeping (`Rc`) uses `alloc`, so the binary that links this library
+//! provides a `#[global_allocator]`.
 //!
 //! Everything the checksum covers is computed with `u64` arithmetic over fixed frame numbers
 //! and addresses, so it does not depend on the pointer width or on where the linker put the

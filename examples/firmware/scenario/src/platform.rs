@@ -10,6 +10,15 @@ use alloc::rc::Rc;
 use gpusvm::platform::{NotifierId, Platform};
 use gpusvm::{Event, Svm};
 
+gpusvm::pool_allocator!(
+    /// The crate's memory: a 128 KiB pool of 64-byte blocks in static memory (the crate never
+    /// uses the firmware's heap; the scenario's own bookkeeping does).
+    pub FwPool, 2048
+);
+
+/// The host facet: the crate's spinning locks, memory from [`FwPool`].
+pub type FwHost = gpusvm::sync::SpinHost<FwPool>;
+
 /// Everything the crate needs from the one device mirroring the one address space.
 pub struct FwPlatform {
     /// The CPU address space.
@@ -27,7 +36,7 @@ impl Platform for FwPlatform {
     type Dma = IdentityDma;
     type Pt = DevPt;
     type Mem = FwVram;
-    type Host = gpusvm::DefaultHost;
+    type Host = FwHost;
 
     fn mm(&self) -> &FwMm {
         &self.mm
