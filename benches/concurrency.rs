@@ -36,7 +36,10 @@ mod common;
 use common::{fast_svm, paired, print_paired, report, DevPt, FastPlatform, Ratio, BASE, MIB};
 use criterion::{black_box, Criterion, Throughput};
 use gpusvm::{PagesCtx, Range, Svm, Window};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
+
+/// A range reference on the default host.
+type RangeArc = gpusvm::HostArc<gpusvm::DefaultHost, Range>;
 use std::time::{Duration, Instant};
 
 const RANGE: u64 = 2 * MIB;
@@ -47,7 +50,7 @@ struct Setup {
     svms: Vec<(Svm<FastPlatform>, DevPt)>,
     /// The range each thread cycles.
     addrs: [u64; 2],
-    _resident: Vec<Arc<Range>>,
+    _resident: Vec<RangeArc>,
 }
 
 impl Setup {
@@ -58,7 +61,7 @@ impl Setup {
 }
 
 #[inline]
-fn fault(svm: &Svm<FastPlatform>, pt: &DevPt, addr: u64) -> Arc<Range> {
+fn fault(svm: &Svm<FastPlatform>, pt: &DevPt, addr: u64) -> RangeArc {
     let ctx = PagesCtx::default();
     let r = svm.find_or_insert(addr, Window::ALL, &ctx).expect("range");
     svm.get_pages(&r, &ctx).expect("pages");

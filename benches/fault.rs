@@ -43,7 +43,9 @@ use common::{
 use criterion::{black_box, Criterion};
 use gpusvm::platform::NotifierId;
 use gpusvm::{Access, Event, PagesCtx, Range, Svm, Window};
-use std::sync::Arc;
+
+/// A range reference on the default host.
+type RangeArc = gpusvm::HostArc<gpusvm::DefaultHost, Range>;
 use std::time::{Duration, Instant};
 
 const RANGE: u64 = 2 * MIB;
@@ -52,7 +54,7 @@ const VMA: u64 = 4 * MIB;
 
 /// find_or_insert + get_pages + bind: a first-touch fault serviced by a driver.
 #[inline]
-fn fault(svm: &Svm<FastPlatform>, pt: &DevPt, addr: u64) -> Arc<Range> {
+fn fault(svm: &Svm<FastPlatform>, pt: &DevPt, addr: u64) -> RangeArc {
     let ctx = PagesCtx::default();
     let r = svm.find_or_insert(addr, Window::ALL, &ctx).expect("range");
     svm.get_pages(&r, &ctx).expect("pages");
@@ -62,7 +64,7 @@ fn fault(svm: &Svm<FastPlatform>, pt: &DevPt, addr: u64) -> Arc<Range> {
 }
 
 /// A resident range in the second half of the VMA keeps the notifier registered.
-fn with_resident(svm: &Svm<FastPlatform>, pt: &DevPt) -> Arc<Range> {
+fn with_resident(svm: &Svm<FastPlatform>, pt: &DevPt) -> RangeArc {
     fault(svm, pt, BASE + RANGE)
 }
 

@@ -10,9 +10,9 @@
 //! - `svm_find`: [`Svm::find`] on an `Svm` over a null platform holding N ranges created with
 //!   `find_or_insert`: notifier-tree lookup (BTreeMap) + the notifier's `RangeTree` (256 ranges
 //!   of 2 MiB per 512 MiB notifier) + the read lock + an `Arc` clone, exactly what a fault does;
-//! - `btreemap`: `BTreeMap<u64, Arc<Range>>` keyed by start, `range(..=a).next_back()` then the
+//! - `btreemap`: `BTreeMap<u64, RangeArc>` keyed by start, `range(..=a).next_back()` then the
 //!   end check through the `Arc` (the same ranges, non-intrusive);
-//! - `btreemap_end`: `BTreeMap<u64, (u64, Arc<Range>)>` with the end stored inline (no deref);
+//! - `btreemap_end`: `BTreeMap<u64, (u64, RangeArc)>` with the end stored inline (no deref);
 //! - `rangemap`: `rangemap::RangeMap<u64, u32>`, each range with a unique value so that
 //!   adjacent entries do not merge.
 //!
@@ -40,7 +40,9 @@ use gpusvm::range::{Range, RangeTree};
 use gpusvm::{Event, PagesCtx, Svm, SvmConfig, Window};
 use rangemap::RangeMap;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+
+/// A range reference on the default host.
+type RangeArc = gpusvm::HostArc<gpusvm::DefaultHost, Range>;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -159,8 +161,8 @@ struct Lookup {
     n: usize,
     tree: RangeTree,
     svm: Svm<Null>,
-    btree: BTreeMap<u64, Arc<Range>>,
-    btree_end: BTreeMap<u64, (u64, Arc<Range>)>,
+    btree: BTreeMap<u64, RangeArc>,
+    btree_end: BTreeMap<u64, (u64, RangeArc)>,
     rmap: RangeMap<u64, u32>,
 }
 
@@ -202,7 +204,7 @@ impl Lookup {
         self.n as u64 * LOOKUP_RANGE
     }
 
-    fn btree_find(&self, a: u64) -> Option<&Arc<Range>> {
+    fn btree_find(&self, a: u64) -> Option<&RangeArc> {
         self.btree
             .range(..=a)
             .next_back()
@@ -210,7 +212,7 @@ impl Lookup {
             .filter(|r| a < r.end())
     }
 
-    fn btree_end_find(&self, a: u64) -> Option<&Arc<Range>> {
+    fn btree_end_find(&self, a: u64) -> Option<&RangeArc> {
         self.btree_end
             .range(..=a)
             .next_back()

@@ -9,10 +9,9 @@ use crate::error::{Error, Result};
 use crate::pages::{PageEntry, PagesCtx};
 use crate::platform::{AddressSpace, Platform};
 use crate::policy::{self, DecisionInput, DeviceCaps, MigrationPolicy, RangeHistory};
-use crate::range::{Range, RangeFlags};
+use crate::range::{Range, RangeArc, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::{Svm, Window};
-use alloc::sync::Arc;
 
 /// The kind of device access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +51,7 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         access: Access,
         window: Window,
-    ) -> Result<Arc<Range<P::Host>>> {
+    ) -> Result<RangeArc<P::Host>> {
         self.check_open()?;
         // Same precedence as `find_or_insert`: a malformed request is `Invalid` whether or not
         // a VMA happens to lie there, and it changes nothing (no count, no GC run).
@@ -182,7 +181,7 @@ impl<P: Platform> Svm<P> {
         access: Access,
         window: Window,
         mut bind_fn: impl FnMut(&Range<P::Host>, &[PageEntry]) -> R,
-    ) -> Result<(Arc<Range<P::Host>>, R)> {
+    ) -> Result<(RangeArc<P::Host>, R)> {
         let mut attempts = 0u32;
         loop {
             let range = self.handle_fault(addr, access, window)?;

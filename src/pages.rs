@@ -5,14 +5,14 @@
 //! range is one entry), each packed into 8 bytes.
 
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DmaDirection, DmaMapper, OwnerId, PagemapId, Platform,
     MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::range::SeqCounter;
 use crate::sync::{class, RwLock};
-use crate::{DefaultHost, Host};
-use alloc::vec::Vec;
+use crate::{DefaultHost, Host, HostVec};
 use bitflags::bitflags;
 
 /// How the device reaches the memory behind a [`PageEntry`].
@@ -161,27 +161,45 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The page state of one range or userptr.
-#[derive(Debug, Default)]
-pub struct PageState {
-    entries: Vec<PageEntry>,
+/// The page state of one range or userptr; the entry array is on the allocator of the host
+/// `L`.
+pub struct PageState<L: Host = DefaultHost> {
+    entries: HostVec<L, PageEntry>,
     flags: PageFlags,
     pagemap: Option<PagemapId>,
+}
+
+impl<L: Host> core::fmt::Debug for PageState<L> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageState")
+            .field("entries", &self.entries)
+            .field("flags", &self.flags)
+            .field("pagemap", &self.pagemap)
+            .finish()
+    }
+}
+
+impl<L: Host> Default for PageState<L> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A freshly collected and mapped set of pages, not yet committed.
 #[derive(Debug)]
-pub(crate) struct Mapped {
-    entries: Vec<PageEntry>,
+pub(crate) struct Mapped<L: Host> {
+    entries: HostVec<L, PageEntry>,
     flags: PageFlags,
     pagemap: Option<PagemapId>,
 }
 
-impl PageState {
+impl<L: Host> PageState<L> {
     /// An empty state (nothing collected).
+    ///
+    /// Context: any; allocates nothing.
     pub const fn new() -> Self {
         PageState {
-            entries: Vec::new(),
+            entries: HostVec::<L, PageEntry>::new(),
             flags: PageFlags::empty(),
             pagemap: None,
         }
@@ -238,13 +256,17 @@ impl PageState {
     }
 
     /// Unmap, then release the entry array (SPEC `free_pages`).
+    ///
+    /// Context: allocates nothing; frees the array (the host's `deallocate` never sleeps, so
+    /// this may run under the range's page-state lock).
     pub fn free<D: DmaMapper>(&mut self, dma: &D) {
         self.unmap(dma);
-        self.entries = Vec::new();
+        self.entries = HostVec::<L, PageEntry>::new();
     }
 
-    /// Replace the state by a committed collection, unmapping the old one.
-    pub(crate) fn commit<D: DmaMapper>(&mut self, dma: &D, m: Mapped) {
+    /// Replace the state by a committed collection, unmapping the old one (its array is
+    /// freed; nothing is allocated).
+    pub(crate) fn commit<D: DmaMapper>(&mut self, dma: &D, m: Mapped<L>) {
         self.unmap(dma);
         self.entries = m.entries;
         self.flags = m.flags;
@@ -292,7 +314,7 @@ pub(crate) fn local_resolver(_: PagemapId, _: u64, _: u8) -> Result<(DevicePlace
     Ok((DevicePlace::Local, None))
 }
 
-impl Mapped {
+impl<L: Host> Mapped<L> {
     /// Undo the DMA mappings of an uncommitted collection.
     pub(crate) fn unmap<D: DmaMapper>(self, dma: &D) {
         if self.flags.contains(PageFlags::HAS_DMA_MAPPING) {
@@ -321,23 +343,55 @@ fn clamp_order(max: u8, va_page: u64, frame: u64, remaining: u64) -> u8 {
     }
 }
 
+/// The order of the entry that maps the CPU page `p` at page index `va_page` with
+/// `remaining` pages left in the collection (0 for an absent page, which is refused anyway).
+#[inline]
+fn entry_order(p: &CpuPage, va_page: u64, remaining: u64) -> u8 {
+    match *p {
+        CpuPage::System { pfn, order, .. } => clamp_order(order, va_page, pfn, remaining),
+        CpuPage::Device { dpfn, order, .. } => clamp_order(order, va_page, dpfn, remaining),
+        CpuPage::Absent => 0,
+    }
+}
+
+/// The number of entries [`map_collected`] makes from the pages `cpu` collected from
+/// `start` on: the walk it does, without mapping anything. The entry array is allocated with
+/// this capacity before the notifier lock is taken (nothing is allocated under it).
+pub(crate) fn count_entries(cpu: &[CpuPage], start: u64) -> usize {
+    let npages = cpu.len();
+    let first_page = start >> PAGE_SHIFT;
+    let mut n = 0usize;
+    let mut i = 0usize;
+    while let Some(p) = cpu.get(i) {
+        let remaining = npages.saturating_sub(i) as u64;
+        let o = entry_order(p, first_page.wrapping_add(i as u64), remaining);
+        n = n.saturating_add(1);
+        i = i.saturating_add(1usize << o);
+    }
+    n
+}
+
 /// Collect the CPU pages of `[start, end)` (faulting them in). No crate lock may be held: the
 /// platform may sleep. The result is only a snapshot: the pages may be freed as soon as an
 /// invalidation starts, so they are mapped by [`map_collected`] under the notifier lock.
-pub(crate) fn collect<M: AddressSpace>(
+///
+/// Errors: [`Error::Invalid`] for a bad interval; [`Error::NoMem`]; the platform's errors.
+///
+/// Context: may sleep; allocates the page array with [`AllocCtx::MaySleep`]; no lock held.
+pub(crate) fn collect<H: Host, M: AddressSpace>(
     mm: &M,
     start: u64,
     end: u64,
     ctx: &PagesCtx,
-) -> Result<Vec<CpuPage>> {
+) -> Result<HostVec<H, CpuPage>> {
     if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
         return Err(Error::Invalid);
     }
     let npages =
         usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
-    let mut cpu: Vec<CpuPage> = Vec::new();
-    cpu.try_reserve_exact(npages).map_err(|_| Error::NoMem)?;
-    cpu.resize(npages, CpuPage::Absent);
+    let mut cpu = HostVec::<H, CpuPage>::new();
+    cpu.reserve_exact(npages, AllocCtx::MaySleep)?;
+    cpu.resize(npages, CpuPage::Absent, AllocCtx::MaySleep)?;
     let req = CollectRequest {
         start,
         end,
@@ -349,19 +403,26 @@ pub(crate) fn collect<M: AddressSpace>(
     Ok(cpu)
 }
 
-/// Map the pages collected (by [`collect`]) from `start` on for the device. Nothing is
-/// committed; on error every mapping made so far is undone.
+/// Map the pages collected (by [`collect`]) from `start` on for the device, into `entries`
+/// (empty, with the capacity [`count_entries`] gave for `cpu`: nothing is allocated here).
+/// Nothing is committed; on error every mapping made so far is undone.
 ///
 /// Call with the notifier lock held (shared) and the collection's sequence checked under it, so
 /// that no invalidation can start — and free the pages — while they are being mapped (Linux
 /// maps under the notifier lock for the same reason).
-pub(crate) fn map_collected<D: DmaMapper>(
+///
+/// Errors: [`Error::Fault`], [`Error::Perm`], [`Error::Busy`], [`Error::NotSupported`] as
+/// classified; [`Error::NoMem`] if `entries` is too small; the DMA mapper's and the resolver's
+/// errors.
+pub(crate) fn map_collected<D: DmaMapper, L: Host>(
     dma: &D,
     cpu: &[CpuPage],
     start: u64,
     ctx: &PagesCtx,
     resolve: Resolver<'_>,
-) -> Result<Mapped> {
+    mut entries: HostVec<L, PageEntry>,
+) -> Result<Mapped<L>> {
+    entries.clear();
     let npages = cpu.len();
     // Classify first, so that refusals happen before any DMA mapping.
     let mut n_sys = 0usize;
@@ -406,7 +467,7 @@ pub(crate) fn map_collected<D: DmaMapper>(
         DmaDirection::Bidirectional
     };
     let mut m = Mapped {
-        entries: Vec::new(),
+        entries,
         flags: PageFlags::empty(),
         pagemap,
     };
@@ -499,28 +560,12 @@ pub(crate) fn map_collected<D: DmaMapper>(
                 return Err(Error::Fault);
             }
         };
-        if m.entries.len() == m.entries.capacity() {
-            // Size the array once for a uniformly backed range: assume the rest of the range
-            // is mapped like this entry (4 KiB pages: one entry per page; a 2 MiB huge page:
-            // one entry), then grow geometrically if it is not.
-            let rest = npages
-                .saturating_sub(i)
-                .checked_shr(u32::from(step))
-                .unwrap_or(0)
-                .max(1);
-            let reserved = if m.entries.is_empty() {
-                m.entries.try_reserve_exact(rest)
-            } else {
-                m.entries.try_reserve(rest)
-            };
-            if reserved.is_err() {
-                unmap_entry(dma, entry);
-                m.unmap(dma);
-                return Err(Error::NoMem);
-            }
+        // The capacity was counted before the lock (`count_entries`): no reallocation.
+        if let Err(entry) = m.entries.push_within_capacity(entry) {
+            unmap_entry(dma, entry);
+            m.unmap(dma);
+            return Err(Error::NoMem);
         }
-        // Capacity is there: no reallocation.
-        m.entries.push(entry);
         i = i.saturating_add(1usize << step);
     }
     if n_sys == 0 && n_dev > 0 {
@@ -530,12 +575,12 @@ pub(crate) fn map_collected<D: DmaMapper>(
 }
 
 /// Outcome of one commit attempt.
-pub(crate) enum Commit {
+pub(crate) enum Commit<H: Host> {
     /// Committed.
     Done,
     /// The sequence moved (or the target went away and the caller wants a retry): here is the
     /// collection back.
-    Retry(Mapped),
+    Retry(Mapped<H>),
 }
 
 #[allow(clippy::too_many_arguments)] // internal: the closures are the commit protocol
@@ -544,7 +589,7 @@ pub(crate) enum Commit {
 /// its guard if the sequence did not move (the pages are mapped while it is held, so no
 /// invalidation can free them meanwhile); `commit` takes the notifier lock and either commits
 /// or hands the collection back.
-pub(crate) fn get_pages_loop<P: Platform, G>(
+pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
     p: &P,
     policy: &RetryPolicy,
     (start, end): (u64, u64),
@@ -552,7 +597,7 @@ pub(crate) fn get_pages_loop<P: Platform, G>(
     resolve: Resolver<'_>,
     mut begin: impl FnMut() -> Result<Option<usize>>,
     mut guard: impl FnMut(usize) -> Option<G>,
-    mut commit: impl FnMut(usize, Mapped) -> Result<Commit>,
+    mut commit: impl FnMut(usize, Mapped<H>) -> Result<Commit<H>>,
     mut on_retry: impl FnMut(),
 ) -> Result<()> {
     let deadline = p.now_ns().saturating_add(policy.deadline_ns);
@@ -567,7 +612,7 @@ pub(crate) fn get_pages_loop<P: Platform, G>(
             crate::sync::spin_hint();
             continue;
         };
-        let cpu = match collect(p.mm(), start, end, ctx) {
+        let cpu = match collect::<H, _>(p.mm(), start, end, ctx) {
             Ok(cpu) => cpu,
             // The platform asks for a retry (Linux: hmm_range_fault's -EBUSY): retry within
             // the same deadline and attempt budget, ending with `Busy` (SPEC §3).
@@ -578,13 +623,17 @@ pub(crate) fn get_pages_loop<P: Platform, G>(
             }
             Err(e) => return Err(e),
         };
+        // The entry array, allocated before the notifier lock (nothing is allocated under a
+        // lock the invalidation path takes), exactly as large as the mapping below needs.
+        let mut entries = HostVec::<H, PageEntry>::new();
+        entries.reserve_exact(count_entries(&cpu, start), AllocCtx::MaySleep)?;
         let m = {
             // An invalidation started since the collection: its pages may be gone.
             let Some(_g) = guard(seq) else {
                 on_retry();
                 continue;
             };
-            map_collected(p.dma(), &cpu, start, ctx, resolve)?
+            map_collected(p.dma(), &cpu, start, ctx, resolve, entries)?
         };
         match commit(seq, m)? {
             Commit::Done => return Ok(()),
@@ -606,7 +655,7 @@ pub struct Userptr<L: Host = DefaultHost> {
     start: u64,
     end: u64,
     seq: SeqCounter,
-    state: RwLock<L, PageState>,
+    state: RwLock<L, PageState<L>>,
 }
 
 impl Userptr {
@@ -724,7 +773,7 @@ impl<L: Host> Userptr<L> {
         Ok(())
     }
 
-    fn begin_locked<D: DmaMapper>(&self, st: &mut PageState, dma: &D, start: u64, end: u64) {
+    fn begin_locked<D: DmaMapper>(&self, st: &mut PageState<L>, dma: &D, start: u64, end: u64) {
         self.seq.begin();
         if start < self.end && self.start < end {
             st.unmap(dma);

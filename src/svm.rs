@@ -1,6 +1,7 @@
 //! The [`Svm`] instance: one device mirroring one CPU address space (SPEC §1, §2, §3, §4).
 
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::pages::{get_pages_loop, Commit, PageEntry, PagesCtx, RetryPolicy};
 use crate::placement::PagemapSet;
 use crate::platform::{
@@ -9,14 +10,12 @@ use crate::platform::{
 };
 use crate::policy::{AttrStore, PolicyConfig};
 use crate::range::{
-    check_chunk_sizes, select_chunk, ChunkQuery, GcAdapter, Notifier, NotifierTree, Range,
-    RangeFlags,
+    check_chunk_sizes, gc_push, gc_queue, select_chunk, ChunkQuery, GcQueue, Notifier,
+    NotifierTree, Range, RangeArc, RangeFlags,
 };
 use crate::stats::{Stats, StatsSnapshot};
 use crate::sync::{class, AtomicBool, Mutex, Ordering, RwLock};
-use alloc::sync::Arc;
-use alloc::vec::Vec;
-use intrusive_collections::LinkedList;
+use crate::HostVec;
 
 /// Largest number of chunk sizes an [`SvmConfig`] holds.
 pub const MAX_CHUNK_SIZES: usize = 8;
@@ -185,7 +184,7 @@ pub struct Svm<P: Platform> {
     config: SvmConfig,
     structure: Mutex<P::Host, ()>,
     notifiers: RwLock<P::Host, NotifierTree<Handle<P>, P::Host>>,
-    pub(crate) gc: Mutex<P::Host, LinkedList<GcAdapter<P::Host>>>,
+    pub(crate) gc: Mutex<P::Host, GcQueue<P::Host>>,
     closed: AtomicBool,
     pub(crate) stats: Stats,
     /// This device's own device memory and the peers' it may meet.
@@ -215,7 +214,7 @@ impl<P: Platform> Svm<P> {
             config,
             structure: Mutex::new(&class::STRUCTURE, ()),
             notifiers: RwLock::new(&class::NOTIFIER, NotifierTree::default()),
-            gc: Mutex::new(&class::GC_QUEUE, LinkedList::new(GcAdapter::new())),
+            gc: Mutex::new(&class::GC_QUEUE, gc_queue()),
             closed: AtomicBool::new(false),
             stats: Stats::default(),
             pagemaps: RwLock::new(&class::PAGEMAPS, PagemapSet::default()),
@@ -256,8 +255,11 @@ impl<P: Platform> Svm<P> {
         self.config.mm_start <= addr && addr < self.config.mm_end()
     }
 
-    /// The range containing `addr`, if any.
-    pub fn find(&self, addr: u64) -> Option<Arc<Range<P::Host>>> {
+    /// The range containing `addr`, if any, as a new reference.
+    ///
+    /// Context: may sleep if the host's notifier lock does (takes it shared); allocates
+    /// nothing.
+    pub fn find(&self, addr: u64) -> Option<RangeArc<P::Host>> {
         let t = self.notifiers.read();
         t.find(addr).and_then(|n| n.ranges.find_arc(addr))
     }
@@ -265,6 +267,9 @@ impl<P: Platform> Svm<P> {
     /// Call `f` for every notifier interval and every range in it, in address order, under the
     /// notifier lock (shared). For diagnostics and invariant checkers; `f` must not call back
     /// into this `Svm`.
+    ///
+    /// Context: takes the notifier lock shared (may sleep if the host's lock does) and calls
+    /// `f` under it; allocates nothing.
     pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range<P::Host>)) {
         let t = self.notifiers.read();
         for n in t.iter() {
@@ -274,24 +279,26 @@ impl<P: Platform> Svm<P> {
         }
     }
 
-    /// New references to the ranges overlapping `[start, end)`, in address order, taken under
-    /// one shared hold of the notifier lock (not a lookup per range inside
-    /// [`for_each_range`](Self::for_each_range), which would take the lock recursively: with a
-    /// writer waiting between the two, a writer-preferring lock deadlocks).
-    pub(crate) fn overlapping_ranges(&self, start: u64, end: u64) -> Vec<Arc<Range<P::Host>>> {
-        let mut out = Vec::new();
+    /// A new reference to the first range (in address order) overlapping `[from, end)`, found
+    /// under one shared hold of the notifier lock. Callers walk an interval with it, moving
+    /// `from` to the end of each range returned: no list is built, so nothing is allocated, and
+    /// no lookup runs inside [`for_each_range`](Self::for_each_range) (which would take the
+    /// lock recursively: with a writer waiting between the two, a writer-preferring lock
+    /// deadlocks).
+    ///
+    /// Context: takes the notifier lock shared; allocates nothing.
+    pub(crate) fn first_overlapping(&self, from: u64, end: u64) -> Option<RangeArc<P::Host>> {
         let t = self.notifiers.read();
-        for n in t.iter().filter(|n| n.start < end && start < n.end) {
-            let mut it = n.ranges.overlapping(start, end);
-            while let Some(a) = it.peek_arc() {
-                out.push(a);
-                it.next();
-            }
-        }
-        out
+        let first = t
+            .iter()
+            .filter(|n| n.start < end && from < n.end)
+            .find_map(|n| n.ranges.overlapping(from, end).peek_arc());
+        first
     }
 
     /// Number of notifiers and ranges.
+    ///
+    /// Context: takes the notifier lock shared; allocates nothing.
     pub fn counts(&self) -> (usize, usize) {
         let t = self.notifiers.read();
         let ranges = t
@@ -316,18 +323,22 @@ impl<P: Platform> Svm<P> {
     /// A snapshot of the CPU pages of `[start, end)`: nothing is faulted in or invalidated
     /// (Linux: `hmm_range_fault` without `HMM_PFN_REQ_FAULT`). `None` if the interval is empty
     /// or too large, memory runs out, or the platform fails.
+    ///
+    /// Context: may sleep (the platform's `collect_pages`); allocates the page array with
+    /// [`AllocCtx::MaySleep`]: call it without any crate lock held.
     pub(crate) fn snapshot(
         &self,
         start: u64,
         end: u64,
         owner: Option<OwnerId>,
-    ) -> Option<Vec<CpuPage>> {
+    ) -> Option<HostVec<P::Host, CpuPage>> {
         let n = usize::try_from(end.saturating_sub(start) / PAGE_SIZE).ok()?;
-        let mut pages: Vec<CpuPage> = Vec::new();
-        if n == 0 || pages.try_reserve_exact(n).is_err() {
+        if n == 0 {
             return None;
         }
-        pages.resize(n, CpuPage::Absent);
+        let mut pages = HostVec::<P::Host, CpuPage>::new();
+        pages.reserve_exact(n, AllocCtx::MaySleep).ok()?;
+        pages.resize(n, CpuPage::Absent, AllocCtx::MaySleep).ok()?;
         let req = CollectRequest {
             start,
             end,
@@ -363,14 +374,22 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] if `addr` is outside the mirrored interval
     /// or the window, or the window is empty, or no chunk fits; [`Error::Fault`] if no VMA
     /// contains `addr`; [`Error::Busy`] if invalidations of the notifier keep racing the
-    /// insertion (`config.retry.max_attempts` times); errors of `register_notifier`. On error
-    /// nothing is created.
+    /// insertion (`config.retry.max_attempts` times); [`Error::NoMem`] if the host's allocator
+    /// fails (the range, a page snapshot, or the notifier array); errors of
+    /// `register_notifier`. On error nothing is created.
+    ///
+    /// Context: may sleep (platform calls: VMA lookup, page snapshot, notifier registration,
+    /// each with no crate lock held). Allocates with [`AllocCtx::MaySleep`] only, never under a
+    /// lock the invalidation path takes: the range and the page snapshot with no lock held,
+    /// the notifier array's growth under the structure lock alone. Locks, in order: the
+    /// notifier lock (shared, lookups), the attribute lock (shared, alone), the structure lock,
+    /// then under it the notifier lock (exclusive) and the attribute lock (shared).
     pub fn find_or_insert(
         &self,
         addr: u64,
         window: Window,
         ctx: &PagesCtx,
-    ) -> Result<Arc<Range<P::Host>>> {
+    ) -> Result<RangeArc<P::Host>> {
         self.check_open()?;
         if !self.in_mm(addr) || window.start >= window.end || !window.contains(addr) {
             return Err(Error::Invalid);
@@ -406,7 +425,7 @@ impl<P: Platform> Svm<P> {
         addr: u64,
         window: Window,
         ctx: &PagesCtx,
-    ) -> Result<Option<Arc<Range<P::Host>>>> {
+    ) -> Result<Option<RangeArc<P::Host>>> {
         let vma = self.platform.mm().find_vma(addr).ok_or(Error::Fault)?;
         let notifier = self.notifier_interval(addr);
         // A new range never spans an attribute boundary (SPEC §8): it is placed by the
@@ -495,7 +514,11 @@ impl<P: Platform> Svm<P> {
     /// into it, and it is not removed; other callers wait for the registration to finish.
     ///
     /// Errors: [`Error::Closed`]; [`Error::Busy`] if another registration does not finish
-    /// within the retry budget; errors of `register_notifier` (the notifier is then removed).
+    /// within the retry budget; [`Error::NoMem`] if the notifier array cannot grow (nothing
+    /// changed); errors of `register_notifier` (the notifier is then removed).
+    ///
+    /// Context: may sleep (registration); allocates with [`AllocCtx::MaySleep`] under the
+    /// structure lock only.
     fn ensure_notifier(&self, (start, end): (u64, u64)) -> Result<bool> {
         let mut waited = 0u32;
         loop {
@@ -514,6 +537,19 @@ impl<P: Platform> Svm<P> {
                 None => {}
             }
             {
+                // Notifiers are inserted under the structure lock only, so the room read here
+                // is still there when the notifier lock is taken for the insertion; the array
+                // grows (allocating) before that lock, and the old one is freed after it.
+                let _s = self.structure.lock();
+                let (len, cap) = {
+                    let t = self.notifiers.read();
+                    (t.len(), t.capacity())
+                };
+                let mut spare = NotifierTree::<Handle<P>, P::Host>::spare_for_insert(
+                    len,
+                    cap,
+                    AllocCtx::MaySleep,
+                )?;
                 let mut t = self.notifiers.write();
                 if t.get(start).is_some() {
                     continue;
@@ -523,7 +559,9 @@ impl<P: Platform> Svm<P> {
                 // `invalidate_begin` for it, and that call must find it (a dropped `begin`
                 // would let a collection commit across the invalidation:
                 // tests/loom_invalidate.rs `first_fault_vs_invalidate`).
-                t.insert(Notifier::new(start, end));
+                t.insert_within_capacity(Notifier::new(start, end), &mut spare)?;
+                drop(t);
+                drop(spare);
             }
             let registered = self
                 .platform
@@ -898,7 +936,7 @@ impl<P: Platform> Svm<P> {
         // if a range is queued.
         let mut gc = None;
         loop {
-            // Flags in one atomic operation; the `Arc` is cloned only for a range that joins
+            // Flags in one atomic operation; the `HostArc` is cloned only for a range that joins
             // the queue now.
             let queue_it = if unmap {
                 it.peek().is_some_and(|r| {
@@ -920,7 +958,9 @@ impl<P: Platform> Svm<P> {
             };
             r.pages.lock().unmap(self.platform.dma());
             if let Some(a) = queued {
-                gc.get_or_insert_with(|| self.gc.lock()).push_back(a);
+                // Allocates nothing (the link is in the range); `IN_GC` was set by this call,
+                // so the range is in no queue and the push cannot be refused.
+                gc_push(gc.get_or_insert_with(|| self.gc.lock()), a);
             }
         }
     }
@@ -964,7 +1004,7 @@ impl<P: Platform> Svm<P> {
                 r.clear_flags(RangeFlags::IN_GC);
             }
         }
-        for (_, mut n) in all {
+        for mut n in all {
             while let Some(r) = n.ranges.pop_front() {
                 drop(r);
                 Stats::inc(&self.stats.ranges_removed);

@@ -10,7 +10,6 @@ use gpusvm::pages::{PageEntry, Protocol, RetryPolicy};
 use gpusvm::platform::{DmaDirection, NotifierId, MAX_ORDER};
 use gpusvm::range::{select_chunk, ChunkQuery, Range, RangeTree};
 use gpusvm::{Access, Error, Event, PagesCtx, Svm, SvmConfig, Userptr, Window};
-use std::sync::Arc;
 
 const CTX: PagesCtx = PagesCtx {
     read_only: false,
@@ -42,7 +41,7 @@ const GOOD_INTERVALS: &[(u64, u64)] = &[(0, P), (0, TOP), (TOP - P, TOP), (M, M 
 
 /// An Svm (default config over [0, 4 GiB), VMA [0, 1 GiB)) with a few ranges, some mapped, and
 /// a retry budget small enough that a stuck sequence fails fast.
-fn busy_svm() -> (MockSvm, Vec<Arc<Range<TestHost>>>) {
+fn busy_svm() -> (MockSvm, Vec<gpusvm::HostArc<TestHost, Range<TestHost>>>) {
     let p = MockPlatform::new();
     p.mm.add_vma(0, G, true);
     let mut cfg = SvmConfig::new(0, 4 * G);
@@ -205,7 +204,7 @@ fn range_tree_insert_remove_overlapping_hostile() {
     assert_eq!(other.len(), 1);
     // Remove twice.
     let got = t.remove(&b).unwrap();
-    assert!(Arc::ptr_eq(&got, &b));
+    assert!(gpusvm::heap::Arc::ptr_eq(&got, &b));
     assert!(t.remove(&b).is_none());
     assert_eq!(t.len(), 2);
 

@@ -3,7 +3,7 @@
 //!
 //! A `#[global_allocator]` keeps the live heap bytes of the current thread (thread-local
 //! `Cell`s with const initialisers: other test threads do not disturb it), so the bytes a range
-//! costs are measured, not computed: `find_or_insert` allocates exactly the `Arc<Range>`
+//! costs are measured, not computed: `find_or_insert` allocates exactly the `HostArc<Range>`
 //! (the tree links are intrusive), and `get_pages` leaves exactly the entry array behind (the
 //! CPU-page snapshot it collects into is freed before it returns).
 //!
@@ -171,12 +171,13 @@ fn range_bytes(order: u8) -> (usize, usize, Vec<PageEntry>) {
 
 #[test]
 fn bytes_per_range() {
-    let arc_header = 2 * size_of::<usize>();
+    // `HostArc` (gpusvm::heap::Arc): one count, no weak count.
+    let arc_header = size_of::<usize>();
     let range_obj = arc_header + size_of::<Range>();
     let (obj4k, arr4k, e4k) = range_bytes(0);
     let (objh, arrh, eh) = range_bytes(HUGE_ORDER);
 
-    // The range object: exactly one allocation, the Arc (counts + Range); tree links are
+    // The range object: exactly one allocation, the HostArc (count + Range); tree links are
     // intrusive.
     assert_eq!(obj4k, range_obj);
     assert_eq!(objh, range_obj);
@@ -198,7 +199,7 @@ fn bytes_per_range() {
 
     println!("footprint of one 2 MiB range (bytes):");
     println!(
-        "  size_of: PageEntry {}, Range {} (of which PageState {}), Arc header {}, CpuPage {}",
+        "  size_of: PageEntry {}, Range {} (of which PageState {}), HostArc header {}, CpuPage {}",
         size_of::<PageEntry>(),
         size_of::<Range>(),
         size_of::<PageState>(),
@@ -232,7 +233,7 @@ fn bytes_per_range() {
 fn struct_sizes() {
     use gpusvm::pagemap::DevmemAlloc;
     use gpusvm::range::RangeTree;
-    let arc_header = 2 * size_of::<usize>();
+    let arc_header = size_of::<usize>();
     let (obj4k, arr4k, _) = range_bytes(0);
     let (objh, arrh, _) = range_bytes(HUGE_ORDER);
     // (what, measured, expected)
@@ -240,11 +241,11 @@ fn struct_sizes() {
         ("PageEntry", size_of::<PageEntry>(), 8),
         ("PageState (inside Range)", size_of::<PageState>(), 40),
         ("Range", size_of::<Range>(), 120),
-        ("Arc header", arc_header, 16),
+        ("HostArc header", arc_header, 8),
         (
-            "range object (Arc header + Range)",
+            "range object (HostArc header + Range)",
             arc_header + size_of::<Range>(),
-            136,
+            128,
         ),
         ("Userptr", size_of::<Userptr>(), 80),
         ("RangeTree", size_of::<RangeTree>(), 24),
@@ -257,12 +258,12 @@ fn struct_sizes() {
         (
             "2 MiB range over 4 KiB pages (heap)",
             obj4k + arr4k,
-            136 + 512 * 8,
+            128 + 512 * 8,
         ),
         (
             "2 MiB range over one huge page (heap)",
             objh + arrh,
-            136 + 8,
+            128 + 8,
         ),
         (
             "transient get_pages snapshot of 2 MiB",

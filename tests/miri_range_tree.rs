@@ -21,7 +21,8 @@
 use gpusvm::range::{Range, RangeTree};
 use gpusvm::Error;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+/// A range reference on the default host.
+type Arc<T> = gpusvm::HostArc<gpusvm::DefaultHost, T>;
 
 const P: u64 = 4096;
 

@@ -457,7 +457,7 @@ fn mprotect_read_only_refuses_device_writes_and_keeps_reads() {
     assert_eq!(s.dev_atomic_add(d + 8, 1), Err(Error::Perm));
     assert_eq!(s.cpu_write(d + 8, 4), Err(Error::Perm));
     assert_eq!(s.dev_read(d + 8), Ok(1));
-    assert!(std::sync::Arc::ptr_eq(&r, &s.range(d)), "same range");
+    assert!(gpusvm::heap::Arc::ptr_eq(&r, &s.range(d)), "same range");
 
     s.mprotect(d, M2, RW);
     assert_eq!(s.dev_ptes_in(d, d + M2), 0);
@@ -495,7 +495,7 @@ fn madvise_dontneed_gives_the_device_fresh_zero_pages() {
     assert_eq!(s.dev_read(d + K64 + (16 << 10)), Ok(0));
     assert_eq!(s.dev_read(d), Ok(tag(d, 0)));
     assert_eq!(s.dev_read(d + 3 * K64), Ok(tag(d + 3 * K64, 0)));
-    assert!(std::sync::Arc::ptr_eq(&r, &s.range(d)), "same range");
+    assert!(gpusvm::heap::Arc::ptr_eq(&r, &s.range(d)), "same range");
     // CPU writes into the fresh pages reach the device.
     s.cpu_write(d + K64 + 8, 5).unwrap();
     assert_eq!(s.dev_read(d + K64 + 8), Ok(5));

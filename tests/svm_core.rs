@@ -7,7 +7,6 @@ use gpusvm::pages::{PageEntry, Protocol, RetryPolicy};
 use gpusvm::platform::{DmaDirection, NotifierId};
 use gpusvm::range::{Range, RangeFlags};
 use gpusvm::{Access, Error, Event, PagesCtx, Svm, SvmConfig, Window};
-use std::sync::Arc;
 
 const CTX: PagesCtx = PagesCtx {
     read_only: false,
@@ -156,8 +155,8 @@ fn find_or_insert_creates_2m_in_big_vma_and_registers_notifier_once() {
     // Same Arc for any address inside it.
     for a in [4 * M, 5 * M, 6 * M - 1] {
         let again = svm.find_or_insert(a, Window::ALL, &CTX).unwrap();
-        assert!(Arc::ptr_eq(&r, &again), "{a:#x}");
-        assert!(Arc::ptr_eq(&r, &svm.find(a).unwrap()));
+        assert!(gpusvm::heap::Arc::ptr_eq(&r, &again), "{a:#x}");
+        assert!(gpusvm::heap::Arc::ptr_eq(&r, &svm.find(a).unwrap()));
     }
     // More ranges in the same notifier: still one registration.
     let r2 = svm.find_or_insert(6 * M, Window::ALL, &CTX).unwrap();
@@ -339,7 +338,7 @@ fn remove_unlinks_zaps_unmaps_and_drops_the_notifier_with_its_last_range() {
     assert!(!svm.pages_valid(&a));
     // A new fault at the same place makes a new range and re-registers the notifier.
     let c = svm.find_or_insert(4 * M, Window::ALL, &CTX).unwrap();
-    assert!(!Arc::ptr_eq(&a, &c));
+    assert!(!gpusvm::heap::Arc::ptr_eq(&a, &c));
     assert_eq!(p.mm.state().registered_log.len(), 2);
     p.assert_clean();
 }

@@ -126,8 +126,15 @@ impl<P: Platform> Svm<P> {
 
     /// Ranges overlapping `[start, end)` after an attribute change: straddling ones are evicted
     /// and removed, inner ones lose their device mappings.
+    ///
+    /// The ranges are visited one lookup at a time (each under its own shared hold of the
+    /// notifier lock), so nothing is allocated and nothing can fail for lack of memory. The
+    /// store was written before the first lookup: a range inserted after it re-reads the
+    /// extent under the notifier lock and cannot straddle an edge (tests/loom_attrs.rs).
     fn refault_under_new_policy(&self, start: u64, end: u64) {
-        for r in self.overlapping_ranges(start, end) {
+        let mut at = start;
+        while let Some(r) = self.first_overlapping(at, end) {
+            at = r.end();
             if r.start() < start || r.end() > end {
                 if r.flags().contains(RangeFlags::DEVMEM) {
                     // Pages that cannot be evicted stay in device memory, still mapped by the

@@ -2,8 +2,8 @@
 //! the platform and each holding the ranges that lie inside it.
 
 use super::{RangeTree, SeqCounter};
-use crate::Host;
-use alloc::collections::BTreeMap;
+use crate::error::{Error, Result};
+use crate::{Host, HostVec};
 
 /// One notifier `[start, end)`.
 pub(crate) struct Notifier<H, L: Host> {
@@ -16,6 +16,9 @@ pub(crate) struct Notifier<H, L: Host> {
 }
 
 impl<H, L: Host> Notifier<H, L> {
+    /// A notifier without ranges or handle.
+    ///
+    /// Context: allocates nothing.
     pub(crate) fn new(start: u64, end: u64) -> Self {
         Notifier {
             start,
@@ -27,62 +30,249 @@ impl<H, L: Host> Notifier<H, L> {
     }
 }
 
-/// The notifiers of one `Svm`, ordered by start address (they never overlap). Lookup by address
-/// is O(log n). Kept under the notifier lock.
+/// The notifiers of one `Svm`, sorted by start address (they never overlap), in a vector on
+/// the host's allocator: lookup by address is a binary search (O(log n)); an insertion moves
+/// the notifiers after it (there are few: one per `notifier_size` bytes of the address space
+/// in use).
+///
+/// Kept under the notifier lock, which the invalidation path takes: nothing here allocates.
+/// An insertion gets its capacity beforehand (see [`spare_for_insert`](Self::spare_for_insert)
+/// and [`insert_within_capacity`](Self::insert_within_capacity)).
 pub(crate) struct NotifierTree<H, L: Host> {
-    map: BTreeMap<u64, Notifier<H, L>>,
+    v: HostVec<L, Notifier<H, L>>,
 }
 
 impl<H, L: Host> Default for NotifierTree<H, L> {
     fn default() -> Self {
         NotifierTree {
-            map: BTreeMap::new(),
+            v: HostVec::<L, Notifier<H, L>>::default(),
         }
     }
 }
 
 impl<H, L: Host> NotifierTree<H, L> {
+    /// The index of the notifier containing `addr`.
+    fn index_of(&self, addr: u64) -> Option<usize> {
+        let i = self.v.partition_point(|n| n.start <= addr).checked_sub(1)?;
+        self.v.get(i).filter(|n| addr < n.end).map(|_| i)
+    }
+
     /// The notifier containing `addr`.
     pub(crate) fn find(&self, addr: u64) -> Option<&Notifier<H, L>> {
-        self.map
-            .range(..=addr)
-            .next_back()
-            .map(|(_, n)| n)
-            .filter(|n| addr < n.end)
+        self.v.get(self.index_of(addr)?)
     }
 
     /// The notifier containing `addr`, mutably.
     pub(crate) fn find_mut(&mut self, addr: u64) -> Option<&mut Notifier<H, L>> {
-        self.map
-            .range_mut(..=addr)
-            .next_back()
-            .map(|(_, n)| n)
-            .filter(|n| addr < n.end)
+        let i = self.index_of(addr)?;
+        self.v.get_mut(i)
+    }
+
+    /// The index of the notifier that starts exactly at `start`.
+    fn index_exact(&self, start: u64) -> Option<usize> {
+        self.v.binary_search_by_key(&start, |n| n.start).ok()
     }
 
     /// The notifier that starts exactly at `start`.
     pub(crate) fn get(&self, start: u64) -> Option<&Notifier<H, L>> {
-        self.map.get(&start)
+        self.v.get(self.index_exact(start)?)
     }
 
-    pub(crate) fn insert(&mut self, n: Notifier<H, L>) {
-        self.map.insert(n.start, n);
+    /// The capacity an insertion needs and does not have: `Ok(None)` if one more notifier
+    /// fits, else a new, empty buffer with room for the notifiers and a few more, for
+    /// [`insert_within_capacity`](Self::insert_within_capacity).
+    ///
+    /// `len` and `capacity` are read under the notifier lock (shared); the buffer is
+    /// allocated after releasing it. The caller holds the structure lock from the read to the
+    /// insertion, so no other insertion can use up the room meanwhile (removals only make
+    /// more).
+    ///
+    /// Errors: [`Error::NoMem`] if the allocator fails.
+    ///
+    /// Context: allocates with `ctx` (call it without the notifier lock).
+    pub(crate) fn spare_for_insert(
+        len: usize,
+        capacity: usize,
+        ctx: crate::heap::AllocCtx,
+    ) -> Result<Option<HostVec<L, Notifier<H, L>>>> {
+        if len < capacity {
+            return Ok(None);
+        }
+        let want = len
+            .checked_add(1)
+            .ok_or(Error::NoMem)?
+            .max(len.saturating_mul(2))
+            .max(4);
+        HostVec::<L, Notifier<H, L>>::with_capacity(want, ctx).map(Some)
     }
 
+    /// Insert `n` at its place without allocating: into the vector's spare capacity, or,
+    /// when it is full, after moving the notifiers into `spare` (which must have room for
+    /// one more); the vector left behind, empty, is then in `spare`, for the caller to drop
+    /// once the notifier lock is released (freeing is not done under the lock either).
+    ///
+    /// Errors: [`Error::Invalid`] if `n` overlaps a notifier; [`Error::NoMem`] if neither the
+    /// vector nor `spare` has room. Nothing changes then (`n` is dropped).
+    ///
+    /// Context: allocates and frees nothing; called under the notifier lock (exclusive).
+    pub(crate) fn insert_within_capacity(
+        &mut self,
+        n: Notifier<H, L>,
+        spare: &mut Option<HostVec<L, Notifier<H, L>>>,
+    ) -> Result<()> {
+        let i = self.v.partition_point(|x| x.start < n.start);
+        let after_ok = self.v.get(i).is_none_or(|x| n.end <= x.start);
+        let before_ok = i
+            .checked_sub(1)
+            .and_then(|j| self.v.get(j))
+            .is_none_or(|x| x.end <= n.start);
+        if n.start >= n.end || !after_ok || !before_ok {
+            return Err(Error::Invalid);
+        }
+        if self.v.len() >= self.v.capacity() {
+            let Some(new) = spare.as_mut() else {
+                return Err(Error::NoMem);
+            };
+            if new.capacity() <= self.v.len() || !new.is_empty() {
+                return Err(Error::NoMem);
+            }
+            core::mem::swap(&mut self.v, new);
+            // `new` is now the old, full vector: move its notifiers over, last first, each to
+            // the front (growth is rare and notifiers are few), leaving it empty.
+            while let Some(x) = new.pop() {
+                if let Err(x) = self.v.insert_within_capacity(0, x) {
+                    // Unreachable: the capacity was checked above.
+                    drop(x);
+                }
+            }
+        }
+        self.v
+            .insert_within_capacity(i, n)
+            .map_err(|_| Error::NoMem)
+    }
+
+    /// Take out the notifier that starts at `start`.
+    ///
+    /// Context: allocates and frees nothing (the notifier is returned).
     pub(crate) fn remove(&mut self, start: u64) -> Option<Notifier<H, L>> {
-        self.map.remove(&start)
+        let i = self.index_exact(start)?;
+        self.v.remove(i)
     }
 
+    /// The notifiers in address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Notifier<H, L>> {
-        self.map.values()
+        self.v.iter()
     }
 
+    /// Number of notifiers.
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.v.len()
     }
 
-    /// Take every notifier out.
-    pub(crate) fn take_all(&mut self) -> BTreeMap<u64, Notifier<H, L>> {
-        core::mem::take(&mut self.map)
+    /// Room for notifiers without growing.
+    pub(crate) fn capacity(&self) -> usize {
+        self.v.capacity()
+    }
+
+    /// Take every notifier out (the vector with them).
+    ///
+    /// Context: allocates and frees nothing.
+    pub(crate) fn take_all(&mut self) -> HostVec<L, Notifier<H, L>> {
+        core::mem::take(&mut self.v)
+    }
+}
+
+#[cfg(all(test, feature = "alloc", not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::AllocCtx;
+    use crate::DefaultHost;
+
+    type T = NotifierTree<u32, DefaultHost>;
+    const S: u64 = 0x1000;
+
+    fn insert(t: &mut T, start: u64, end: u64) -> Result<()> {
+        let mut spare = T::spare_for_insert(t.len(), t.capacity(), AllocCtx::MaySleep)?;
+        t.insert_within_capacity(Notifier::new(start, end), &mut spare)
+    }
+
+    #[test]
+    fn find_insert_remove() {
+        let mut t = T::default();
+        assert!(t.find(0).is_none());
+        // Out of order, so inserts land at the front, middle and back and the vector grows.
+        for k in [5u64, 1, 9, 3, 7, 0, 2, 8, 6, 4] {
+            insert(&mut t, k * S, (k + 1) * S).unwrap();
+        }
+        assert_eq!(t.len(), 10);
+        let starts: alloc::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
+        assert_eq!(
+            starts,
+            (0..10).map(|k| k * S).collect::<alloc::vec::Vec<_>>()
+        );
+        for k in 0..10u64 {
+            assert_eq!(t.find(k * S + 7).map(|n| n.start), Some(k * S));
+            assert_eq!(t.get(k * S).map(|n| n.end), Some((k + 1) * S));
+            assert!(t.get(k * S + 1).is_none());
+        }
+        assert!(t.find(10 * S).is_none());
+        // Overlaps and empty intervals are refused.
+        assert_eq!(insert(&mut t, 3 * S, 4 * S), Err(Error::Invalid));
+        assert_eq!(insert(&mut t, 9 * S + 1, 11 * S), Err(Error::Invalid));
+        assert_eq!(insert(&mut t, 20 * S, 20 * S), Err(Error::Invalid));
+        assert_eq!(t.remove(3 * S).map(|n| n.start), Some(3 * S));
+        assert!(t.remove(3 * S).is_none());
+        assert!(t.find(3 * S).is_none());
+        assert_eq!(t.find(4 * S).map(|n| n.start), Some(4 * S));
+        assert!(t.find_mut(3 * S + 5).is_none());
+        t.find_mut(4 * S).unwrap().handle = Some(4);
+        assert_eq!(t.get(4 * S).and_then(|n| n.handle), Some(4));
+        let all = t.take_all();
+        assert_eq!(all.len(), 9);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn insert_within_capacity_allocates_nothing_and_needs_room() {
+        let mut t = T::default();
+        // No capacity and no spare: refused, nothing changes.
+        assert_eq!(
+            t.insert_within_capacity(Notifier::new(0, S), &mut None),
+            Err(Error::NoMem)
+        );
+        assert_eq!(t.len(), 0);
+        // A spare that is too small is refused too.
+        let mut small = Some(HostVec::<DefaultHost, _>::default());
+        assert_eq!(
+            t.insert_within_capacity(Notifier::new(0, S), &mut small),
+            Err(Error::NoMem)
+        );
+        insert(&mut t, 0, S).unwrap();
+        // Room left: no spare is prepared, and the insertion uses the spare capacity.
+        let cap = t.capacity();
+        assert!(cap > 1);
+        assert!(T::spare_for_insert(t.len(), cap, AllocCtx::MaySleep)
+            .unwrap()
+            .is_none());
+        t.insert_within_capacity(Notifier::new(S, 2 * S), &mut None)
+            .unwrap();
+        assert_eq!(t.capacity(), cap);
+        // Full: the spare takes the notifiers over, the old buffer comes back empty.
+        while t.len() < t.capacity() {
+            let k = t.len() as u64;
+            insert(&mut t, k * S, (k + 1) * S).unwrap();
+        }
+        let mut spare = T::spare_for_insert(t.len(), t.capacity(), AllocCtx::MaySleep).unwrap();
+        let k = t.len() as u64;
+        t.insert_within_capacity(Notifier::new(k * S, (k + 1) * S), &mut spare)
+            .unwrap();
+        let old = spare.unwrap();
+        assert!(old.is_empty() && old.capacity() == cap);
+        assert!(t.capacity() > cap);
+        let starts: alloc::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
+        assert_eq!(
+            starts,
+            (0..=k).map(|k| k * S).collect::<alloc::vec::Vec<_>>()
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The ordered, non-overlapping range tree of one notifier.
 
-use super::{Range, RangeAdapter};
+use super::{acquire_tree_link, Range, RangeAdapter};
 use crate::error::{Error, Result};
-use alloc::sync::Arc;
+use crate::HostArc;
 use core::ptr::NonNull;
 // The lookup hint is a cache, not a synchronisation device (see `RangeTree::hint`): a
 // `HintCell`, which loom does not explore.
@@ -149,7 +149,7 @@ impl<L: Host> RangeTree<L> {
     /// Context: allocates nothing; does not sleep.
     pub fn with_host() -> Self {
         RangeTree {
-            tree: RBTree::new(RangeAdapter::new()),
+            tree: RBTree::new(RangeAdapter::NEW),
             len: 0,
             hint: HintCell::new(0),
         }
@@ -166,7 +166,7 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// The hinted range (see [`RangeTree::hint`]), if any, as a pointer carrying the tree's
-    /// provenance over the whole allocation (so that it can be turned back into an `Arc`).
+    /// provenance over the whole allocation (so that it can be turned back into a `HostArc`).
     fn hint(&self) -> Option<*const Range<L>> {
         let a = self.hint.load(Ordering::Relaxed);
         (a != 0).then(|| core::ptr::with_exposed_provenance::<Range<L>>(a))
@@ -175,7 +175,7 @@ impl<L: Host> RangeTree<L> {
     /// Remember the range `c` points to (a range of this tree that a lookup found).
     fn set_hint(&self, c: &Cursor<'_, RangeAdapter<L>>) {
         // `get_ptr` derives the pointer from the tree's own link (not from a `&Range`), so the
-        // provenance exposed here covers the whole `Arc` allocation.
+        // provenance exposed here covers the whole `HostArc` allocation.
         let Some(p) = c.get_ptr() else {
             return;
         };
@@ -246,7 +246,7 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// The range containing `addr`, as a new reference.
-    pub fn find_arc(&self, addr: u64) -> Option<Arc<Range<L>>> {
+    pub fn find_arc(&self, addr: u64) -> Option<HostArc<L, Range<L>>> {
         let c = self.floor(addr);
         match c.get() {
             Some(r) if r.contains(addr) => {
@@ -304,8 +304,16 @@ impl<L: Host> RangeTree<L> {
     ///
     /// Errors: [`Error::Invalid`] if the range is already linked into a tree or overlaps a range
     /// of this tree; the tree is then unchanged (and the reference is dropped).
-    pub fn insert(&mut self, range: Arc<Range<L>>) -> Result<()> {
+    ///
+    /// Context: allocates nothing (the link is inside the range); never sleeps; takes no lock
+    /// (the caller serialises access to the tree).
+    pub fn insert(&mut self, range: HostArc<L, Range<L>>) -> Result<()> {
         if range.is_linked() || self.any_overlap(range.start(), range.end()) {
+            return Err(Error::Invalid);
+        }
+        // Acquire the link here (atomically: another tree may race for the same range), so
+        // that the tree's own acquisition cannot refuse it (`PreAcquired`).
+        if !acquire_tree_link(&range) {
             return Err(Error::Invalid);
         }
         self.tree.insert(range);
@@ -315,7 +323,7 @@ impl<L: Host> RangeTree<L> {
 
     /// Remove `range` (the very object, not just one with the same bounds); returns the tree's
     /// reference, or `None` if the range is not in this tree.
-    pub fn remove(&mut self, range: &Range<L>) -> Option<Arc<Range<L>>> {
+    pub fn remove(&mut self, range: &Range<L>) -> Option<HostArc<L, Range<L>>> {
         let mut c = self.tree.find_mut(&range.start());
         match c.get() {
             Some(r) if core::ptr::eq(r, range) => {}
@@ -330,7 +338,7 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// Remove and return the first range.
-    pub fn pop_front(&mut self) -> Option<Arc<Range<L>>> {
+    pub fn pop_front(&mut self) -> Option<HostArc<L, Range<L>>> {
         let out = self.tree.front_mut().remove();
         if out.is_some() {
             self.len = self.len.saturating_sub(1);
@@ -374,7 +382,7 @@ impl<'a, L: Host> Overlapping<'a, L> {
     }
 
     /// The current range as a new reference (the one `next` would return).
-    pub fn peek_arc(&self) -> Option<Arc<Range<L>>> {
+    pub fn peek_arc(&self) -> Option<HostArc<L, Range<L>>> {
         // SAFETY: `cur` is a live link; `get_value` only subtracts the link offset.
         let p = unsafe { adapter::<L>().get_value(self.cur?) };
         // SAFETY: `cur` is a node of `self.tree`, borrowed shared for the iterator's lifetime.
@@ -387,11 +395,14 @@ impl<'a, L: Host> Overlapping<'a, L> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
+    use crate::DefaultHost;
     use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
+
+    type Arc<T> = HostArc<DefaultHost, T>;
 
     const P: u64 = crate::platform::PAGE_SIZE;
 

@@ -278,7 +278,7 @@ impl Sim {
     }
 
     /// The range containing `addr`.
-    pub fn range(&self, addr: u64) -> Arc<gpusvm::sim::SimRange> {
+    pub fn range(&self, addr: u64) -> gpusvm::HostArc<gpusvm::sim::SimHost, gpusvm::sim::SimRange> {
         self.gpu
             .svm
             .find(addr)

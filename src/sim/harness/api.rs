@@ -72,6 +72,9 @@ use std::collections::BTreeSet;
 use std::format;
 use std::string::String;
 use std::sync::Arc;
+
+/// A reference to a range of the simulated host.
+type RArc = crate::HostArc<SimHost, Range<SimHost>>;
 use std::vec::Vec;
 
 /// First byte of the arena: four 2 MiB slots (0: huge RW, 1: RW, 2: read-only, 3: a hole).
@@ -869,10 +872,10 @@ struct Harness {
     /// Whether each device was closed.
     closed: Vec<bool>,
     /// Range objects seen (from the devices, `Range::new`, removals), oldest first.
-    known: Vec<Arc<Range<SimHost>>>,
+    known: Vec<RArc>,
     /// The harness's own range tree and its model (start, end, object).
     tree: RangeTree<SimHost>,
-    tree_model: Vec<Arc<Range<SimHost>>>,
+    tree_model: Vec<RArc>,
     /// The harness's owner registry and its members.
     owners: OwnerRegistry<fn(PeerId, PeerId) -> bool>,
     members: BTreeSet<u64>,
@@ -1048,7 +1051,7 @@ impl Harness {
         }
     }
 
-    fn known_range(&self, index: u8) -> Option<&Arc<Range<SimHost>>> {
+    fn known_range(&self, index: u8) -> Option<&RArc> {
         let n = self.known.len();
         if n == 0 {
             return None;
@@ -1056,8 +1059,8 @@ impl Harness {
         self.known.get(usize::from(index) % n)
     }
 
-    fn remember(&mut self, r: &Arc<Range<SimHost>>) {
-        if self.known.iter().any(|k| Arc::ptr_eq(k, r)) {
+    fn remember(&mut self, r: &RArc) {
+        if self.known.iter().any(|k| RArc::ptr_eq(k, r)) {
             return;
         }
         if self.known.len() >= MAX_KNOWN {
@@ -1066,7 +1069,7 @@ impl Harness {
         self.known.push(r.clone());
     }
 
-    fn range(&mut self, r: RangeRef) -> Result<Arc<Range<SimHost>>, String> {
+    fn range(&mut self, r: RangeRef) -> Result<RArc, String> {
         let fallback = || Range::with_host(ARENA, ARENA + PAGE_SIZE).map_err(|e| format!("{e:?}"));
         let out = match r {
             RangeRef::Known(i) => match self.known_range(i) {
@@ -1179,11 +1182,11 @@ impl Harness {
     }
 
     /// Whether `r` (the very object) is a range of device `d`.
-    fn owns(&self, d: u8, r: &Arc<Range<SimHost>>) -> bool {
+    fn owns(&self, d: u8, r: &RArc) -> bool {
         self.gpu(d)
             .svm
             .find(r.start())
-            .is_some_and(|f| Arc::ptr_eq(&f, r))
+            .is_some_and(|f| RArc::ptr_eq(&f, r))
     }
 
     /// After a call that needs an open instance: on a closed device it must say `Closed`.
@@ -1248,9 +1251,9 @@ impl Harness {
             }
             ApiOp::TreeRemove { range } => {
                 let r = self.range(*range)?;
-                let pos = self.tree_model.iter().position(|m| Arc::ptr_eq(m, &r));
+                let pos = self.tree_model.iter().position(|m| RArc::ptr_eq(m, &r));
                 match (self.tree.remove(&r), pos) {
-                    (Some(out), Some(i)) if Arc::ptr_eq(&out, &r) && !out.is_linked() => {
+                    (Some(out), Some(i)) if RArc::ptr_eq(&out, &r) && !out.is_linked() => {
                         self.tree_model.remove(i);
                     }
                     (None, None) => {}
@@ -1263,18 +1266,18 @@ impl Harness {
                 let (s, e) = (start.value(self), end.value(self));
                 let want = self.tree_model.iter().find(|m| m.contains(s));
                 let got = self.tree.find(s);
-                if got.map(|r| r as *const Range<SimHost>) != want.map(Arc::as_ptr) {
+                if got.map(|r| r as *const Range<SimHost>) != want.map(RArc::as_ptr) {
                     return Err(format!("tree find({s:#x}) = {got:?}, model {want:?}"));
                 }
                 let got_arc = self.tree.find_arc(s);
-                if got_arc.as_ref().map(Arc::as_ptr) != want.map(Arc::as_ptr) {
+                if got_arc.as_ref().map(RArc::as_ptr) != want.map(RArc::as_ptr) {
                     return Err(format!("tree find_arc({s:#x}) = {got_arc:?}"));
                 }
                 let want: Vec<*const Range<SimHost>> = self
                     .tree_model
                     .iter()
                     .filter(|m| s < e && m.overlaps(s, e))
-                    .map(Arc::as_ptr)
+                    .map(RArc::as_ptr)
                     .collect();
                 let got: Vec<*const Range<SimHost>> = self
                     .tree
@@ -1286,7 +1289,7 @@ impl Harness {
                     return Err(format!("tree overlapping({s:#x}, {e:#x}) differs"));
                 }
                 let peek = self.tree.overlapping(s, e).peek_arc();
-                if peek.as_ref().map(Arc::as_ptr) != want.first().copied() {
+                if peek.as_ref().map(RArc::as_ptr) != want.first().copied() {
                     return Err(format!("tree peek_arc({s:#x}, {e:#x}) = {peek:?}"));
                 }
                 if self.tree.any_overlap(s, e) == want.is_empty() {
@@ -1299,7 +1302,7 @@ impl Harness {
                     } else {
                         Some(self.tree_model.remove(0))
                     };
-                    if got.as_ref().map(Arc::as_ptr) != want.as_ref().map(Arc::as_ptr) {
+                    if got.as_ref().map(RArc::as_ptr) != want.as_ref().map(RArc::as_ptr) {
                         return Err(format!("tree pop_front = {got:?}, model {want:?}"));
                     }
                 }
@@ -1459,7 +1462,7 @@ impl Harness {
                 self.expect_closed_if(*dev, "find_or_insert", &got)?;
                 if let Ok(r) = &got {
                     // The window bounds new ranges only: an existing range is returned as is.
-                    let new = !before.is_some_and(|b| Arc::ptr_eq(&b, r));
+                    let new = !before.is_some_and(|b| RArc::ptr_eq(&b, r));
                     if !r.contains(a) || (new && (r.start() < w.start || r.end() > w.end)) {
                         return Err(format!("find_or_insert({a:#x}, {w:?}) = {r:?}"));
                     }
@@ -1484,7 +1487,7 @@ impl Harness {
                         .gpu(*dev)
                         .svm
                         .find(r.start())
-                        .is_some_and(|f| Arc::ptr_eq(&f, &r))
+                        .is_some_and(|f| RArc::ptr_eq(&f, &r))
                 {
                     return Err(format!("removed {r:?} is still found"));
                 }
@@ -1516,7 +1519,7 @@ impl Harness {
                     .gpu(*dev)
                     .svm
                     .find(r.start())
-                    .is_some_and(|f| Arc::ptr_eq(&f, &r))
+                    .is_some_and(|f| RArc::ptr_eq(&f, &r))
                 {
                     self.zap(*dev, r.start(), r.end());
                 }
@@ -1532,7 +1535,7 @@ impl Harness {
                     .gpu(*dev)
                     .svm
                     .find(r.start())
-                    .is_some_and(|f| Arc::ptr_eq(&f, &r))
+                    .is_some_and(|f| RArc::ptr_eq(&f, &r))
                 {
                     self.zap(*dev, r.start(), r.end());
                 }
@@ -1548,7 +1551,7 @@ impl Harness {
                     .gpu(*dev)
                     .svm
                     .find(r.start())
-                    .is_some_and(|f| Arc::ptr_eq(&f, &r));
+                    .is_some_and(|f| RArc::ptr_eq(&f, &r));
                 if self.gpu(*dev).svm.pages_valid(&r) && !mine {
                     return Err(format!("pages_valid of a foreign range {r:?}"));
                 }
@@ -1566,7 +1569,7 @@ impl Harness {
                 self.expect_closed_if(*dev, "handle_fault", &got)?;
                 if let Ok(r) = &got {
                     // The window bounds new ranges only: an existing range is returned as is.
-                    let new = !before.is_some_and(|b| Arc::ptr_eq(&b, r));
+                    let new = !before.is_some_and(|b| RArc::ptr_eq(&b, r));
                     if !r.contains(a) || (new && (r.start() < w.start || r.end() > w.end)) {
                         return Err(format!("handle_fault({a:#x}, {w:?}) = {r:?}"));
                     }

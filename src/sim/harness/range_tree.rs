@@ -35,8 +35,10 @@ use crate::range::{Range, RangeTree};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
+
+/// A reference to a range on the default host.
+type Arc<T> = crate::HostArc<crate::DefaultHost, T>;
 
 /// Number of distinct start pages of a range (per base).
 pub const START_PAGES: u8 = 64;
