@@ -44,6 +44,7 @@ mod loom_support;
 
 use gpusvm::platform::PAGE_SIZE;
 use gpusvm::policy::{device_atomics, AtomicPolicy, AttrUpdate, DeviceAtomics};
+use gpusvm::range::RangeArc;
 use gpusvm::{Access, Range, Svm, Window};
 use loom::thread;
 use loom_support::*;
@@ -69,7 +70,7 @@ fn cpu_atomics() -> AttrUpdate {
 }
 
 /// The device faults at `addr` and binds the range, recording what it wrote.
-fn fault(svm: &S, addr: u64) -> (Arc<Range>, BindRec) {
+fn fault(svm: &S, addr: u64) -> (RangeArc, BindRec) {
     svm.handle_fault_and_bind(addr, Access::Read, Window::ALL, |r, entries| {
         assert!(!entries.is_empty());
         BindRec {
@@ -83,12 +84,12 @@ fn fault(svm: &S, addr: u64) -> (Arc<Range>, BindRec) {
 }
 
 /// Every range that exists, in address order.
-fn ranges(svm: &S) -> Vec<Arc<Range>> {
-    let mut v: Vec<Arc<Range>> = Vec::new();
+fn ranges(svm: &S) -> Vec<RangeArc> {
+    let mut v: Vec<RangeArc> = Vec::new();
     let mut a = BASE;
     while a < VMA_END {
         if let Some(r) = svm.find(a) {
-            if !v.iter().any(|x| Arc::ptr_eq(x, &r)) {
+            if !v.iter().any(|x| gpusvm::heap::Arc::ptr_eq(x, &r)) {
                 v.push(r);
             }
         }
@@ -226,7 +227,7 @@ fn race(start: u64, len: u64) -> (Arc<S>, BindRec) {
 /// attribute extent at `addr` (`self.attrs.read().extent(addr)`) and inserts the range much
 /// later, under the structure and notifier locks, without checking that the attributes did not
 /// change in between; `set_attrs` updates the store and then looks for straddling ranges with
-/// `overlapping_ranges` — which does not find the range that is not inserted yet. Interleaving
+/// `first_overlapping` — which does not find the range that is not inserted yet. Interleaving
 /// (loom, 2 threads): fault thread `try_insert` reads extent = whole mirror and selects chunk
 /// `[BASE, BASE+2 pages)` → `set_attrs` thread writes atomic=Cpu on `[BASE+1 page, +1 page)`,
 /// `refault_under_new_policy` finds no range → fault thread inserts `[BASE, BASE+2 pages)`,
@@ -236,7 +237,7 @@ fn race(start: u64, len: u64) -> (Arc<S>, BindRec) {
 /// The fix: `try_insert` re-reads `attrs.extent(addr)` inside the insert's notifier-write
 /// section and refuses the insert (`Ok(false)`, so `find_or_insert` retries) when the chosen
 /// chunk is no longer inside it; without it this model fails:
-/// `set_attrs` writes the store before it takes the notifier lock in `overlapping_ranges`, so
+/// `set_attrs` writes the store before it takes the notifier lock in `first_overlapping`, so
 /// either the insert sees the new extent or `set_attrs` sees the inserted range. The attribute
 /// lock is then taken inside the structure and notifier locks, an order the lock table in
 /// `src/sync/mod.rs` already allows (`ATTRS` ranks after both).
@@ -321,7 +322,8 @@ fn straddling_update_vs_fault_on_existing_range() {
         assert_eq!(join(b), Ok(()), "set_attrs");
         check_final(&svm, &[b0, bind]);
         assert!(
-            svm.find(BASE).is_none_or(|r| !Arc::ptr_eq(&r, &r0)),
+            svm.find(BASE)
+                .is_none_or(|r| !gpusvm::heap::Arc::ptr_eq(&r, &r0)),
             "straddling range kept"
         );
         c.hit(match (bind.end - bind.start) / PAGE_SIZE {

@@ -53,6 +53,7 @@ mod loom_support;
 use gpusvm::migrate::MigrateDetails;
 use gpusvm::pagemap::Pagemap;
 use gpusvm::platform::PAGE_SIZE;
+use gpusvm::range::RangeArc;
 use gpusvm::{Error, PageEntry, PagesCtx, Range, Window};
 use loom::thread;
 use loom_support::dev::*;
@@ -74,7 +75,7 @@ fn ctx() -> PagesCtx {
 }
 
 /// An `Svm` whose range lives in its own device memory (one allocation, frames `DEV0..+2`).
-fn setup() -> (Arc<DevSvm>, Arc<Range>, Arc<Pagemap<DevMem>>) {
+fn setup() -> (Arc<DevSvm>, RangeArc, Arc<Pagemap<DevMem>>) {
     let (svm, local, _peer) = new_dev_svm(3, NPAGES as u64);
     let range = svm
         .find_or_insert(BASE, Window::ALL, &ctx())
@@ -103,7 +104,7 @@ struct FaultOutcome {
 }
 
 /// The device fault: collect, then bind and write `DEV_VAL` into page 0 through its entry.
-fn spawn_fault(svm: &Arc<DevSvm>, range: &Arc<Range>) -> thread::JoinHandle<FaultOutcome> {
+fn spawn_fault(svm: &Arc<DevSvm>, range: &RangeArc) -> thread::JoinHandle<FaultOutcome> {
     let (svm, range) = (svm.clone(), range.clone());
     thread::spawn(move || {
         let got = svm.get_pages(&range, &ctx());

@@ -32,6 +32,7 @@
 
 mod loom_support;
 
+use gpusvm::range::RangeArc;
 use gpusvm::range::RangeFlags;
 use gpusvm::{Event, PagesCtx, Range, Svm, Window};
 use loom::thread;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 type S = Svm<LoomPlatform>;
 
 /// A fresh instance with one range whose pages are committed.
-fn setup() -> (Arc<S>, Arc<Range>) {
+fn setup() -> (Arc<S>, RangeArc) {
     let svm = Arc::new(new_svm(3));
     let ctx = PagesCtx::default();
     let range = svm

@@ -55,6 +55,7 @@
 
 mod loom_support;
 
+use gpusvm::range::RangeArc;
 use gpusvm::range::RangeFlags;
 use gpusvm::{Error, Event, PagesCtx, Range, Svm, Window};
 use loom::thread;
@@ -66,7 +67,7 @@ const NEW_FRAME: u64 = 0x200;
 
 type S = Svm<LoomPlatform>;
 
-fn setup(max_attempts: u32) -> (Arc<S>, Arc<Range>) {
+fn setup(max_attempts: u32) -> (Arc<S>, RangeArc) {
     let svm = Arc::new(new_svm(max_attempts));
     let range = svm
         .find_or_insert(BASE, Window::ALL, &PagesCtx::default())
@@ -88,7 +89,7 @@ fn spawn_invalidator(svm: &Arc<S>, event: Event, start: u64, end: u64) -> thread
 /// The collecting thread: `get_pages`, then (if it succeeded) check what `bind` shows.
 fn spawn_collector(
     svm: &Arc<S>,
-    range: &Arc<Range>,
+    range: &RangeArc,
     ctx: PagesCtx,
 ) -> thread::JoinHandle<Result<(), Error>> {
     let (svm, range) = (svm.clone(), range.clone());

@@ -49,6 +49,7 @@ mod loom_support;
 use gpusvm::migrate::{to_devmem, to_ram, MigrateDetails};
 use gpusvm::pagemap::Pagemap;
 use gpusvm::platform::PAGE_SIZE;
+use gpusvm::range::RangeArc;
 use gpusvm::{Error, PageEntry, PagesCtx, Range, Window};
 use loom::thread;
 use loom_support::dev::*;
@@ -69,7 +70,7 @@ fn dev0(pm: &Pagemap<DevMem>) -> u64 {
 /// What `setup` builds: the `Svm`, its range, the local and the peer pagemap.
 type Setup = (
     Arc<DevSvm>,
-    Arc<Range>,
+    RangeArc,
     Arc<Pagemap<DevMem>>,
     Arc<Pagemap<DevMem>>,
 );
@@ -104,7 +105,7 @@ fn setup(into_peer: bool, attach: bool) -> Setup {
 
 /// The fault: `get_pages`; Ok or Busy only. If Ok, the entries (if still valid) are current.
 /// Returns the result and the pagemaps of the entries committed (seen through `bind`).
-fn spawn_fault(svm: &Arc<DevSvm>, range: &Arc<Range>) -> thread::JoinHandle<FaultOutcome> {
+fn spawn_fault(svm: &Arc<DevSvm>, range: &RangeArc) -> thread::JoinHandle<FaultOutcome> {
     let (svm, range) = (svm.clone(), range.clone());
     thread::spawn(move || {
         let r = svm.get_pages(&range, &ctx());

@@ -6,11 +6,12 @@ use crate::devpt::{DevFault, DevPt};
 use crate::dma::IdentityDma;
 use crate::mm::{FwMm, InvalidationSink, OWNER, PAGEMAP};
 use crate::phys::Phys;
-use crate::platform::FwPlatform;
+use crate::platform::{FwHost, FwPlatform};
 use alloc::rc::{Rc, Weak};
 use alloc::sync::Arc;
 use gpusvm::pagemap::Pagemap;
-use gpusvm::{Access, Error, Range, Result, Svm, SvmConfig, Window};
+use gpusvm::range::RangeArc;
+use gpusvm::{Access, Error, Result, Svm, SvmConfig, Window};
 
 /// How many times a device access is replayed after its fault was serviced.
 const REPLAYS: u32 = 3;
@@ -62,7 +63,7 @@ impl Rig {
 
     /// Service a device fault at `va` and bind the range into the device page table (what the
     /// driver's fault worker does). Returns the range and the number of pages bound.
-    pub fn device_fault(&self, va: u64, access: Access) -> Result<(Arc<Range>, usize)> {
+    pub fn device_fault(&self, va: u64, access: Access) -> Result<(RangeArc<FwHost>, usize)> {
         let pt = self.pt();
         self.svm
             .handle_fault_and_bind(va, access, Window::ALL, |r, e| pt.write_ptes(r, e))
