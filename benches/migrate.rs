@@ -54,6 +54,9 @@ const BLOCKS: u64 = 4;
 const SYS_PFN0: u64 = 0x10_0000;
 const DEV_PFN0: u64 = 0x80_0000;
 const PM: PagemapId = PagemapId(1);
+
+/// The bench's pagemap, shared on the default host's allocator.
+type BenchPagemap = gpusvm::HostArc<gpusvm::DefaultHost, Pagemap<BenchMem>>;
 const OWNER: OwnerId = OwnerId(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,7 +123,7 @@ struct BenchMm {
     end: u64,
     ptes: Mutex<Vec<u64>>,
     sys: Mutex<Blocks>,
-    pagemap: OnceLock<Arc<Pagemap<BenchMem>>>,
+    pagemap: OnceLock<BenchPagemap>,
 }
 
 impl BenchMm {
@@ -335,7 +338,7 @@ impl DeviceMemory for BenchMem {
 /// One VMA of `len` bytes at `BASE` whose pages are system frames `frames`, and a pagemap.
 struct World {
     mm: BenchMm,
-    pm: Arc<Pagemap<BenchMem>>,
+    pm: BenchPagemap,
     arenas: Arc<Mutex<Arenas>>,
     len: u64,
 }
@@ -374,7 +377,8 @@ impl World {
                 commands: AtomicUsize::new(0),
                 calls: AtomicUsize::new(0),
             },
-        );
+        )
+        .unwrap();
         assert!(mm.pagemap.set(pm.clone()).is_ok());
         let w = World {
             mm,

@@ -42,7 +42,6 @@ use gpusvm::sync::{LockClass, RawMutex, RawRwLock};
 use gpusvm::Host;
 use gpusvm::{Access, Error, Result, Svm, SvmConfig};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 /// Log a stub call (process context only: a real backend must not log from invalidation
 /// context).
@@ -693,9 +692,10 @@ fn main() {
 
     // Device probe: the VRAM becomes a pagemap (owner from an OwnerRegistry in a multi-GPU
     // driver), and this VM places ranges there.
-    let pagemap = Pagemap::new(PagemapId(0), OwnerId(0), SkelVram::default());
-    svm.set_pagemap(Some(Arc::clone(&pagemap)))
-        .expect("no peer pagemap uses this id");
+    let pagemap = Pagemap::new(PagemapId(0), OwnerId(0), SkelVram::default())
+        .expect("out of memory for the pagemap");
+    svm.set_pagemap(Some(pagemap.clone()))
+        .expect("no peer pagemap uses this id, and memory for the pagemap set");
     println!(
         "2. set_pagemap: pagemap {:?}, owner {:?}",
         pagemap.id(),

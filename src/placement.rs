@@ -2,8 +2,9 @@
 //! (migrate a range in, evict it, make room), and the fault service's placement step.
 
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::migrate::{self, MigrateDetails, MigrateReport};
-use crate::pagemap::Pagemap;
+use crate::pagemap::{DevmemAlloc, Pagemap};
 use crate::pages::DevicePlace;
 use crate::pages::PageFlags;
 use crate::platform::{CpuPage, DeviceMemory, OwnerId, PagemapId, Platform};
@@ -11,23 +12,103 @@ use crate::policy::DeviceTarget;
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
-use crate::Host;
-use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
-use alloc::vec::Vec;
+use crate::{Host, HostArc, HostVec};
 
-/// The pagemaps an [`Svm`] knows: its own and its peers'.
+/// A shared pagemap on its host's allocator.
+type PagemapArc<M, L> = HostArc<L, Pagemap<M, L>>;
+/// An array of shared pagemaps on their host's allocator.
+type PagemapVec<M, L> = HostVec<L, PagemapArc<M, L>>;
+
+/// The pagemaps an [`Svm`] knows: its own and its peers', under the
+/// [`PAGEMAPS`](crate::sync::class::PAGEMAPS) lock.
+///
+/// `all` is sorted by id (ids unique), looked up by binary search. That lock is taken (shared)
+/// under the notifier lock, so nothing is allocated while it is held: the array grows by
+/// replacement ([`Svm::grow_pagemaps`]: a bigger one is allocated without the lock and swapped
+/// in under it), and inserting never allocates.
 pub(crate) struct PagemapSet<M: DeviceMemory, L: Host> {
-    pub(crate) local: Option<Arc<Pagemap<M, L>>>,
-    pub(crate) all: BTreeMap<PagemapId, Arc<Pagemap<M, L>>>,
+    pub(crate) local: Option<PagemapArc<M, L>>,
+    all: PagemapVec<M, L>,
 }
 
 impl<M: DeviceMemory, L: Host> Default for PagemapSet<M, L> {
     fn default() -> Self {
         PagemapSet {
             local: None,
-            all: BTreeMap::new(),
+            all: HostVec::<L, PagemapArc<M, L>>::new(),
         }
+    }
+}
+
+impl<M: DeviceMemory, L: Host> PagemapSet<M, L> {
+    /// Where `id` is (`Ok`) or would go (`Err`).
+    fn search(&self, id: PagemapId) -> core::result::Result<usize, usize> {
+        self.all.binary_search_by(|p| p.id().cmp(&id))
+    }
+
+    /// The attached pagemap `id` (O(log n)).
+    pub(crate) fn get(&self, id: PagemapId) -> Option<&PagemapArc<M, L>> {
+        self.search(id).ok().and_then(|k| self.all.get(k))
+    }
+
+    /// Number of attached pagemaps.
+    pub(crate) fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// The attached pagemaps, by id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &PagemapArc<M, L>> {
+        self.all.iter()
+    }
+
+    /// Pagemaps that can be inserted without allocating.
+    fn room(&self) -> usize {
+        self.all.capacity().saturating_sub(self.all.len())
+    }
+
+    /// Insert `pm` (replacing a pagemap of the same id) without allocating; gives it back when
+    /// there is no room.
+    fn insert_within_capacity(
+        &mut self,
+        pm: PagemapArc<M, L>,
+    ) -> core::result::Result<(), PagemapArc<M, L>> {
+        match self.search(pm.id()) {
+            Ok(k) => match self.all.get_mut(k) {
+                Some(slot) => {
+                    *slot = pm;
+                    Ok(())
+                }
+                None => Err(pm),
+            },
+            Err(k) => self.all.insert_within_capacity(k, pm),
+        }
+    }
+
+    /// Remove the pagemap `id`.
+    fn remove(&mut self, id: PagemapId) -> Option<PagemapArc<M, L>> {
+        let k = self.search(id).ok()?;
+        self.all.remove(k)
+    }
+
+    /// Swap in `bigger` (empty, with room for every pagemap plus `need` more); the old array
+    /// is left in `bigger`, to be freed after unlocking. Never allocates. Whether it swapped.
+    fn replace_with(&mut self, bigger: &mut PagemapVec<M, L>, need: usize) -> bool {
+        let fits = self
+            .all
+            .len()
+            .checked_add(need)
+            .is_some_and(|n| n <= bigger.capacity());
+        // `extend_from_slice` cannot allocate here (room checked); NoSleep should it ever.
+        if !fits
+            || !bigger.is_empty()
+            || bigger
+                .extend_from_slice(&self.all, AllocCtx::NoSleep)
+                .is_err()
+        {
+            return false;
+        }
+        core::mem::swap(&mut self.all, bigger);
+        true
     }
 }
 
@@ -35,49 +116,100 @@ impl<M: DeviceMemory, L: Host> Default for PagemapSet<M, L> {
 const EVICT_ATTEMPTS: u32 = 3;
 
 impl<P: Platform> Svm<P> {
+    /// Make room in the pagemap set for `need` more pagemaps, allocating without its lock
+    /// held ([`AllocCtx::MaySleep`]): a bigger array is swapped in under the lock and the old
+    /// one freed after unlocking. The room may be used up again by a concurrent attach before
+    /// the caller takes the lock: callers check and retry.
+    ///
+    /// Errors: [`Error::NoMem`].
+    ///
+    /// Context: may sleep; takes the pagemap-set lock (exclusive), never while allocating.
+    fn grow_pagemaps(&self, need: usize) -> Result<()> {
+        let mut spare = PagemapVec::<P::Mem, P::Host>::new();
+        loop {
+            let want = {
+                let mut set = self.pagemaps.write();
+                if set.room() < need {
+                    set.replace_with(&mut spare, need);
+                }
+                if set.room() >= need {
+                    break;
+                }
+                let len = set.len();
+                len.checked_add(need)
+                    .ok_or(Error::NoMem)?
+                    .max(len.saturating_mul(2))
+                    .max(4)
+            };
+            spare = PagemapVec::<P::Mem, P::Host>::new();
+            spare.reserve_exact(want, AllocCtx::MaySleep)?;
+        }
+        // The old array (if replaced) is freed here, unlocked.
+        drop(spare);
+        Ok(())
+    }
+
     /// Give this device its own device memory (or take it away with `None`). The pagemap is
     /// also attached (see [`attach_pagemap`](Self::attach_pagemap)). Unless an owner was set
     /// with [`set_owner`](Self::set_owner), the device's owner is the pagemap's.
-    ///
-    /// Errors: [`Error::Invalid`] if a peer's pagemap (a different one than this device's
-    /// current pagemap) is attached under the new pagemap's id; nothing changes.
     ///
     /// When the pagemap is replaced or removed, the old one is gone for this device as in
     /// [`detach_pagemap`](Self::detach_pagemap): collections in flight retry and ranges with
     /// device pages are zapped and unmapped.
     ///
-    /// Context: allocates only to grow the pagemap set, under the pagemap set's lock; then
-    /// takes the notifier lock exclusively and range page-state locks.
-    pub fn set_pagemap(&self, pagemap: Option<Arc<Pagemap<P::Mem, P::Host>>>) -> Result<()> {
-        self.change_pagemaps(|set| {
-            if let Some(pm) = &pagemap {
-                if let Some(p) = set.all.get(&pm.id()) {
-                    let replaceable =
-                        Arc::ptr_eq(p, pm) || set.local.as_ref().is_some_and(|l| Arc::ptr_eq(l, p));
-                    if !replaceable {
-                        return (Err(Error::Invalid), false);
+    /// Errors: [`Error::Invalid`] if a peer's pagemap (a different one than this device's
+    /// current pagemap) is attached under the new pagemap's id; [`Error::NoMem`] if the
+    /// pagemap set cannot grow. On error nothing changes.
+    ///
+    /// Context: may sleep; allocates (to grow the pagemap set) with [`AllocCtx::MaySleep`]
+    /// without any lock held; takes the pagemap-set lock (exclusive), then, if a pagemap went
+    /// away, the notifier lock exclusively and range page-state locks, and calls
+    /// [`DevicePageTable::zap`](crate::platform::DevicePageTable::zap) and the DMA unmap.
+    pub fn set_pagemap(&self, pagemap: Option<PagemapArc<P::Mem, P::Host>>) -> Result<()> {
+        loop {
+            if pagemap.is_some() {
+                self.grow_pagemaps(1)?;
+            }
+            let done = self.change_pagemaps(|set| {
+                if let Some(pm) = &pagemap {
+                    if let Some(p) = set.get(pm.id()) {
+                        let replaceable = PagemapArc::ptr_eq(p, pm)
+                            || set.local.as_ref().is_some_and(|l| PagemapArc::ptr_eq(l, p));
+                        if !replaceable {
+                            return (Some(Err(Error::Invalid)), false);
+                        }
+                    }
+                    if set.room() == 0 {
+                        // A concurrent attach took the room: grow again.
+                        return (None, false);
                     }
                 }
+                let old = set.local.take();
+                let gone = match (&old, &pagemap) {
+                    (Some(o), Some(n)) => !PagemapArc::ptr_eq(o, n),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if let Some(old) = old {
+                    drop(set.remove(old.id()));
+                }
+                if let Some(pm) = &pagemap {
+                    // Cannot fail: the room was checked above.
+                    let _ = set.insert_within_capacity(pm.clone());
+                }
+                set.local = pagemap.clone();
+                (Some(Ok(())), gone)
+            });
+            if let Some(r) = done {
+                return r;
             }
-            let old = set.local.take();
-            let gone = match (&old, &pagemap) {
-                (Some(o), Some(n)) => !Arc::ptr_eq(o, n),
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if let Some(old) = old {
-                set.all.remove(&old.id());
-            }
-            if let Some(pm) = &pagemap {
-                set.all.insert(pm.id(), pm.clone());
-            }
-            set.local = pagemap;
-            (Ok(()), gone)
-        })
+        }
     }
 
     /// This device's pagemap.
-    pub fn pagemap(&self) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
+    ///
+    /// Context: may sleep (the pagemap-set lock, shared); never allocates.
+    pub fn pagemap(&self) -> Option<PagemapArc<P::Mem, P::Host>> {
         self.pagemaps.read().local.clone()
     }
 
@@ -88,16 +220,27 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Invalid`] if a different pagemap is attached under the same id (this
     /// device's own, or a peer's): an id names one pagemap, whose pages are resolved, mapped
-    /// and evicted through it; nothing changes.
-    pub fn attach_pagemap(&self, pagemap: Arc<Pagemap<P::Mem, P::Host>>) -> Result<()> {
-        let mut set = self.pagemaps.write();
-        match set.all.get(&pagemap.id()) {
-            Some(p) if Arc::ptr_eq(p, &pagemap) => Ok(()),
-            Some(_) => Err(Error::Invalid),
-            None => {
-                set.all.insert(pagemap.id(), pagemap);
-                Ok(())
+    /// and evicted through it; [`Error::NoMem`] if the pagemap set cannot grow. On error
+    /// nothing changes.
+    ///
+    /// Context: may sleep; allocates (to grow the pagemap set) with [`AllocCtx::MaySleep`]
+    /// without any lock held; takes the pagemap-set lock (exclusive).
+    pub fn attach_pagemap(&self, pagemap: PagemapArc<P::Mem, P::Host>) -> Result<()> {
+        loop {
+            {
+                let mut set = self.pagemaps.write();
+                match set.get(pagemap.id()) {
+                    Some(p) if PagemapArc::ptr_eq(p, &pagemap) => return Ok(()),
+                    Some(_) => return Err(Error::Invalid),
+                    None => {}
+                }
+                if set.room() > 0 {
+                    // Cannot fail: there is room.
+                    let _ = set.insert_within_capacity(pagemap);
+                    return Ok(());
+                }
             }
+            self.grow_pagemaps(1)?;
         }
     }
 
@@ -114,33 +257,42 @@ impl<P: Platform> Svm<P> {
     /// into device memory any more (ranges with device pages are zapped and unmapped; they
     /// refault).
     ///
-    /// Context: allocates nothing; takes the pagemap set's lock, then the notifier lock
-    /// exclusively and range page-state locks; calls [`DevicePageTable::zap`](crate::platform::DevicePageTable::zap)
-    /// and the DMA unmap.
-    pub fn detach_pagemap(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
+    /// Errors: none (`None` if no peer pagemap `id` is attached).
+    ///
+    /// Context: may sleep; allocates nothing; takes the pagemap-set lock, then the notifier
+    /// lock exclusively and range page-state locks; calls
+    /// [`DevicePageTable::zap`](crate::platform::DevicePageTable::zap) and the DMA unmap.
+    pub fn detach_pagemap(&self, id: PagemapId) -> Option<PagemapArc<P::Mem, P::Host>> {
         self.change_pagemaps(|set| {
             if set.local.as_ref().is_some_and(|l| l.id() == id) {
                 return (None, false);
             }
-            let out = set.all.remove(&id);
+            let out = set.remove(id);
             let gone = out.is_some();
             (out, gone)
         })
     }
 
-    /// The attached pagemap `id` (local or peer).
-    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
-        self.pagemaps.read().all.get(&id).cloned()
+    /// The attached pagemap `id` (local or peer), found by binary search.
+    ///
+    /// Context: may sleep (the pagemap-set lock, shared); never allocates.
+    pub fn pagemap_by_id(&self, id: PagemapId) -> Option<PagemapArc<P::Mem, P::Host>> {
+        self.pagemaps.read().get(id).cloned()
     }
 
     /// Set the owner explicitly (what this device's `Svm` peer got from an
     /// [`OwnerRegistry`](crate::pagemap::OwnerRegistry)), or clear it.
+    ///
+    /// Context: may sleep (the owner lock, exclusive); never allocates.
     pub fn set_owner(&self, owner: Option<OwnerId>) {
         *self.owner.write() = owner;
     }
 
     /// The owner used for page collection: the one set with [`set_owner`](Self::set_owner),
     /// else the local pagemap's, else `config.owner`.
+    ///
+    /// Context: may sleep (the owner lock, then the pagemap-set lock, shared); never
+    /// allocates.
     pub fn owner(&self) -> Option<OwnerId> {
         if let Some(o) = *self.owner.read() {
             return Some(o);
@@ -158,8 +310,10 @@ impl<P: Platform> Svm<P> {
         order: u8,
     ) -> Result<(DevicePlace, Option<usize>)> {
         let set = self.pagemaps.read();
-        let p = set.all.get(&pm).ok_or(Error::Busy)?;
-        let alloc = p.alloc_of(dpfn).map(|a| Arc::as_ptr(&a) as usize);
+        let p = set.get(pm).ok_or(Error::Busy)?;
+        let alloc = p
+            .alloc_of(dpfn)
+            .map(|a| HostArc::<P::Host, DevmemAlloc<P::Host>>::as_ptr(&a) as usize);
         if set.local.as_ref().is_some_and(|l| l.id() == pm) {
             return Ok((DevicePlace::Local, alloc));
         }
@@ -173,6 +327,10 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::NotSupported`] (no pagemap); [`Error::Invalid`]/[`Error::Again`] (the
     /// range is not live here); and those of [`migrate::to_devmem`]. On error nothing is lost.
+    ///
+    /// Context: as [`migrate::to_devmem`]: may sleep, allocates with [`AllocCtx::MaySleep`];
+    /// takes the pagemap-set lock (shared) and the notifier lock (shared) briefly, never across
+    /// a platform call. Call it without crate locks held.
     pub fn migrate_to_devmem(
         &self,
         range: &Range<P::Host>,
@@ -217,38 +375,62 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The attached pagemaps that hold pages of `[start, end)` (from a snapshot of the CPU
-    /// page tables; nothing is faulted in or invalidated).
-    fn pagemaps_in(&self, start: u64, end: u64) -> Vec<Arc<Pagemap<P::Mem, P::Host>>> {
-        let mut out: Vec<Arc<Pagemap<P::Mem, P::Host>>> = Vec::new();
+    /// page tables; nothing is faulted in or invalidated), or every attached pagemap if the
+    /// snapshot fails.
+    ///
+    /// Errors: [`Error::NoMem`].
+    ///
+    /// Context: may sleep; allocates with [`AllocCtx::MaySleep`] with no lock held, then
+    /// fills the result under the pagemap-set lock (shared) without allocating.
+    fn pagemaps_in(&self, start: u64, end: u64) -> Result<PagemapVec<P::Mem, P::Host>> {
+        let mut out = PagemapVec::<P::Mem, P::Host>::new();
         if start >= end {
-            return out;
+            return Ok(out);
         }
         let Some(pages) = self.snapshot(start, end, None) else {
             // Cannot tell: try every attached pagemap.
-            out.extend(self.pagemaps.read().all.values().cloned());
-            return out;
-        };
-        let set = self.pagemaps.read();
-        for p in &pages {
-            if let CpuPage::Device { pagemap, .. } = p {
-                if !out.iter().any(|q| q.id() == *pagemap) {
-                    if let Some(pm) = set.all.get(pagemap) {
-                        out.push(pm.clone());
+            let mut want = self.pagemaps.read().len();
+            loop {
+                out.reserve_exact(want, AllocCtx::MaySleep)?;
+                let set = self.pagemaps.read();
+                if set.len() <= out.capacity() {
+                    for pm in set.iter() {
+                        // Cannot fail: the room was checked above.
+                        let _ = out.push_within_capacity(pm.clone());
                     }
+                    return Ok(out);
+                }
+                want = set.len();
+            }
+        };
+        // The distinct pagemaps named by the snapshot, collected without a lock held.
+        let mut ids = HostVec::<P::Host, PagemapId>::new();
+        for p in pages.iter() {
+            if let CpuPage::Device { pagemap, .. } = p {
+                if !ids.contains(pagemap) {
+                    ids.push(*pagemap, AllocCtx::MaySleep)?;
                 }
             }
         }
-        out
+        out.reserve_exact(ids.len(), AllocCtx::MaySleep)?;
+        let set = self.pagemaps.read();
+        for id in ids.iter() {
+            if let Some(pm) = set.get(*id) {
+                // Cannot fail: there is room for every id.
+                let _ = out.push_within_capacity(pm.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Migrate every device page of the attached pagemaps in `[start, end)` back to system
     /// memory, retrying pages that could not be isolated up to 3 times.
     pub(crate) fn evict_interval(&self, start: u64, end: u64) -> Result<MigrateReport> {
         let mut total = MigrateReport::default();
-        for pm in self.pagemaps_in(start, end) {
+        for pm in self.pagemaps_in(start, end)?.iter() {
             let mut done = false;
             for _ in 0..EVICT_ATTEMPTS {
-                let rep = migrate::to_ram(self.platform().mm(), &pm, start, end)?;
+                let rep = migrate::to_ram(self.platform().mm(), pm, start, end)?;
                 total.pages = total.pages.saturating_add(rep.pages);
                 total.copy_runs = total.copy_runs.saturating_add(rep.copy_runs);
                 total.bytes = total.bytes.saturating_add(rep.bytes);
@@ -277,6 +459,10 @@ impl<P: Platform> Svm<P> {
     /// is not looked at); [`Error::Busy`] if pages could still not be isolated after 3 attempts;
     /// [`Error::NoMem`]; copy errors. On error nothing is lost (pages not moved stay in device
     /// memory).
+    ///
+    /// Context: may sleep; allocates (a page snapshot, the list of pagemaps, the migrations'
+    /// arrays) with [`AllocCtx::MaySleep`] without crate locks held; takes the notifier lock
+    /// (shared) and the pagemap-set lock (shared) briefly. Call it without crate locks held.
     pub fn evict(&self, range: &Range<P::Host>) -> Result<MigrateReport> {
         self.check_open()?;
         if !self.owns_range(range) {
@@ -313,7 +499,7 @@ impl<P: Platform> Svm<P> {
     pub(crate) fn target_pagemap(
         &self,
         target: DeviceTarget,
-    ) -> Option<Arc<Pagemap<P::Mem, P::Host>>> {
+    ) -> Option<PagemapArc<P::Mem, P::Host>> {
         match target {
             DeviceTarget::Local => self.pagemap(),
             DeviceTarget::Pagemap(id) => self
@@ -376,6 +562,10 @@ impl<P: Platform> Svm<P> {
     /// owner; [`Error::NotSupported`] without device memory; [`Error::Closed`];
     /// [`Error::Invalid`]/[`Error::Again`] if the range is not live in this instance (checked
     /// before its pages are looked at); those of the migration.
+    ///
+    /// Context: as [`migrate_to_devmem`](Self::migrate_to_devmem) and
+    /// [`evict`](Self::evict): may sleep, allocates with [`AllocCtx::MaySleep`] without crate
+    /// locks held. Call it without crate locks held.
     pub fn place_in(
         &self,
         range: &Range<P::Host>,

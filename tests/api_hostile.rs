@@ -241,10 +241,19 @@ fn foreign_ranges_are_refused_before_their_pages_are_looked_at() {
 /// freed, so the allocation was never released).
 #[test]
 fn devmem_alloc_refuses_duplicates_at_the_top() {
+    use gpusvm::heap::AllocCtx;
     use gpusvm::pagemap::{DevmemAlloc, PutPage};
     use gpusvm::platform::PagemapId;
+    use gpusvm::sim::SimHost;
     use gpusvm::Error;
-    let new = |f: Vec<u64>| DevmemAlloc::new(PagemapId(0), 0, 0x10000, f).map(|_| ());
+    use gpusvm::HostVec;
+    let frames = |f: Vec<u64>| {
+        let mut v = HostVec::<SimHost, u64>::new();
+        v.extend_from_slice(&f, AllocCtx::MaySleep).unwrap();
+        v
+    };
+    let new =
+        |f: Vec<u64>| DevmemAlloc::<SimHost>::new(PagemapId(0), 0, 0x10000, frames(f)).map(|_| ());
     assert_eq!(
         new(vec![u64::MAX - 1, u64::MAX, u64::MAX]),
         Err(Error::Invalid)
@@ -254,7 +263,13 @@ fn devmem_alloc_refuses_duplicates_at_the_top() {
         Err(Error::Invalid)
     );
     assert_eq!(new(vec![u64::MAX, u64::MAX]), Err(Error::Invalid));
-    let a = DevmemAlloc::new(PagemapId(0), 0, 0x3000, vec![u64::MAX - 1, u64::MAX, 0]).unwrap();
+    let a = DevmemAlloc::<SimHost>::new(
+        PagemapId(0),
+        0,
+        0x3000,
+        frames(vec![u64::MAX - 1, u64::MAX, 0]),
+    )
+    .unwrap();
     assert_eq!(a.index_of(u64::MAX), Some(1));
     assert_eq!(a.put_page(u64::MAX), PutPage::Freed);
     assert_eq!(a.put_page(u64::MAX - 1), PutPage::Freed);
@@ -393,9 +408,8 @@ fn owner_and_pagemap_calls() {
 fn attach_pagemap_refuses_a_second_pagemap_under_an_attached_id() {
     use gpusvm::pagemap::Pagemap;
     use gpusvm::platform::{OwnerId, PagemapId, VmaFlags};
-    use gpusvm::sim::{SimDevice, SimDevmem, SimGpu, SimMm, SimWorld};
+    use gpusvm::sim::{SimDevice, SimDevmem, SimGpu, SimMm, SimPagemapArc, SimWorld};
     use gpusvm::{Access, Error, Window};
-    use std::sync::Arc;
     let world = SimWorld::new();
     let mm = SimMm::new(&world);
     let base = 0x40_0000_0000;
@@ -421,16 +435,17 @@ fn attach_pagemap_refuses_a_second_pagemap_under_an_attached_id() {
             OwnerId(0),
             SimDevmem(SimDevice::new(&world, dev)),
         )
+        .unwrap()
     };
     assert_eq!(gpu.svm.attach_pagemap(fresh(0, 9)), Err(Error::Invalid));
     let peer = fresh(5, 10);
     assert_eq!(gpu.svm.attach_pagemap(peer.clone()), Ok(()));
     assert_eq!(gpu.svm.attach_pagemap(fresh(5, 11)), Err(Error::Invalid));
-    assert!(Arc::ptr_eq(
+    assert!(SimPagemapArc::ptr_eq(
         &gpu.svm.pagemap_by_id(PagemapId(0)).unwrap(),
         &local
     ));
-    assert!(Arc::ptr_eq(
+    assert!(SimPagemapArc::ptr_eq(
         &gpu.svm.pagemap_by_id(PagemapId(5)).unwrap(),
         &peer
     ));
@@ -441,7 +456,7 @@ fn attach_pagemap_refuses_a_second_pagemap_under_an_attached_id() {
     assert_eq!(mm.read_u64(base), Ok(42));
     // Detaching: the local pagemap is not detached this way; a peer is, once.
     assert!(gpu.svm.detach_pagemap(PagemapId(0)).is_none());
-    assert!(Arc::ptr_eq(
+    assert!(SimPagemapArc::ptr_eq(
         &gpu.svm.detach_pagemap(PagemapId(5)).unwrap(),
         &peer
     ));
@@ -452,16 +467,19 @@ fn attach_pagemap_refuses_a_second_pagemap_under_an_attached_id() {
     // new local pagemap; the current local one may be (same id, new memory) or set again.
     assert_eq!(gpu.svm.attach_pagemap(peer.clone()), Ok(()));
     assert_eq!(gpu.svm.set_pagemap(Some(fresh(5, 12))), Err(Error::Invalid));
-    assert!(Arc::ptr_eq(&gpu.svm.pagemap().unwrap(), &local));
-    assert!(Arc::ptr_eq(
+    assert!(SimPagemapArc::ptr_eq(&gpu.svm.pagemap().unwrap(), &local));
+    assert!(SimPagemapArc::ptr_eq(
         &gpu.svm.pagemap_by_id(PagemapId(5)).unwrap(),
         &peer
     ));
     assert_eq!(gpu.svm.set_pagemap(Some(local.clone())), Ok(()));
     let replacement = fresh(0, 13);
     assert_eq!(gpu.svm.set_pagemap(Some(replacement.clone())), Ok(()));
-    assert!(Arc::ptr_eq(&gpu.svm.pagemap().unwrap(), &replacement));
-    assert!(Arc::ptr_eq(
+    assert!(SimPagemapArc::ptr_eq(
+        &gpu.svm.pagemap().unwrap(),
+        &replacement
+    ));
+    assert!(SimPagemapArc::ptr_eq(
         &gpu.svm.pagemap_by_id(PagemapId(0)).unwrap(),
         &replacement
     ));

@@ -62,7 +62,7 @@ impl Env {
         let world = SimWorld::new();
         let mm = SimMm::new(&world);
         let gpu = SimGpu::new(&mm, 0, cfg).unwrap();
-        gpu.add_devmem(vram_pages, 1);
+        gpu.add_devmem(vram_pages, 1).unwrap();
         Env {
             world,
             mm,
@@ -557,7 +557,7 @@ fn atomic_timeslice_makes_the_cpu_wait() {
     env.cpu_write(a, 40);
     env.dev_atomic_add(a, 2);
     assert!(env.on_device(a));
-    let alloc = env.gpu.svm.pagemap().unwrap().allocations();
+    let alloc = env.gpu.svm.pagemap().unwrap().allocations().unwrap();
     assert_eq!(alloc.len(), 1);
     let t0 = env.world.now_ns();
     assert!(alloc[0].timeslice_end() > t0, "inside the timeslice");
@@ -570,7 +570,7 @@ fn atomic_timeslice_makes_the_cpu_wait() {
     assert!(!env.on_device(a));
     // Again, with a CPU write inside the timeslice.
     env.dev_atomic_add(a, 1);
-    let end = env.gpu.svm.pagemap().unwrap().allocations()[0].timeslice_end();
+    let end = env.gpu.svm.pagemap().unwrap().allocations().unwrap()[0].timeslice_end();
     env.cpu_write(a + 8, 9);
     assert!(env.world.now_ns() >= end);
     env.verify_all();

@@ -100,7 +100,7 @@ impl Env {
         }
     }
 
-    fn pm(&self) -> Arc<gpusvm::sim::SimPagemap> {
+    fn pm(&self) -> gpusvm::sim::SimPagemapArc {
         self.gpu.svm.pagemap().unwrap()
     }
 
@@ -184,6 +184,7 @@ impl Env {
         let pm = self.pm();
         let mut held: Vec<u64> = pm
             .allocations()
+            .unwrap()
             .iter()
             .flat_map(|a| a.dpfns().to_vec())
             .collect();
@@ -614,7 +615,8 @@ fn install_error_releases_the_allocation() {
             handed: Mutex::new(Vec::new()),
             bad_releases: Mutex::new(Vec::new()),
         },
-    );
+    )
+    .unwrap();
     let (r, states) = to_devmem_with(
         env.gpu.svm.platform().mm(),
         &bad,

@@ -277,7 +277,7 @@ fn one_device(vram_pages: u64) -> Rig {
 fn one_device_with(vram_pages: u64, cfg: SvmConfig) -> Rig {
     let mut r = Rig::new();
     let g = SimGpu::new(&r.mm, 0, cfg).expect("device");
-    g.add_devmem(vram_pages, 1);
+    g.add_devmem(vram_pages, 1).expect("device memory");
     r.add(g);
     r
 }

@@ -13,6 +13,14 @@
 //! isolated, allocated, mapped or copied, every page stays where it was, with its data. Pages
 //! move in the largest order that alignment and contiguity allow (2 MiB, 64 KiB, else 4 KiB),
 //! and the copy engine gets maximal runs of contiguous pages, one command per run.
+//!
+//! Memory: every array of a migration (source slots, frames, DMA chunks, copy runs,
+//! destinations, the allocation object) comes from the host's allocator with
+//! [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep); no crate lock is held while a
+//! migration runs except the pagemap's run index lock, briefly, when the new allocation is
+//! tracked (and never while allocating). A failed allocation is a failure like any other: the
+//! Restore state puts every page back and frees what was taken, and the call returns
+//! [`Error::NoMem`](crate::Error::NoMem).
 
 mod plan;
 mod to_devmem;
@@ -24,7 +32,7 @@ pub use to_ram::{to_ram, to_ram_traced, ToRamState};
 /// Resolves a peer pagemap by id (for device → device migration).
 pub type Peers<'a, M, L> = &'a dyn Fn(
     crate::platform::PagemapId,
-) -> Option<alloc::sync::Arc<crate::pagemap::Pagemap<M, L>>>;
+) -> Option<crate::HostArc<L, crate::pagemap::Pagemap<M, L>>>;
 
 /// Knobs of a migration to device memory (Linux `drm_pagemap_migrate_details`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -2,11 +2,11 @@
 //! orders to install.
 
 use crate::error::{Error, Result};
+use crate::heap::{AllocCtx, Allocator, Vec};
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DmaDirection, DmaMapper, MigrateDst, MigrateRequest,
     MigrateSrc, PagemapId, HUGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
-use alloc::vec::Vec;
 
 /// Drive a migration state machine: from `start`, `step` gives the next state until `done`;
 /// every state entered, `done` included, is reported to `trace`.
@@ -30,24 +30,34 @@ pub(crate) fn run_states<S: Copy + PartialEq>(
 
 /// The source slots of a migration of `[start, end)`, all [`MigrateSrc::Skip`]. Errors:
 /// [`Error::Invalid`] for an empty or misaligned interval, [`Error::NoMem`].
-pub(crate) fn source_slots(start: u64, end: u64) -> Result<Vec<MigrateSrc>> {
+///
+/// Context: allocates with [`AllocCtx::MaySleep`].
+pub(crate) fn source_slots<A: Allocator>(start: u64, end: u64) -> Result<Vec<MigrateSrc, A>> {
     if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
         return Err(Error::Invalid);
     }
     let n = usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
     let mut src = Vec::new();
-    src.try_reserve_exact(n).map_err(|_| Error::NoMem)?;
-    src.resize(n, MigrateSrc::Skip);
+    src.reserve_exact(n, AllocCtx::MaySleep)?;
+    src.resize(n, MigrateSrc::Skip, AllocCtx::MaySleep)?;
     Ok(src)
 }
 
 /// Put every isolated source of a migration back (the restore edge of both state machines).
 /// Without memory for the destination array it restores page by page: the sources must come
 /// back whatever happens.
-pub(crate) fn restore_sources<A: AddressSpace>(mm: &A, req: &MigrateRequest, src: &[MigrateSrc]) {
-    let mut keep: Vec<MigrateDst> = Vec::new();
-    if keep.try_reserve_exact(src.len()).is_ok() {
-        keep.resize(src.len(), MigrateDst::Keep);
+///
+/// Context: tries one allocation with [`AllocCtx::MaySleep`] (its failure is handled).
+pub(crate) fn restore_sources<A: AddressSpace, H: Allocator>(
+    mm: &A,
+    req: &MigrateRequest,
+    src: &[MigrateSrc],
+) {
+    let mut keep: Vec<MigrateDst, H> = Vec::new();
+    if keep
+        .resize(src.len(), MigrateDst::Keep, AllocCtx::MaySleep)
+        .is_ok()
+    {
         mm.migrate_finalize(req, src, &keep);
         return;
     }
@@ -73,10 +83,11 @@ pub(crate) struct DmaChunk {
     pub(crate) bus: u64,
 }
 
-/// Whether slots `[i, i + 2^order)` hold frames `f, f+1, ...` with `f` aligned to the order.
-fn contiguous(frames: &[Option<u64>], i: usize, order: u8) -> bool {
+/// Whether slots `[i, i + 2^order)` hold frames `f, f+1, ...` with `f` aligned to the order
+/// (`frame` gives a slot's frame, `None` for a slot without one).
+fn contiguous<T>(slots: &[T], frame: &impl Fn(&T) -> Option<u64>, i: usize, order: u8) -> bool {
     let n = 1usize << order;
-    let Some(Some(first)) = frames.get(i).copied() else {
+    let Some(first) = slots.get(i).and_then(frame) else {
         return false;
     };
     if first.trailing_zeros() < u32::from(order) {
@@ -85,33 +96,37 @@ fn contiguous(frames: &[Option<u64>], i: usize, order: u8) -> bool {
     let Some(end) = i.checked_add(n) else {
         return false;
     };
-    match frames.get(i..end) {
+    match slots.get(i..end) {
         Some(s) => s
             .iter()
             .enumerate()
-            .all(|(k, f)| *f == first.checked_add(k as u64)),
+            .all(|(k, f)| frame(f) == first.checked_add(k as u64)),
         None => false,
     }
 }
 
-/// DMA-map the frames of every `Some` slot in naturally aligned chunks as large as contiguity
-/// allows. On error, everything mapped so far is unmapped and `out` is left empty.
-pub(crate) fn map_chunks<D: DmaMapper>(
+/// DMA-map the frames of every slot that has one (`frame`) in naturally aligned chunks as
+/// large as contiguity allows. On error, everything mapped so far is unmapped and `out` is
+/// left empty.
+///
+/// Context: allocates `out`'s growth with [`AllocCtx::MaySleep`].
+pub(crate) fn map_chunks<D: DmaMapper, T, A: Allocator>(
     dma: &D,
-    frames: &[Option<u64>],
+    slots: &[T],
+    frame: impl Fn(&T) -> Option<u64>,
     dir: DmaDirection,
-    out: &mut Vec<DmaChunk>,
+    out: &mut Vec<DmaChunk, A>,
 ) -> Result<()> {
     let mut i = 0usize;
-    while let Some(slot) = frames.get(i).copied() {
-        let Some(pfn) = slot else {
+    while let Some(slot) = slots.get(i) {
+        let Some(pfn) = frame(slot) else {
             i = i.saturating_add(1);
             continue;
         };
         let order = ORDERS
             .iter()
             .copied()
-            .find(|&o| contiguous(frames, i, o))
+            .find(|&o| contiguous(slots, &frame, i, o))
             .unwrap_or(0);
         let bus = match dma.map_page(pfn, order, dir) {
             Ok(b) => b,
@@ -120,26 +135,31 @@ pub(crate) fn map_chunks<D: DmaMapper>(
                 return Err(e);
             }
         };
-        if out.try_reserve(1).is_err() {
-            dma.unmap_page(bus, order, dir);
-            unmap_chunks(dma, out, dir);
-            return Err(Error::NoMem);
-        }
-        out.push(DmaChunk {
+        let chunk = DmaChunk {
             first: i,
             order,
             bus,
-        });
+        };
+        if let Err(e) = out.push(chunk, AllocCtx::MaySleep) {
+            dma.unmap_page(bus, order, dir);
+            unmap_chunks(dma, out, dir);
+            return Err(e);
+        }
         i = i.saturating_add(1usize << order);
     }
     Ok(())
 }
 
 /// Unmap and forget every chunk.
-pub(crate) fn unmap_chunks<D: DmaMapper>(dma: &D, chunks: &mut Vec<DmaChunk>, dir: DmaDirection) {
-    for c in chunks.drain(..) {
+pub(crate) fn unmap_chunks<D: DmaMapper, A: Allocator>(
+    dma: &D,
+    chunks: &mut Vec<DmaChunk, A>,
+    dir: DmaDirection,
+) {
+    for c in chunks.iter() {
         dma.unmap_page(c.bus, c.order, dir);
     }
+    chunks.clear();
 }
 
 /// Bus address of slot `i` (chunks are sorted by `first`).
@@ -152,9 +172,13 @@ pub(crate) fn bus_of(chunks: &[DmaChunk], i: usize) -> Option<u64> {
 
 /// Build maximal copy runs from per-slot `(engine, kind, src, dst)` (addresses page aligned;
 /// `None` slots are skipped and break runs; a run never spans two engines).
-pub(crate) fn build_runs(
+///
+/// Errors: [`Error::NoMem`] (`out` then holds the runs built so far; the caller discards it).
+///
+/// Context: allocates `out`'s growth with [`AllocCtx::MaySleep`].
+pub(crate) fn build_runs<A: Allocator>(
     slots: impl Iterator<Item = Option<(PagemapId, CopyKind, u64, u64)>>,
-    out: &mut Vec<(PagemapId, CopyRun)>,
+    out: &mut Vec<(PagemapId, CopyRun), A>,
 ) -> Result<()> {
     let mut cur: Option<(PagemapId, CopyRun)> = None;
     for s in slots {
@@ -170,8 +194,7 @@ pub(crate) fn build_runs(
             }
             (s, _) => {
                 if let Some(r) = cur.take() {
-                    out.try_reserve(1).map_err(|_| Error::NoMem)?;
-                    out.push(r);
+                    out.push(r, AllocCtx::MaySleep)?;
                 }
                 cur = s.map(|(eng, kind, src, dst)| {
                     (
@@ -188,8 +211,7 @@ pub(crate) fn build_runs(
         }
     }
     if let Some(r) = cur {
-        out.try_reserve(1).map_err(|_| Error::NoMem)?;
-        out.push(r);
+        out.push(r, AllocCtx::MaySleep)?;
     }
     Ok(())
 }
@@ -204,27 +226,30 @@ pub(crate) fn run_bytes(runs: &[(PagemapId, CopyRun)]) -> u64 {
 /// The order to install for each page of a migration to device memory starting at virtual
 /// page `va_page`: the largest of 2 MiB / 64 KiB / 4 KiB whose block is aligned in both virtual
 /// address and device frame and whose frames are contiguous.
-pub(crate) fn install_orders(va_page: u64, dpfns: &[u64], out: &mut Vec<u8>) -> Result<()> {
+///
+/// Errors: [`Error::NoMem`].
+///
+/// Context: allocates `out` once, with [`AllocCtx::MaySleep`].
+pub(crate) fn install_orders<A: Allocator>(
+    va_page: u64,
+    dpfns: &[u64],
+    out: &mut Vec<u8, A>,
+) -> Result<()> {
     out.clear();
-    out.try_reserve_exact(dpfns.len())
-        .map_err(|_| Error::NoMem)?;
-    let frames: Vec<Option<u64>> = {
-        let mut v = Vec::new();
-        v.try_reserve_exact(dpfns.len()).map_err(|_| Error::NoMem)?;
-        v.extend(dpfns.iter().map(|d| Some(*d)));
-        v
-    };
+    out.reserve_exact(dpfns.len(), AllocCtx::MaySleep)?;
+    let frame = |d: &u64| Some(*d);
     let mut i = 0usize;
     while i < dpfns.len() {
         let va = va_page.wrapping_add(i as u64);
         let order = ORDERS
             .iter()
             .copied()
-            .find(|&o| va.trailing_zeros() >= u32::from(o) && contiguous(&frames, i, o))
+            .find(|&o| va.trailing_zeros() >= u32::from(o) && contiguous(dpfns, &frame, i, o))
             .unwrap_or(0);
         let n = 1usize << order;
+        // A block never reaches past the end (`contiguous` checks), so this never grows.
         for _ in 0..n {
-            out.push(order);
+            out.push(order, AllocCtx::MaySleep)?;
         }
         i = i.saturating_add(n);
     }
@@ -235,11 +260,11 @@ pub(crate) fn install_orders(va_page: u64, dpfns: &[u64], out: &mut Vec<u8>) -> 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use alloc::vec;
+    use crate::heap::Global;
 
     #[test]
     fn runs_merge_contiguous_pages_only() {
-        let mut out = Vec::new();
+        let mut out: Vec<_, Global> = Vec::new();
         let e = PagemapId(0);
         let slots = [
             Some((e, CopyKind::RamToDevice, 0x1000, 0x10000)),
@@ -260,16 +285,16 @@ mod tests {
 
     #[test]
     fn install_orders_follow_alignment() {
-        let mut o = Vec::new();
-        let d: Vec<u64> = (512..1024).collect();
+        let mut o: Vec<u8, Global> = Vec::new();
+        let d: alloc::vec::Vec<u64> = (512..1024).collect();
         install_orders(512, &d, &mut o).unwrap();
         assert!(o.iter().all(|&x| x == 9));
         install_orders(16, &d[..16], &mut o).unwrap();
         assert!(o.iter().all(|&x| x == 4));
         install_orders(17, &d[1..17], &mut o).unwrap();
         assert!(o.iter().all(|&x| x == 0));
-        let scattered = vec![5, 9, 100];
+        let scattered = [5, 9, 100];
         install_orders(0, &scattered, &mut o).unwrap();
-        assert_eq!(o, vec![0, 0, 0]);
+        assert_eq!(&o[..], &[0, 0, 0]);
     }
 }

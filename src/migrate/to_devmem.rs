@@ -6,14 +6,13 @@ use super::plan::{
 };
 use super::{MigrateDetails, MigrateReport, Peers};
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::pagemap::{DevmemAlloc, Pagemap};
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
     MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
-use crate::Host;
-use alloc::sync::Arc;
-use alloc::vec::Vec;
+use crate::{Host, HostArc, HostVec};
 
 /// The states of a migration to device memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +39,11 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Host> {
     peers: Peers<'a, M, L>,
     details: &'a MigrateDetails,
     req: MigrateRequest,
-    src: Vec<MigrateSrc>,
-    dpfns: Vec<u64>,
+    src: HostVec<L, MigrateSrc>,
+    dpfns: HostVec<L, u64>,
     allocated: bool,
-    chunks: Vec<DmaChunk>,
-    runs: Vec<(PagemapId, CopyRun)>,
+    chunks: HostVec<L, DmaChunk>,
+    runs: HostVec<L, (PagemapId, CopyRun)>,
     error: Option<Error>,
     report: MigrateReport,
 }
@@ -60,7 +59,12 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Host> {
 /// Errors: [`Error::Invalid`] (bad interval); whatever [`AddressSpace::migrate_isolate`]
 /// returns (nothing was isolated then); [`Error::Busy`] (a page could not be isolated, is
 /// outside a VMA, or is a device page this pagemap cannot copy directly); [`Error::NoMem`]
-/// (device memory or DMA space); copy errors.
+/// (device memory, DMA space, or the host's allocator); copy errors.
+///
+/// Context: may sleep (the platform's isolate, allocate, copy and finalize calls); allocates
+/// its arrays with [`AllocCtx::MaySleep`]; holds no crate lock across a platform call (the
+/// pagemap's run index lock is taken briefly to track the new allocation). Call it without
+/// crate locks held.
 pub fn to_devmem<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
@@ -75,6 +79,10 @@ pub fn to_devmem<A: AddressSpace, M: DeviceMemory, L: Host>(
 /// owner are migrated too, copied over the interconnect (by the source's copy engine when
 /// `details.source_peer_migrates`, else by `pm`'s); and every state entered is reported to
 /// `trace` (tests use it to prove that each failure path restores).
+///
+/// Errors: as [`to_devmem`].
+///
+/// Context: as [`to_devmem`]; `peers` is called without crate locks held by this function.
 pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
@@ -84,7 +92,7 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
     details: &MigrateDetails,
     trace: Option<&mut dyn FnMut(ToDevmemState)>,
 ) -> Result<MigrateReport> {
-    let src = source_slots(start, end)?;
+    let src = source_slots::<L::Alloc>(start, end)?;
     let mut m = Machine {
         mm,
         pm,
@@ -98,10 +106,10 @@ pub fn to_devmem_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
             owner: Some(pm.owner()),
         },
         src,
-        dpfns: Vec::new(),
+        dpfns: HostVec::<L, u64>::new(),
         allocated: false,
-        chunks: Vec::new(),
-        runs: Vec::new(),
+        chunks: HostVec::<L, DmaChunk>::new(),
+        runs: HostVec::<L, (PagemapId, CopyRun)>::new(),
         error: None,
         report: MigrateReport::default(),
     };
@@ -165,10 +173,12 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
 
     fn allocate(&mut self) -> ToDevmemState {
         let n = self.src.len();
-        if self.dpfns.try_reserve_exact(n).is_err() {
-            return self.fail(Error::NoMem);
+        if let Err(e) = self.dpfns.reserve_exact(n, AllocCtx::MaySleep) {
+            return self.fail(e);
         }
-        self.dpfns.resize(n, 0);
+        if let Err(e) = self.dpfns.resize(n, 0, AllocCtx::MaySleep) {
+            return self.fail(e);
+        }
         match self.pm.mem().alloc(&mut self.dpfns) {
             Ok(()) => {
                 self.allocated = true;
@@ -179,17 +189,14 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
     }
 
     fn map_sources(&mut self) -> ToDevmemState {
-        let mut frames: Vec<Option<u64>> = Vec::new();
-        if frames.try_reserve_exact(self.src.len()).is_err() {
-            return self.fail(Error::NoMem);
-        }
-        frames.extend(self.src.iter().map(|s| match *s {
+        let system_frame = |s: &MigrateSrc| match *s {
             MigrateSrc::System { pfn } => Some(pfn),
             _ => None,
-        }));
+        };
         match map_chunks(
             self.pm.mem().dma(),
-            &frames,
+            &self.src,
+            system_frame,
             DmaDirection::ToDevice,
             &mut self.chunks,
         ) {
@@ -226,20 +233,23 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
             return self.fail(e);
         }
         // Hand each engine its consecutive runs as one command list.
-        let mut batch: Vec<CopyRun> = Vec::new();
-        if batch.try_reserve_exact(self.runs.len()).is_err() {
-            return self.fail(Error::NoMem);
+        let mut batch = HostVec::<L, CopyRun>::new();
+        if let Err(e) = batch.reserve_exact(self.runs.len(), AllocCtx::MaySleep) {
+            return self.fail(e);
         }
         let mut k = 0usize;
         while let Some(&(engine, _)) = self.runs.get(k) {
             batch.clear();
-            batch.extend(
-                self.runs
-                    .iter()
-                    .skip(k)
-                    .take_while(|(e, _)| *e == engine)
-                    .map(|(_, r)| *r),
-            );
+            // Never grows: the room for every run was reserved above.
+            let same_engine = self
+                .runs
+                .iter()
+                .skip(k)
+                .take_while(|(e, _)| *e == engine)
+                .map(|(_, r)| *r);
+            if let Err(e) = batch.extend(same_engine, AllocCtx::MaySleep) {
+                return self.fail(e);
+            }
             k = k.saturating_add(batch.len());
             let res = if engine == me {
                 self.pm.mem().copy(&batch)
@@ -265,42 +275,54 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
             &mut self.chunks,
             DmaDirection::ToDevice,
         );
-        let mut orders = Vec::new();
+        let mut orders = HostVec::<L, u8>::new();
         if let Err(e) = install_orders(self.req.start >> PAGE_SHIFT, &self.dpfns, &mut orders) {
             return self.fail(e);
         }
-        let mut dst: Vec<MigrateDst> = Vec::new();
-        if dst.try_reserve_exact(self.src.len()).is_err() {
-            return self.fail(Error::NoMem);
+        let mut dst = HostVec::<L, MigrateDst>::new();
+        if let Err(e) = dst.reserve_exact(self.src.len(), AllocCtx::MaySleep) {
+            return self.fail(e);
         }
         let (pagemap, owner) = (self.pm.id(), self.pm.owner());
-        dst.extend(self.dpfns.iter().zip(orders.iter()).map(|(&dpfn, &order)| {
-            MigrateDst::Device {
-                pagemap,
-                owner,
-                dpfn,
-                order,
-            }
-        }));
-        // Keep our copy of the frames until the allocation object exists: if it cannot be
-        // built, Restore must still release exactly the frames that were allocated.
-        let mut frames: Vec<u64> = Vec::new();
-        if frames.try_reserve_exact(self.dpfns.len()).is_err() {
-            return self.fail(Error::NoMem);
+        let device_dsts =
+            self.dpfns
+                .iter()
+                .zip(orders.iter())
+                .map(|(&dpfn, &order)| MigrateDst::Device {
+                    pagemap,
+                    owner,
+                    dpfn,
+                    order,
+                });
+        if let Err(e) = dst.extend(device_dsts, AllocCtx::MaySleep) {
+            return self.fail(e);
         }
-        frames.extend_from_slice(&self.dpfns);
-        let alloc = match DevmemAlloc::new(pagemap, self.req.start, self.req.end, frames) {
-            Ok(a) => Arc::new(a),
+        // Keep our copy of the frames until the allocation is tracked: if the allocation
+        // object cannot be built or tracked, Restore must still release exactly the frames
+        // that were allocated.
+        let mut frames = HostVec::<L, u64>::new();
+        if let Err(e) = frames.extend_from_slice(&self.dpfns, AllocCtx::MaySleep) {
+            return self.fail(e);
+        }
+        let alloc = match DevmemAlloc::<L>::new(pagemap, self.req.start, self.req.end, frames)
+            .and_then(|a| HostArc::<L, DevmemAlloc<L>>::try_new(a, AllocCtx::MaySleep))
+        {
+            Ok(a) => a,
             Err(e) => return self.fail(e),
         };
-        self.dpfns.clear();
         alloc.set_timeslice_end(
             self.pm
                 .mem()
                 .now_ns()
                 .saturating_add(self.details.timeslice_ns),
         );
-        self.pm.track(alloc);
+        if let Err(e) = self.pm.track(&alloc) {
+            // Not tracked: the object goes, the frames are released by Restore.
+            drop(alloc);
+            return self.fail(e);
+        }
+        // From here on nothing fails: the allocation owns the frames.
+        self.dpfns.clear();
         self.allocated = false;
         self.mm.migrate_finalize(&self.req, &self.src, &dst);
         self.report.pages = self.src.len();
@@ -317,7 +339,7 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
             self.pm.mem().release(&self.dpfns);
             self.allocated = false;
         }
-        restore_sources(self.mm, &self.req, &self.src);
+        restore_sources::<_, L::Alloc>(self.mm, &self.req, &self.src);
         ToDevmemState::Done
     }
 }

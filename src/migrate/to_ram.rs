@@ -6,13 +6,13 @@ use super::plan::{
 };
 use super::MigrateReport;
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::pagemap::Pagemap;
 use crate::platform::{
     AddressSpace, CopyKind, CopyRun, DeviceMemory, DmaDirection, MigrateDst, MigrateRequest,
     MigrateSelect, MigrateSrc, PagemapId, PAGE_SHIFT,
 };
-use crate::Host;
-use alloc::vec::Vec;
+use crate::{Host, HostVec};
 
 /// The states of a migration to RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +37,13 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Host> {
     mm: &'a A,
     pm: &'a Pagemap<M, L>,
     req: MigrateRequest,
-    src: Vec<MigrateSrc>,
+    src: HostVec<L, MigrateSrc>,
     /// Slots of `src` that are this pagemap's device pages.
-    idx: Vec<usize>,
-    pfns: Vec<u64>,
+    idx: HostVec<L, usize>,
+    pfns: HostVec<L, u64>,
     allocated: bool,
-    chunks: Vec<DmaChunk>,
-    runs: Vec<(PagemapId, CopyRun)>,
+    chunks: HostVec<L, DmaChunk>,
+    runs: HostVec<L, (PagemapId, CopyRun)>,
     error: Option<Error>,
     report: MigrateReport,
 }
@@ -55,7 +55,11 @@ struct Machine<'a, A: AddressSpace, M: DeviceMemory, L: Host> {
 ///
 /// Errors: [`Error::Invalid`] (bad interval); whatever
 /// [`AddressSpace::migrate_isolate`] returns (nothing was isolated then); [`Error::NoMem`]
-/// (system memory or DMA space); copy errors.
+/// (system memory, DMA space, or the host's allocator); copy errors.
+///
+/// Context: may sleep (the platform's isolate, allocate, copy and finalize calls); allocates
+/// its arrays with [`AllocCtx::MaySleep`]; takes no crate lock (the pagemap's run index only
+/// through `page_free`, which the platform calls). Call it without crate locks held.
 pub fn to_ram<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
@@ -67,6 +71,10 @@ pub fn to_ram<A: AddressSpace, M: DeviceMemory, L: Host>(
 
 /// [`to_ram`], reporting every state entered to `trace` (tests use it to prove that each
 /// failure path restores).
+///
+/// Errors: as [`to_ram`].
+///
+/// Context: as [`to_ram`].
 pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
     mm: &A,
     pm: &Pagemap<M, L>,
@@ -74,7 +82,7 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
     end: u64,
     trace: Option<&mut dyn FnMut(ToRamState)>,
 ) -> Result<MigrateReport> {
-    let src = source_slots(start, end)?;
+    let src = source_slots::<L::Alloc>(start, end)?;
     let mut m = Machine {
         mm,
         pm,
@@ -86,11 +94,11 @@ pub fn to_ram_traced<A: AddressSpace, M: DeviceMemory, L: Host>(
             owner: Some(pm.owner()),
         },
         src,
-        idx: Vec::new(),
-        pfns: Vec::new(),
+        idx: HostVec::<L, usize>::new(),
+        pfns: HostVec::<L, u64>::new(),
         allocated: false,
-        chunks: Vec::new(),
-        runs: Vec::new(),
+        chunks: HostVec::<L, DmaChunk>::new(),
+        runs: HostVec::<L, (PagemapId, CopyRun)>::new(),
         error: None,
         report: MigrateReport::default(),
     };
@@ -129,11 +137,10 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
         for (i, s) in self.src.iter().enumerate() {
             match *s {
                 MigrateSrc::Device { pagemap, .. } if pagemap == me => {
-                    if self.idx.try_reserve(1).is_err() {
-                        self.error = Some(Error::NoMem);
+                    if let Err(e) = self.idx.push(i, AllocCtx::MaySleep) {
+                        self.error = Some(e);
                         return ToRamState::Restore;
                     }
-                    self.idx.push(i);
                 }
                 MigrateSrc::Busy => self.report.busy = self.report.busy.saturating_add(1),
                 _ => {}
@@ -147,10 +154,12 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
 
     fn allocate(&mut self) -> ToRamState {
         let n = self.idx.len();
-        if self.pfns.try_reserve_exact(n).is_err() {
-            return self.fail(Error::NoMem);
+        if let Err(e) = self.pfns.reserve_exact(n, AllocCtx::MaySleep) {
+            return self.fail(e);
         }
-        self.pfns.resize(n, 0);
+        if let Err(e) = self.pfns.resize(n, 0, AllocCtx::MaySleep) {
+            return self.fail(e);
+        }
         match self.mm.alloc_system_pages(&mut self.pfns) {
             Ok(()) => {
                 self.allocated = true;
@@ -161,14 +170,10 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
     }
 
     fn map_dests(&mut self) -> ToRamState {
-        let mut frames: Vec<Option<u64>> = Vec::new();
-        if frames.try_reserve_exact(self.pfns.len()).is_err() {
-            return self.fail(Error::NoMem);
-        }
-        frames.extend(self.pfns.iter().map(|p| Some(*p)));
         match map_chunks(
             self.pm.mem().dma(),
-            &frames,
+            &self.pfns,
+            |p: &u64| Some(*p),
             DmaDirection::FromDevice,
             &mut self.chunks,
         ) {
@@ -193,11 +198,13 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
         if let Err(e) = build_runs(slots, &mut self.runs) {
             return self.fail(e);
         }
-        let mut batch: Vec<CopyRun> = Vec::new();
-        if batch.try_reserve_exact(self.runs.len()).is_err() {
-            return self.fail(Error::NoMem);
+        let mut batch = HostVec::<L, CopyRun>::new();
+        if let Err(e) = batch.reserve_exact(self.runs.len(), AllocCtx::MaySleep) {
+            return self.fail(e);
         }
-        batch.extend(self.runs.iter().map(|(_, r)| *r));
+        if let Err(e) = batch.extend(self.runs.iter().map(|(_, r)| *r), AllocCtx::MaySleep) {
+            return self.fail(e);
+        }
         match self.pm.mem().copy(&batch) {
             Ok(()) => {
                 self.report.copy_runs = self.runs.len();
@@ -214,11 +221,13 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
             &mut self.chunks,
             DmaDirection::FromDevice,
         );
-        let mut dst: Vec<MigrateDst> = Vec::new();
-        if dst.try_reserve_exact(self.src.len()).is_err() {
-            return self.fail(Error::NoMem);
+        let mut dst = HostVec::<L, MigrateDst>::new();
+        if let Err(e) = dst.reserve_exact(self.src.len(), AllocCtx::MaySleep) {
+            return self.fail(e);
         }
-        dst.resize(self.src.len(), MigrateDst::Keep);
+        if let Err(e) = dst.resize(self.src.len(), MigrateDst::Keep, AllocCtx::MaySleep) {
+            return self.fail(e);
+        }
         for (k, &i) in self.idx.iter().enumerate() {
             if let (Some(d), Some(&pfn)) = (dst.get_mut(i), self.pfns.get(k)) {
                 *d = MigrateDst::System { pfn };
@@ -240,7 +249,7 @@ impl<A: AddressSpace, M: DeviceMemory, L: Host> Machine<'_, A, M, L> {
             self.mm.free_system_pages(&self.pfns);
             self.allocated = false;
         }
-        restore_sources(self.mm, &self.req, &self.src);
+        restore_sources::<_, L::Alloc>(self.mm, &self.req, &self.src);
         ToRamState::Done
     }
 }

@@ -7,9 +7,10 @@
 //! allocation early.
 
 use crate::error::{Error, Result};
+use crate::heap::{sort, AllocCtx};
 use crate::platform::PagemapId;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
-use alloc::vec::Vec;
+use crate::{DefaultHost, Host, HostVec};
 
 /// One contiguous run of device frames of an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,30 +36,56 @@ pub enum PutPage {
     Last,
 }
 
-/// A device-memory allocation (see the module docs).
-#[derive(Debug)]
-pub struct DevmemAlloc {
+/// A device-memory allocation (see the module docs). Its arrays live on the allocator of the
+/// host `L`.
+pub struct DevmemAlloc<L: Host = DefaultHost> {
     pagemap: PagemapId,
     va_start: u64,
     va_end: u64,
-    dpfns: Vec<u64>,
+    dpfns: HostVec<L, u64>,
     /// Runs sorted by device frame.
-    runs: Vec<DevmemRun>,
+    runs: HostVec<L, DevmemRun>,
     /// One bit per page, set once the page left.
-    gone: Vec<AtomicU64>,
+    gone: HostVec<L, AtomicU64>,
     live: AtomicUsize,
     timeslice_end: AtomicU64,
 }
 
-impl DevmemAlloc {
+impl<L: Host> core::fmt::Debug for DevmemAlloc<L> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DevmemAlloc")
+            .field("pagemap", &self.pagemap)
+            .field("va_start", &self.va_start)
+            .field("va_end", &self.va_end)
+            .field("dpfns", &self.dpfns)
+            .field("runs", &self.runs)
+            .field("gone", &self.gone)
+            .field("live", &self.live)
+            .field("timeslice_end", &self.timeslice_end)
+            .finish()
+    }
+}
+
+impl<L: Host> DevmemAlloc<L> {
     /// An allocation of `dpfns` (page `i` backs virtual page `va_start + i * PAGE_SIZE`), all
-    /// pages live. Errors: [`Error::Invalid`] if `dpfns` is empty or has duplicates;
-    /// [`Error::NoMem`].
-    pub fn new(pagemap: PagemapId, va_start: u64, va_end: u64, dpfns: Vec<u64>) -> Result<Self> {
+    /// pages live. `dpfns` is kept as it is (no copy).
+    ///
+    /// Errors: [`Error::Invalid`] if `dpfns` is empty or has duplicates, or if
+    /// `va_start >= va_end`; [`Error::NoMem`] when the run and bitmap arrays cannot be
+    /// allocated. On error `dpfns` is dropped (freed).
+    ///
+    /// Context: may sleep; allocates two arrays (runs, one bit per page) with
+    /// [`AllocCtx::MaySleep`]; takes no lock.
+    pub fn new(
+        pagemap: PagemapId,
+        va_start: u64,
+        va_end: u64,
+        dpfns: HostVec<L, u64>,
+    ) -> Result<Self> {
         if dpfns.is_empty() || va_start >= va_end {
             return Err(Error::Invalid);
         }
-        let mut runs: Vec<DevmemRun> = Vec::new();
+        let mut runs: HostVec<L, DevmemRun> = HostVec::<L, DevmemRun>::new();
         let mut i = 0usize;
         while let Some(&first) = dpfns.get(i) {
             let mut len = 1u64;
@@ -68,15 +95,17 @@ impl DevmemAlloc {
             {
                 len = len.saturating_add(1);
             }
-            runs.try_reserve(1).map_err(|_| Error::NoMem)?;
-            runs.push(DevmemRun {
-                dpfn: first,
-                len,
-                index: i as u64,
-            });
+            runs.push(
+                DevmemRun {
+                    dpfn: first,
+                    len,
+                    index: i as u64,
+                },
+                AllocCtx::MaySleep,
+            )?;
             i = i.saturating_add(len as usize);
         }
-        runs.sort_unstable_by_key(|r| r.dpfn);
+        sort::sort_unstable_by_key(&mut runs, |r| r.dpfn);
         for w in runs.windows(2) {
             if let [a, b] = w {
                 // A run whose end overflows reaches the last frame, `u64::MAX`: every later run
@@ -87,9 +116,12 @@ impl DevmemAlloc {
             }
         }
         let words = dpfns.len().div_ceil(64);
-        let mut gone = Vec::new();
-        gone.try_reserve_exact(words).map_err(|_| Error::NoMem)?;
-        gone.resize_with(words, || AtomicU64::new(0));
+        let mut gone: HostVec<L, AtomicU64> = HostVec::<L, AtomicU64>::new();
+        gone.reserve_exact(words, AllocCtx::MaySleep)?;
+        for _ in 0..words {
+            // Cannot fail: the room was reserved just above.
+            let _ = gone.push_within_capacity(AtomicU64::new(0));
+        }
         let n = dpfns.len();
         Ok(DevmemAlloc {
             pagemap,
@@ -104,35 +136,51 @@ impl DevmemAlloc {
     }
 
     /// The pagemap it belongs to.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn pagemap(&self) -> PagemapId {
         self.pagemap
     }
     /// The virtual interval it was migrated for.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn va(&self) -> (u64, u64) {
         (self.va_start, self.va_end)
     }
     /// Its device frames, in virtual-page order.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn dpfns(&self) -> &[u64] {
         &self.dpfns
     }
     /// Its runs of contiguous frames, sorted by frame.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn runs(&self) -> &[DevmemRun] {
         &self.runs
     }
     /// Number of pages still live.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn live_pages(&self) -> usize {
         self.live.load(Ordering::Acquire)
     }
     /// End of the minimum residency time (platform nanoseconds).
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn timeslice_end(&self) -> u64 {
         self.timeslice_end.load(Ordering::Acquire)
     }
     /// Set the end of the minimum residency time.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn set_timeslice_end(&self, t: u64) {
         self.timeslice_end.store(t, Ordering::Release);
     }
 
-    /// The index of `dpfn` in the allocation.
+    /// The index of `dpfn` in the allocation (binary search over the runs, O(log runs)).
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn index_of(&self, dpfn: u64) -> Option<u64> {
         let k = self.runs.partition_point(|r| r.dpfn <= dpfn);
         let r = self.runs.get(k.checked_sub(1)?)?;
@@ -141,11 +189,15 @@ impl DevmemAlloc {
     }
 
     /// Whether `dpfn` belongs to the allocation.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn contains(&self, dpfn: u64) -> bool {
         self.index_of(dpfn).is_some()
     }
 
     /// Whether the page `dpfn` is still live.
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn page_live(&self, dpfn: u64) -> bool {
         let Some(i) = self.index_of(dpfn) else {
             return false;
@@ -158,6 +210,10 @@ impl DevmemAlloc {
 
     /// The page `dpfn` leaves the allocation (SPEC §6). Safe to call concurrently from any
     /// number of threads; exactly one caller ever sees [`PutPage::Last`].
+    ///
+    /// Errors: none (the outcome is the [`PutPage`] returned).
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn put_page(&self, dpfn: u64) -> PutPage {
         let Some(i) = self.index_of(dpfn) else {
             return PutPage::NotMine;
@@ -180,26 +236,33 @@ impl DevmemAlloc {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use alloc::vec;
+
+    type D = DevmemAlloc<DefaultHost>;
+
+    fn frames(f: &[u64]) -> HostVec<DefaultHost, u64> {
+        let mut v = HostVec::<DefaultHost, u64>::new();
+        v.extend_from_slice(f, AllocCtx::MaySleep).unwrap();
+        v
+    }
 
     #[test]
     fn runs_and_lookup() {
-        let a = DevmemAlloc::new(PagemapId(1), 0, 0x6000, vec![10, 11, 12, 40, 41, 5]).unwrap();
+        let a = D::new(PagemapId(1), 0, 0x6000, frames(&[10, 11, 12, 40, 41, 5])).unwrap();
         assert_eq!(a.runs().len(), 3);
         assert_eq!(a.index_of(12), Some(2));
         assert_eq!(a.index_of(41), Some(4));
         assert_eq!(a.index_of(5), Some(5));
         assert_eq!(a.index_of(13), None);
         assert_eq!(a.index_of(0), None);
-        let invalid = |va_end, dpfns| DevmemAlloc::new(PagemapId(1), 0, va_end, dpfns).err();
-        assert_eq!(invalid(0x1000, vec![]), Some(Error::Invalid));
-        assert_eq!(invalid(0x3000, vec![1, 2, 1]), Some(Error::Invalid));
-        assert_eq!(invalid(0, vec![1]), Some(Error::Invalid));
+        let invalid = |va_end, dpfns: &[u64]| D::new(PagemapId(1), 0, va_end, frames(dpfns)).err();
+        assert_eq!(invalid(0x1000, &[]), Some(Error::Invalid));
+        assert_eq!(invalid(0x3000, &[1, 2, 1]), Some(Error::Invalid));
+        assert_eq!(invalid(0, &[1]), Some(Error::Invalid));
     }
 
     #[test]
     fn released_exactly_once() {
-        let a = DevmemAlloc::new(PagemapId(1), 0, 0x3000, vec![7, 8, 100]).unwrap();
+        let a = D::new(PagemapId(1), 0, 0x3000, frames(&[7, 8, 100])).unwrap();
         assert_eq!(a.put_page(8), PutPage::Freed);
         assert_eq!(a.put_page(8), PutPage::AlreadyFree);
         assert_eq!(a.put_page(9), PutPage::NotMine);

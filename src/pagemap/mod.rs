@@ -3,13 +3,16 @@
 //!
 //! ```text
 //!  Pagemap (id, owner) ── DeviceMemory (platform: alloc / release / copy / DMA)
-//!     └── run index: device frame → Arc<DevmemAlloc>  (one allocation per migrated range)
+//!     └── run index: device frame → HostArc<DevmemAlloc>  (one allocation per migrated range)
 //!            page_free(dpfn) ──► DevmemAlloc::put_page ──► last page? ──► DeviceMemory::release
 //! ```
 //!
-//! Locking: the run index has its own spin lock, never held across a call into the platform.
-//! `page_free` may be called from the platform's page-table code with its locks held: it takes
-//! only the run index lock and calls only [`DeviceMemory::release`].
+//! Locking: the run index (a sorted array of runs, binary-searched by frame) has its own spin
+//! lock ([`PAGEMAP_RUNS`](crate::sync::class::PAGEMAP_RUNS)), never held across a call into the
+//! platform and never held while allocating: the index grows by replacement (a bigger array is
+//! allocated without the lock and swapped in under it). `page_free` may be called from the
+//! platform's page-table code with its locks held: it takes only the run index lock, never
+//! allocates, and calls only [`DeviceMemory::release`].
 
 mod devmem;
 mod owner;
@@ -18,22 +21,138 @@ pub use devmem::{DevmemAlloc, DevmemRun, PutPage};
 pub use owner::{Interconnect, OwnerRegistry, PeerId};
 
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::migrate::{self, MigrateReport};
 use crate::platform::{AddressSpace, DeviceMemory, OwnerId, PagemapId};
 use crate::sync::{class, AtomicUsize, Mutex, Ordering};
-use crate::{DefaultHost, Host};
-use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
-use alloc::vec::Vec;
+use crate::{DefaultHost, Host, HostArc, HostVec};
+
+/// One entry of a pagemap's run index: a run of device frames of a live allocation.
+struct RunEntry<L: Host> {
+    /// First frame of the run.
+    start: u64,
+    /// Number of frames.
+    len: u64,
+    alloc: HostArc<L, DevmemAlloc<L>>,
+}
+
+impl<L: Host> Clone for RunEntry<L> {
+    fn clone(&self) -> Self {
+        RunEntry {
+            start: self.start,
+            len: self.len,
+            alloc: self.alloc.clone(),
+        }
+    }
+}
+
+/// A pagemap's run index: the runs of every live allocation, sorted by first frame and
+/// non-overlapping. Lookups by frame are binary searches (O(log n)); inserting and removing
+/// never allocate (the caller makes room first, see [`Pagemap::track`]).
+struct RunIndex<L: Host> {
+    runs: HostVec<L, RunEntry<L>>,
+}
+
+impl<L: Host> RunIndex<L> {
+    const fn new() -> Self {
+        RunIndex {
+            runs: HostVec::<L, RunEntry<L>>::new(),
+        }
+    }
+
+    /// Number of runs.
+    fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Runs that fit without allocating.
+    fn room(&self) -> usize {
+        self.runs.capacity().saturating_sub(self.runs.len())
+    }
+
+    /// Position of the first run starting at or after `dpfn`.
+    fn position(&self, dpfn: u64) -> usize {
+        self.runs.partition_point(|e| e.start < dpfn)
+    }
+
+    /// The allocation whose run holds `dpfn`.
+    fn lookup(&self, dpfn: u64) -> Option<&HostArc<L, DevmemAlloc<L>>> {
+        let k = self.runs.partition_point(|e| e.start <= dpfn);
+        let e = self.runs.get(k.checked_sub(1)?)?;
+        (dpfn.wrapping_sub(e.start) < e.len).then_some(&e.alloc)
+    }
+
+    /// Insert a run without allocating (a run starting at the same frame is replaced). Gives
+    /// the entry back when there is no room.
+    fn insert_within_capacity(&mut self, e: RunEntry<L>) -> core::result::Result<(), RunEntry<L>> {
+        let k = self.position(e.start);
+        if let Some(old) = self.runs.get_mut(k).filter(|o| o.start == e.start) {
+            *old = e;
+            return Ok(());
+        }
+        self.runs.insert_within_capacity(k, e)
+    }
+
+    /// Remove the run starting at `start` if it belongs to `a`; whether it did.
+    fn remove(&mut self, start: u64, a: &HostArc<L, DevmemAlloc<L>>) -> bool {
+        let k = self.position(start);
+        let mine = self
+            .runs
+            .get(k)
+            .is_some_and(|e| e.start == start && HostArc::<L, DevmemAlloc<L>>::ptr_eq(&e.alloc, a));
+        mine && self.runs.remove(k).is_some()
+    }
+
+    /// Swap in `bigger` (empty, with room for every run plus `need` more) as the index's
+    /// array. The entries are copied (their counts cloned); the old array, entries and all,
+    /// is left in `bigger` for the caller to free after unlocking. Never allocates. Whether it
+    /// swapped.
+    fn replace_with(&mut self, bigger: &mut HostVec<L, RunEntry<L>>, need: usize) -> bool {
+        let fits = self
+            .runs
+            .len()
+            .checked_add(need)
+            .is_some_and(|n| n <= bigger.capacity());
+        if !fits || !bigger.is_empty() {
+            return false;
+        }
+        // Never allocates: the capacity was checked just above (NoSleep: we hold a spinning
+        // lock, should it ever have to).
+        if bigger
+            .extend_from_slice(&self.runs, AllocCtx::NoSleep)
+            .is_err()
+        {
+            return false;
+        }
+        core::mem::swap(&mut self.runs, bigger);
+        true
+    }
+
+    /// Every allocation once (the entry of its first run), appended to `out` without
+    /// allocating. `false` (and `out` cleared) if `out` lacks room.
+    fn collect_within_capacity(&self, out: &mut HostVec<L, HostArc<L, DevmemAlloc<L>>>) -> bool {
+        out.clear();
+        for e in self.runs.iter() {
+            if e.alloc.runs().first().is_some_and(|r| r.dpfn == e.start)
+                && out.push_within_capacity(e.alloc.clone()).is_err()
+            {
+                out.clear();
+                return false;
+            }
+        }
+        true
+    }
+}
 
 /// The device memory of one device (or tile): allocations, their lifetime, and migration out
-/// of it on CPU faults. Shared as `Arc<Pagemap<M>>`; the `Arc` count is the pagemap's refcount.
+/// of it on CPU faults. Shared as `HostArc<L, Pagemap<M, L>>` (on the host's allocator); the
+/// count is the pagemap's refcount.
 pub struct Pagemap<M: DeviceMemory, L: Host = DefaultHost> {
     id: PagemapId,
     owner: OwnerId,
     mem: M,
-    /// First frame of every run of every live allocation → (run length, allocation).
-    runs: Mutex<L, BTreeMap<u64, (u64, Arc<DevmemAlloc>)>>,
+    /// Every run of every live allocation, sorted by first frame.
+    runs: Mutex<L, RunIndex<L>>,
     live_allocs: AtomicUsize,
     released: AtomicUsize,
     stray_frees: AtomicUsize,
@@ -52,42 +171,63 @@ impl<M: DeviceMemory, L: Host> core::fmt::Debug for Pagemap<M, L> {
 }
 
 impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
-    /// A pagemap `id` of owner `owner` over the device memory `mem`.
-    pub fn new(id: PagemapId, owner: OwnerId, mem: M) -> Arc<Self> {
-        Arc::new(Pagemap {
-            id,
-            owner,
-            mem,
-            runs: Mutex::new(&class::PAGEMAP_RUNS, BTreeMap::new()),
-            live_allocs: AtomicUsize::new(0),
-            released: AtomicUsize::new(0),
-            stray_frees: AtomicUsize::new(0),
-            cpu_migrations: AtomicUsize::new(0),
-            cpu_bytes: AtomicUsize::new(0),
-        })
+    /// A pagemap `id` of owner `owner` over the device memory `mem`, in a new shared
+    /// allocation on the host's allocator.
+    ///
+    /// Errors: [`Error::NoMem`] when the allocator fails (`mem` is dropped).
+    ///
+    /// Context: may sleep; allocates the pagemap with [`AllocCtx::MaySleep`] (its run index
+    /// is allocated later, when migrations track allocations); takes no lock.
+    pub fn new(id: PagemapId, owner: OwnerId, mem: M) -> Result<HostArc<L, Self>> {
+        HostArc::<L, Self>::try_new(
+            Pagemap {
+                id,
+                owner,
+                mem,
+                runs: Mutex::new(&class::PAGEMAP_RUNS, RunIndex::new()),
+                live_allocs: AtomicUsize::new(0),
+                released: AtomicUsize::new(0),
+                stray_frees: AtomicUsize::new(0),
+                cpu_migrations: AtomicUsize::new(0),
+                cpu_bytes: AtomicUsize::new(0),
+            },
+            AllocCtx::MaySleep,
+        )
     }
 
     /// Its id.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn id(&self) -> PagemapId {
         self.id
     }
     /// Its owner.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn owner(&self) -> OwnerId {
         self.owner
     }
     /// The device memory.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn mem(&self) -> &M {
         &self.mem
     }
     /// Number of live allocations.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn live_allocations(&self) -> usize {
         self.live_allocs.load(Ordering::Acquire)
     }
     /// Number of allocations released so far.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn released_allocations(&self) -> usize {
         self.released.load(Ordering::Acquire)
     }
     /// Migrations back to RAM caused by CPU faults, and the bytes they copied.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn cpu_fault_migrations(&self) -> (usize, usize) {
         (
             self.cpu_migrations.load(Ordering::Relaxed),
@@ -96,36 +236,87 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     }
 
     /// `page_free` calls for frames of no live allocation (a platform bug; ignored).
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn stray_frees(&self) -> usize {
         self.stray_frees.load(Ordering::Acquire)
     }
 
-    /// The allocation holding `dpfn`, if live.
-    pub fn alloc_of(&self, dpfn: u64) -> Option<Arc<DevmemAlloc>> {
-        let runs = self.runs.lock();
-        let (start, (len, a)) = runs.range(..=dpfn).next_back()?;
-        (dpfn.wrapping_sub(*start) < *len).then(|| a.clone())
+    /// The allocation holding `dpfn`, if live (a binary search of the run index, O(log n)).
+    ///
+    /// Context: any (also atomic context); never sleeps or allocates; takes the run index
+    /// lock (spinning).
+    pub fn alloc_of(&self, dpfn: u64) -> Option<HostArc<L, DevmemAlloc<L>>> {
+        self.runs.lock().lookup(dpfn).cloned()
     }
 
-    /// Every live allocation (each once).
-    pub fn allocations(&self) -> Vec<Arc<DevmemAlloc>> {
-        let runs = self.runs.lock();
-        let mut out: Vec<Arc<DevmemAlloc>> = Vec::new();
-        for (_, a) in runs.values() {
-            if !out.iter().any(|b| Arc::ptr_eq(a, b)) {
-                out.push(a.clone());
+    /// Every live allocation (each once), in the order of their lowest frame.
+    ///
+    /// Errors: [`Error::NoMem`] when the array cannot be allocated.
+    ///
+    /// Context: may sleep; allocates the array with [`AllocCtx::MaySleep`] without holding
+    /// any lock, then fills it under the run index lock (spinning); retries the allocation if
+    /// allocations were tracked meanwhile.
+    pub fn allocations(&self) -> Result<HostVec<L, HostArc<L, DevmemAlloc<L>>>> {
+        let mut out = HostVec::<L, HostArc<L, DevmemAlloc<L>>>::new();
+        let mut want = self.runs.lock().len();
+        loop {
+            out.reserve_exact(want, AllocCtx::MaySleep)?;
+            let runs = self.runs.lock();
+            if runs.collect_within_capacity(&mut out) {
+                return Ok(out);
             }
+            want = runs.len();
         }
-        out
     }
 
-    /// Track a new allocation (its pages are all live).
-    pub(crate) fn track(&self, a: Arc<DevmemAlloc>) {
-        let mut runs = self.runs.lock();
-        for r in a.runs() {
-            runs.insert(r.dpfn, (r.len, a.clone()));
+    /// Track a new allocation (its pages are all live): its runs enter the run index.
+    ///
+    /// The index grows by replacement, so that nothing is allocated under its spinning lock:
+    /// when it lacks room, a bigger array is allocated without the lock
+    /// ([`AllocCtx::MaySleep`]), swapped in under the lock if still needed, and the old one
+    /// freed after unlocking. (Allocating under the lock with [`AllocCtx::NoSleep`] would
+    /// make a migration fail whenever the allocator cannot serve an atomic request, although
+    /// the caller may sleep.)
+    ///
+    /// Errors: [`Error::NoMem`] when the index cannot grow; nothing changed then.
+    ///
+    /// Context: may sleep (allocation without a lock held); takes the run index lock
+    /// (spinning) one or more times.
+    pub(crate) fn track(&self, a: &HostArc<L, DevmemAlloc<L>>) -> Result<()> {
+        let need = a.runs().len();
+        let mut spare = HostVec::<L, RunEntry<L>>::new();
+        loop {
+            let want = {
+                let mut runs = self.runs.lock();
+                if runs.room() < need {
+                    runs.replace_with(&mut spare, need);
+                }
+                if runs.room() >= need {
+                    for r in a.runs() {
+                        // Cannot fail: the room was checked just above.
+                        let _ = runs.insert_within_capacity(RunEntry {
+                            start: r.dpfn,
+                            len: r.len,
+                            alloc: a.clone(),
+                        });
+                    }
+                    self.live_allocs.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
+                let len = runs.len();
+                len.checked_add(need)
+                    .ok_or(Error::NoMem)?
+                    .max(len.saturating_mul(2))
+                    .max(8)
+            };
+            // Unlocked: free what the last round left over, allocate the bigger array.
+            spare = HostVec::<L, RunEntry<L>>::new();
+            spare.reserve_exact(want, AllocCtx::MaySleep)?;
         }
-        self.live_allocs.fetch_add(1, Ordering::AcqRel);
+        // `spare` (the old array if it was replaced) is freed here, after unlocking.
+        drop(spare);
+        Ok(())
     }
 
     /// The platform calls this when the device page `dpfn` is freed (its CPU mapping went away:
@@ -133,6 +324,11 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     /// allocation goes, the allocation is released with [`DeviceMemory::release`] — exactly
     /// once. A frame of no live allocation, or a page freed twice, is ignored (and counted in
     /// [`stray_frees`](Self::stray_frees)).
+    ///
+    /// Errors: none (strays are counted).
+    ///
+    /// Context: any (Linux may call it in atomic context); never sleeps or allocates; takes
+    /// the run index lock (spinning), released before [`DeviceMemory::release`] is called.
     pub fn page_free(&self, dpfn: u64) {
         let Some(a) = self.alloc_of(dpfn) else {
             self.stray_frees.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +339,8 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
                 {
                     let mut runs = self.runs.lock();
                     for r in a.runs() {
-                        runs.remove(&r.dpfn);
+                        // The entries' counts drop under the lock; `a` keeps the allocation.
+                        runs.remove(r.dpfn, &a);
                     }
                 }
                 self.live_allocs.fetch_sub(1, Ordering::AcqRel);
@@ -163,6 +360,10 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     /// Errors: [`Error::Again`] while the allocation's timeslice runs (retry later: the device
     /// gets to make progress first) or if pages could not be isolated; [`Error::Fault`] (no
     /// VMA); [`Error::NoMem`]; copy errors. On error nothing is lost.
+    ///
+    /// Context: may sleep (the platform's migration, allocation and copy calls); allocates
+    /// the migration's arrays with [`AllocCtx::MaySleep`]; takes the run index lock (spinning)
+    /// briefly, never across a platform call.
     pub fn migrate_to_ram<A: AddressSpace>(
         &self,
         mm: &A,

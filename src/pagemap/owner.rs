@@ -6,14 +6,17 @@
 //! members have a fast interconnect with it; otherwise it starts a new owner. Leaving drops the
 //! peer's reference; an owner dies with its last peer (its id is never reused).
 //!
-//! Locking: one spin lock around the group list; the predicate is called with it held, so it
-//! must not call back into the registry.
+//! Locking: one lock ([`OWNER_REGISTRY`](crate::sync::class::OWNER_REGISTRY), a class that may
+//! sleep and that the invalidation path never takes) around the group list; the predicate is
+//! called with it held, so it must not call back into the registry. The groups and their member
+//! lists are arrays on the host's allocator, grown under that lock with
+//! [`AllocCtx::MaySleep`] before anything changes.
 
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
 use crate::platform::OwnerId;
 use crate::sync::{class, Mutex};
-use crate::{DefaultHost, Host};
-use alloc::vec::Vec;
+use crate::{DefaultHost, Host, HostVec};
 
 /// Identifies a peer in an [`OwnerRegistry`] (chosen by the driver, unique per registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,16 +35,33 @@ impl<F: Fn(PeerId, PeerId) -> bool> Interconnect for F {
     }
 }
 
-#[derive(Debug)]
-struct Group {
+struct Group<L: Host> {
     owner: OwnerId,
-    members: Vec<PeerId>,
+    members: HostVec<L, PeerId>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    groups: Vec<Group>,
+impl<L: Host> core::fmt::Debug for Group<L> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Group")
+            .field("owner", &self.owner)
+            .field("members", &self.members)
+            .finish()
+    }
+}
+
+struct Inner<L: Host> {
+    /// Oldest first.
+    groups: HostVec<L, Group<L>>,
     next: u32,
+}
+
+impl<L: Host> core::fmt::Debug for Inner<L> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Inner")
+            .field("groups", &self.groups)
+            .field("next", &self.next)
+            .finish()
+    }
 }
 
 /// The owner registry (see the module docs).
@@ -57,11 +77,19 @@ struct Inner {
 /// assert_ne!(o0, o2);
 /// reg.leave(PeerId(2)).unwrap();
 /// assert_eq!(reg.owner_of(PeerId(2)), None);
+/// assert_eq!(&reg.members(o0).unwrap()[..], &[PeerId(0), PeerId(1)]);
 /// ```
-#[derive(Debug)]
 pub struct OwnerRegistry<F, L: Host = DefaultHost> {
-    inner: Mutex<L, Inner>,
+    inner: Mutex<L, Inner<L>>,
     has_interconnect: F,
+}
+
+impl<F, L: Host> core::fmt::Debug for OwnerRegistry<F, L> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OwnerRegistry")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<F: Interconnect> OwnerRegistry<F> {
@@ -81,7 +109,13 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     /// Context: does not sleep or allocate (unless the host's lock constructor does).
     pub fn with_host(has_interconnect: F) -> Self {
         OwnerRegistry {
-            inner: Mutex::new(&class::OWNER_REGISTRY, Inner::default()),
+            inner: Mutex::new(
+                &class::OWNER_REGISTRY,
+                Inner {
+                    groups: HostVec::<L, Group<L>>::new(),
+                    next: 0,
+                },
+            ),
             has_interconnect,
         }
     }
@@ -90,6 +124,8 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     ///
     /// Errors: [`Error::Invalid`] if the peer already joined; [`Error::NoMem`]; on error
     /// nothing changes.
+    ///
+    /// Context: as [`join_all`](Self::join_all).
     pub fn join(&self, peer: PeerId) -> Result<OwnerId> {
         self.join_all(core::slice::from_ref(&peer))
     }
@@ -104,8 +140,13 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     /// `peers`; otherwise they start a new owner together.
     ///
     /// Errors: [`Error::Invalid`] if `peers` is empty, holds duplicates or a peer that already
-    /// joined, or if two of them lack an interconnect with each other; [`Error::NoMem`]. On
-    /// error nothing changes.
+    /// joined, or if two of them lack an interconnect with each other; [`Error::NoMem`] (the
+    /// member list or the group list cannot grow, or the owner ids ran out). On error nothing
+    /// changes.
+    ///
+    /// Context: may sleep; takes the registry lock and calls the predicate under it; allocates
+    /// under it with [`AllocCtx::MaySleep`] (the lock's class may sleep and is not taken by
+    /// the invalidation path), before anything changes.
     pub fn join_all(&self, peers: &[PeerId]) -> Result<OwnerId> {
         if peers.is_empty() {
             return Err(Error::Invalid);
@@ -131,20 +172,17 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
         });
         match pick.and_then(|i| g.groups.get_mut(i)) {
             Some(gr) => {
-                gr.members
-                    .try_reserve(peers.len())
-                    .map_err(|_| Error::NoMem)?;
-                gr.members.extend_from_slice(peers);
+                // All or nothing: the room is reserved first.
+                gr.members.extend_from_slice(peers, AllocCtx::MaySleep)?;
                 Ok(gr.owner)
             }
             None => {
                 let owner = OwnerId(g.next);
                 let next = g.next.checked_add(1).ok_or(Error::NoMem)?;
-                let mut members = Vec::new();
-                members.try_reserve(peers.len()).map_err(|_| Error::NoMem)?;
-                members.extend_from_slice(peers);
-                g.groups.try_reserve(1).map_err(|_| Error::NoMem)?;
-                g.groups.push(Group { owner, members });
+                let mut members = HostVec::<L, PeerId>::new();
+                members.extend_from_slice(peers, AllocCtx::MaySleep)?;
+                g.groups
+                    .push(Group { owner, members }, AllocCtx::MaySleep)?;
                 g.next = next;
                 Ok(owner)
             }
@@ -152,7 +190,12 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     }
 
     /// Leave: the peer drops its reference to its owner; the owner dies with its last peer.
-    /// Returns the owner it left. Errors: [`Error::Invalid`] if the peer is not a member.
+    /// Returns the owner it left.
+    ///
+    /// Errors: [`Error::Invalid`] if the peer is not a member.
+    ///
+    /// Context: may sleep (the registry lock); never allocates (frees a dead owner's member
+    /// list under the lock).
     pub fn leave(&self, peer: PeerId) -> Result<OwnerId> {
         let mut g = self.inner.lock();
         let i = g
@@ -164,12 +207,14 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
         gr.members.retain(|&m| m != peer);
         let owner = gr.owner;
         if gr.members.is_empty() {
-            g.groups.remove(i);
+            drop(g.groups.remove(i));
         }
         Ok(owner)
     }
 
     /// The owner of `peer`, if it is a member.
+    ///
+    /// Context: may sleep (the registry lock); never allocates.
     pub fn owner_of(&self, peer: PeerId) -> Option<OwnerId> {
         let g = self.inner.lock();
         g.groups
@@ -178,17 +223,23 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
             .map(|gr| gr.owner)
     }
 
-    /// The members of `owner` (empty if it is dead).
-    pub fn members(&self, owner: OwnerId) -> Vec<PeerId> {
+    /// The members of `owner`, in joining order (empty if it is dead).
+    ///
+    /// Errors: [`Error::NoMem`] when the copy cannot be allocated.
+    ///
+    /// Context: may sleep; takes the registry lock and allocates the copy under it with
+    /// [`AllocCtx::MaySleep`].
+    pub fn members(&self, owner: OwnerId) -> Result<HostVec<L, PeerId>> {
         let g = self.inner.lock();
-        g.groups
-            .iter()
-            .find(|gr| gr.owner == owner)
-            .map(|gr| gr.members.clone())
-            .unwrap_or_default()
+        match g.groups.iter().find(|gr| gr.owner == owner) {
+            Some(gr) => gr.members.try_clone(AllocCtx::MaySleep),
+            None => Ok(HostVec::<L, PeerId>::new()),
+        }
     }
 
     /// Number of live owners.
+    ///
+    /// Context: may sleep (the registry lock); never allocates.
     pub fn owners(&self) -> usize {
         self.inner.lock().groups.len()
     }
@@ -214,7 +265,7 @@ mod tests {
         assert_eq!(r.owners(), 2);
         assert_eq!(r.join(PeerId(1)), Err(Error::Invalid));
         assert_eq!(r.leave(PeerId(0)), Ok(o0));
-        assert_eq!(r.members(o0), [PeerId(1)]);
+        assert_eq!(&r.members(o0).unwrap()[..], &[PeerId(1)]);
         assert_eq!(r.leave(PeerId(1)), Ok(o0));
         assert_eq!(r.owners(), 1, "owner dies with its last peer");
         assert_eq!(r.leave(PeerId(1)), Err(Error::Invalid));

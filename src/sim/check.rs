@@ -261,7 +261,9 @@ fn check_devmem(st: &super::cpu::MmState, g: &SimGpu) -> Result<(), String> {
     let Some(pm) = g.svm.pagemap() else {
         return Ok(());
     };
-    let allocs = pm.allocations();
+    let allocs = pm
+        .allocations()
+        .map_err(|e| format!("dev {}: listing the allocations: {e:?}", dev.id()))?;
     let mut mapped: BTreeMap<u64, usize> = BTreeMap::new();
     for (vpn, p) in &st.ptes {
         let Some((pmid, _)) = p.dev else { continue };

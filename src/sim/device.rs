@@ -18,7 +18,7 @@ use crate::svm::{Svm, SvmConfig, Window};
 use std::boxed::Box;
 use std::collections::{BTreeMap, HashMap};
 use std::string::{String, ToString};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::vec;
 use std::vec::Vec;
 
@@ -203,7 +203,8 @@ impl Vram {
 #[derive(Debug)]
 pub struct SimDevice {
     id: u32,
-    world: Arc<SimWorld>,
+    /// Weak: the world holds the machine's pagemaps, which hold their devices.
+    world: Weak<SimWorld>,
     pub(crate) iommu: Mutex<Iommu>,
     pub(crate) pt: Mutex<BTreeMap<u64, DevPte>>,
     zaps: std::sync::atomic::AtomicU64,
@@ -216,7 +217,7 @@ impl SimDevice {
     pub fn new(world: &Arc<SimWorld>, id: u32) -> Arc<SimDevice> {
         let dev = Arc::new(SimDevice {
             id,
-            world: world.clone(),
+            world: Arc::downgrade(world),
             iommu: Mutex::new(Iommu {
                 next_iova: 0x1_0000_0000,
                 ..Iommu::default()
@@ -300,18 +301,24 @@ impl SimDevice {
         (i.dma_fail_at, i.copy_fail_at, i.alloc_fail_at)
     }
 
+    /// The machine (alive while any address space or device user holds it).
+    fn world(&self) -> Result<Arc<SimWorld>> {
+        self.world.upgrade().ok_or(Error::Closed)
+    }
+
     /// The device whose memory holds `dpfn`, reachable from this device (itself, or a peer
     /// with a link).
     fn reach(&self, dpfn: u64) -> Result<Arc<SimDevice>> {
         let id = super::world::device_of_dpfn(dpfn);
-        if id != self.id && !self.world.has_link(self.id, id) {
+        let world = self.world()?;
+        if id != self.id && !world.has_link(self.id, id) {
             lock(&self.vram).violations.push(std::format!(
                 "device {} reached device {id}'s memory without a link",
                 self.id
             ));
             return Err(Error::NoLink);
         }
-        self.world.device(id).ok_or(Error::Fault)
+        world.device(id).ok_or(Error::Fault)
     }
 
     /// Copy one page between system memory (through this device's IOMMU) and device memory
@@ -321,7 +328,7 @@ impl SimDevice {
         match kind {
             CopyKind::RamToDevice => {
                 let pfn = self.bus_to_pfn(src)?;
-                lock(&self.world.frames).read(pfn, 0, &mut page)?;
+                lock(&self.world()?.frames).read(pfn, 0, &mut page)?;
                 let d = self.reach(dst >> PAGE_SHIFT)?;
                 let mut v = lock(&d.vram);
                 v.write(dst >> PAGE_SHIFT, 0, &page)
@@ -330,7 +337,7 @@ impl SimDevice {
                 let s = self.reach(src >> PAGE_SHIFT)?;
                 lock(&s.vram).read(src >> PAGE_SHIFT, 0, &mut page)?;
                 let pfn = self.bus_to_pfn(dst)?;
-                lock(&self.world.frames).write(pfn, 0, &page)
+                lock(&self.world()?.frames).write(pfn, 0, &page)
             }
             CopyKind::ZeroDevice => {
                 let d = self.reach(dst >> PAGE_SHIFT)?;
@@ -431,7 +438,7 @@ impl SimDevice {
 impl DmaMapper for SimDevice {
     fn map_page(&self, pfn: u64, order: u8, dir: DmaDirection) -> Result<u64> {
         self.dma_injected()?;
-        let live = lock(&self.world.frames).all_live(pfn, order);
+        let live = lock(&self.world()?.frames).all_live(pfn, order);
         let mut io = lock(&self.iommu);
         if !live {
             io.violations
@@ -462,7 +469,7 @@ impl DmaMapper for SimDevice {
         self.dma_injected()?;
         let dpfn = resource >> PAGE_SHIFT;
         let owner_dev = super::world::device_of_dpfn(dpfn);
-        if !self.world.has_link(self.id, owner_dev) || owner_dev == self.id {
+        if !self.world()?.has_link(self.id, owner_dev) || owner_dev == self.id {
             lock(&self.iommu).violations.push(std::format!(
                 "peer map of device {owner_dev}'s frame {dpfn:#x} without a link"
             ));
@@ -594,7 +601,7 @@ impl DeviceMemory for SimDevmem {
         Ok(())
     }
     fn now_ns(&self) -> u64 {
-        self.0.world.now_ns()
+        self.0.world.upgrade().map_or(0, |w| w.now_ns())
     }
     fn device_map(&self, dpfn: u64, order: u8) -> Result<(u64, Protocol)> {
         let _ = order;
@@ -605,7 +612,10 @@ impl DeviceMemory for SimDevmem {
 /// The simulator's peer-to-peer protocol number.
 pub const SIM_P2P: Protocol = Protocol(2);
 
-impl SimPagemapHooks for Pagemap<SimDevmem, SimHost> {
+/// A shared simulated pagemap (on the simulator's allocator).
+pub type SimPagemapArc = crate::HostArc<SimHost, Pagemap<SimDevmem, SimHost>>;
+
+impl SimPagemapHooks for SimPagemapArc {
     fn page_free(&self, dpfn: u64) {
         Pagemap::page_free(self, dpfn);
     }
@@ -709,7 +719,7 @@ impl SimGpu {
         };
         gpu.svm.set_owner(Some(owner));
         if vram_pages > 0 {
-            gpu.add_devmem(vram_pages, owner.0);
+            gpu.add_devmem(vram_pages, owner.0)?;
         }
         Ok(gpu)
     }
@@ -722,7 +732,7 @@ impl SimGpu {
         if let Some(pm) = self.svm.pagemap() {
             let view = self.mm.view(usize::MAX);
             for _ in 0..8 {
-                for a in pm.allocations() {
+                for a in pm.allocations()?.iter() {
                     let (s, e) = a.va();
                     crate::migrate::to_ram(&view, &pm, s, e)?;
                 }
@@ -750,27 +760,29 @@ impl SimGpu {
         let mut cfg = SvmConfig::new(0, 1 << 47);
         cfg.prefer_devmem = true;
         let gpu = SimGpu::new(mm, id, cfg)?;
-        gpu.add_devmem(vram_pages, owner);
+        gpu.add_devmem(vram_pages, owner)?;
         Ok(gpu)
     }
 
     /// Give the device `vram_pages` pages of device memory as pagemap `PagemapId(id)` of owner
     /// `owner`, registered with the machine so CPU faults on its pages come back to it.
-    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Arc<Pagemap<SimDevmem, SimHost>> {
-        self.dev.set_vram_pages(vram_pages);
+    ///
+    /// Errors: [`Error::NoMem`] if the pagemap cannot be allocated (nothing changed then).
+    pub fn add_devmem(&self, vram_pages: u64, owner: u32) -> Result<SimPagemapArc> {
         let pm = Pagemap::new(
             PagemapId(self.dev.id()),
             OwnerId(owner),
             SimDevmem(self.dev.clone()),
-        );
+        )?;
+        self.dev.set_vram_pages(vram_pages);
         let world = self.mm.world();
-        let hooks: Arc<dyn SimPagemapHooks> = pm.clone();
+        let hooks: Arc<dyn SimPagemapHooks> = Arc::new(pm.clone());
         world.register_pagemap(pm.id(), &hooks);
         world.add_pagemap(pm.clone());
         // Refused only if a peer's pagemap has this device's id, which the machine never
-        // creates (pagemap ids are device ids).
+        // creates (pagemap ids are device ids), or without memory for the pagemap set.
         let _ = self.svm.set_pagemap(Some(pm.clone()));
-        pm
+        Ok(pm)
     }
 
     /// A device with the default configuration over the whole 47-bit user address space.

@@ -32,7 +32,9 @@ mod world;
 pub use alloc::{AllocStats, SimAlloc};
 pub use check::{check_closed, check_invariants};
 pub use cpu::{CpuPte, InvalidationSink, SimMm, SimMmView, SimVma};
-pub use device::{DevPte, DmaMapping, SimDevice, SimDevmem, SimGpu, SimPlatform, VRAM_POISON};
+pub use device::{
+    DevPte, DmaMapping, SimDevice, SimDevmem, SimGpu, SimPagemapArc, SimPlatform, VRAM_POISON,
+};
 pub use lockdep::SimHost;
 pub use world::{SimPagemapHooks, SimWorld};
 

@@ -1,10 +1,8 @@
 //! The simulated machine: system RAM frames with real contents and a deterministic clock.
 
-use super::device::{SimDevice, SimDevmem, SimPlatform};
+use super::device::{SimDevice, SimPagemapArc, SimPlatform};
 use super::lock;
-use super::SimHost;
 use crate::error::{Error, Result};
-use crate::pagemap::Pagemap;
 use crate::pagemap::{Interconnect, OwnerRegistry, PeerId};
 use crate::platform::{PagemapId, PAGE_SIZE};
 use crate::Svm;
@@ -147,10 +145,14 @@ pub trait SimPagemapHooks: Send + Sync + core::fmt::Debug {
 #[derive(Debug)]
 pub struct SimWorld {
     pub(crate) frames: Mutex<Frames>,
-    hooks: Mutex<HashMap<PagemapId, Weak<dyn SimPagemapHooks>>>,
+    /// Strong: a pagemap's CPU callbacks stay until the pagemap is forgotten (its devices hold
+    /// the world only weakly, so this makes no cycle).
+    hooks: Mutex<HashMap<PagemapId, Arc<dyn SimPagemapHooks>>>,
     devices: Mutex<HashMap<u32, Weak<SimDevice>>>,
     gpus: Mutex<Vec<Weak<Svm<SimPlatform>>>>,
-    pagemaps: Mutex<Vec<Weak<Pagemap<SimDevmem, SimHost>>>>,
+    /// The machine's pagemaps, until forgotten ([`SimGpu::teardown`](super::SimGpu::teardown))
+    /// or the machine goes.
+    pagemaps: Mutex<Vec<SimPagemapArc>>,
     links: Arc<Mutex<BTreeSet<(u32, u32)>>>,
     /// The owner registry every simulated device joins (peers: `2*id` for a device's pagemap,
     /// `2*id+1` for its `Svm`; two peers have an interconnect if they are on the same device or
@@ -200,16 +202,13 @@ impl SimWorld {
     }
 
     /// The pagemaps of the machine's devices.
-    pub fn pagemaps(&self) -> Vec<Arc<Pagemap<SimDevmem, SimHost>>> {
-        lock(&self.pagemaps)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect()
+    pub fn pagemaps(&self) -> Vec<SimPagemapArc> {
+        lock(&self.pagemaps).clone()
     }
 
     /// A new device pagemap: every device's `Svm` attaches it.
-    pub(crate) fn add_pagemap(&self, pm: Arc<Pagemap<SimDevmem, SimHost>>) {
-        lock(&self.pagemaps).push(Arc::downgrade(&pm));
+    pub(crate) fn add_pagemap(&self, pm: SimPagemapArc) {
+        lock(&self.pagemaps).push(pm.clone());
         for g in self.live_gpus() {
             // Refused only if another pagemap has its id there: that one stays.
             let _ = g.attach_pagemap(pm.clone());
@@ -218,7 +217,13 @@ impl SimWorld {
 
     /// A pagemap goes away: every `Svm` detaches it; its CPU callbacks are removed.
     pub(crate) fn forget_pagemap(&self, id: PagemapId) {
-        lock(&self.pagemaps).retain(|p| p.upgrade().is_some_and(|p| p.id() != id));
+        let gone: Vec<SimPagemapArc> = {
+            let mut pms = lock(&self.pagemaps);
+            let (gone, keep) = pms.drain(..).partition(|p| p.id() == id);
+            *pms = keep;
+            gone
+        };
+        drop(gone);
         for g in self.live_gpus() {
             let _ = g.detach_pagemap(id);
         }
@@ -236,16 +241,17 @@ impl SimWorld {
 
     /// Register the CPU-side callbacks of a pagemap (what Linux's `dev_pagemap_ops` are).
     pub fn register_pagemap(&self, id: PagemapId, hooks: &Arc<dyn SimPagemapHooks>) {
-        lock(&self.hooks).insert(id, Arc::downgrade(hooks));
+        lock(&self.hooks).insert(id, hooks.clone());
     }
 
     /// Remove a pagemap's callbacks.
     pub fn unregister_pagemap(&self, id: PagemapId) {
-        lock(&self.hooks).remove(&id);
+        let gone = lock(&self.hooks).remove(&id);
+        drop(gone);
     }
 
     pub(crate) fn pagemap_hooks(&self, id: PagemapId) -> Option<Arc<dyn SimPagemapHooks>> {
-        lock(&self.hooks).get(&id).and_then(Weak::upgrade)
+        lock(&self.hooks).get(&id).cloned()
     }
 
     /// Read the clock (advances it by the step).

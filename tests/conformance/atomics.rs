@@ -20,7 +20,7 @@ fn exclusive() {
     for i in 0..6u64 {
         assert_eq!(m.dev_atomic(0, ctr, 1), 2 * i);
         assert_eq!(m.loc(ctr), Loc::Dev(0));
-        let end = m.g(0).svm.pagemap().unwrap().allocations()[0].timeslice_end();
+        let end = m.g(0).svm.pagemap().unwrap().allocations().unwrap()[0].timeslice_end();
         assert!(m.world.now_ns() < end, "inside the timeslice");
         let v = m.cpu_read(ctr);
         assert!(m.world.now_ns() >= end, "the CPU waited for the timeslice");

@@ -18,7 +18,7 @@ fn flags_at(m: &Machine, id: u32, start: u64) -> RangeFlags {
 
 /// Live pages of each live allocation of device 0's memory, in address order.
 fn live_pages(m: &Machine) -> Vec<usize> {
-    let mut a = m.g(0).svm.pagemap().unwrap().allocations();
+    let mut a = m.g(0).svm.pagemap().unwrap().allocations().unwrap();
     a.sort_by_key(|x| x.va().0);
     a.iter().map(|x| x.live_pages()).collect()
 }

@@ -64,7 +64,8 @@ use crate::policy::{
 use crate::range::{select_chunk, ChunkQuery, Range, RangeTree};
 use crate::sim::SimHost;
 use crate::sim::{
-    check_closed, check_invariants, lock, SimDevice, SimDevmem, SimGpu, SimMm, SimWorld,
+    check_closed, check_invariants, lock, SimDevice, SimDevmem, SimGpu, SimMm, SimPagemapArc,
+    SimWorld,
 };
 use crate::stats::StatsSnapshot;
 use crate::svm::{Event, SvmConfig, Window, MAX_CHUNK_SIZES};
@@ -894,12 +895,9 @@ enum Direct {
 }
 
 /// Whether two pagemap lookups name the same object (or both nothing).
-fn same_pagemap(
-    a: &Option<Arc<Pagemap<SimDevmem, SimHost>>>,
-    b: &Option<Arc<Pagemap<SimDevmem, SimHost>>>,
-) -> bool {
+fn same_pagemap(a: &Option<SimPagemapArc>, b: &Option<SimPagemapArc>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (Some(a), Some(b)) => SimPagemapArc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
     }
@@ -1108,7 +1106,7 @@ impl Harness {
                     .gpu(d)
                     .svm
                     .pagemap()
-                    .map(|pm| pm.allocations())
+                    .and_then(|pm| pm.allocations().ok())
                     .unwrap_or_default();
                 if allocs.is_empty() {
                     return base;
@@ -1754,11 +1752,19 @@ impl Harness {
                     Ok(o) if !was => {
                         self.members.insert(*peer);
                         if self.owners.owner_of(PeerId(*peer)) != Some(o)
-                            || !self.owners.members(o).contains(&PeerId(*peer))
+                            || !self
+                                .owners
+                                .members(o)
+                                .map_err(|e| format!("members({o:?}) = {e:?}"))?
+                                .contains(&PeerId(*peer))
                         {
                             return Err(format!("join({peer}) = {o:?} but not a member"));
                         }
-                        for m in self.owners.members(o) {
+                        let members = self
+                            .owners
+                            .members(o)
+                            .map_err(|e| format!("members({o:?}) = {e:?}"))?;
+                        for &m in members.iter() {
                             if !linked_peers(m, PeerId(*peer)) {
                                 return Err(format!("join({peer}) grouped it with {m:?}"));
                             }
@@ -1857,7 +1863,14 @@ impl Harness {
                     .collect();
                 let distinct: BTreeSet<u64> = frames.iter().copied().collect();
                 let valid = vs < ve && !frames.is_empty() && distinct.len() == frames.len();
-                let a = match DevmemAlloc::new(PagemapId(0), vs, ve, frames.clone()) {
+                let mut owned = crate::HostVec::<SimHost, u64>::new();
+                if owned
+                    .extend_from_slice(&frames, crate::heap::AllocCtx::MaySleep)
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                let a = match DevmemAlloc::<SimHost>::new(PagemapId(0), vs, ve, owned) {
                     Ok(a) if valid => a,
                     Err(Error::Invalid) if !valid => return Ok(()),
                     other => {
@@ -2004,12 +2017,14 @@ impl Harness {
                 let svm = &self.gpu(*dev).svm;
                 let (local, owner) = (svm.pagemap(), svm.owner());
                 let before = svm.pagemap_by_id(pm.id());
-                let free = before.as_ref().is_none_or(|b| Arc::ptr_eq(b, &pm));
+                let free = before
+                    .as_ref()
+                    .is_none_or(|b| SimPagemapArc::ptr_eq(b, &pm));
                 let got = svm.attach_pagemap(pm.clone());
                 let after = svm.pagemap_by_id(pm.id());
                 match got {
                     Ok(()) if free => {
-                        if !after.is_some_and(|a| Arc::ptr_eq(&a, &pm)) {
+                        if !after.is_some_and(|a| SimPagemapArc::ptr_eq(&a, &pm)) {
                             return Err(format!(
                                 "attach_pagemap({:?}) Ok but not attached",
                                 pm.id()
@@ -2021,6 +2036,8 @@ impl Harness {
                             return Err(format!("refused attach_pagemap({:?}) replaced", pm.id()));
                         }
                     }
+                    // The pagemap set could not grow: nothing changed.
+                    Err(Error::NoMem) if same_pagemap(&after, &before) => {}
                     other => {
                         return Err(format!(
                             "attach_pagemap({:?}) (id free {free}) = {other:?}",
@@ -2083,18 +2100,15 @@ impl Harness {
     }
 
     /// The pagemap object a spec names (`None`: the device has no device memory).
-    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<Arc<Pagemap<SimDevmem, SimHost>>> {
+    /// `None` too when a fresh pagemap cannot be allocated.
+    fn pagemap_of(&mut self, spec: PagemapSpec) -> Option<SimPagemapArc> {
         match spec {
             PagemapSpec::Device(d) => self.gpu(d).svm.pagemap(),
             PagemapSpec::Fresh { id, owner } => {
                 let dev_id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1).max(8);
                 let dev = SimDevice::new(&self.world, dev_id);
-                Some(Pagemap::new(
-                    self.pagemap_id(id),
-                    self.owner_id(owner),
-                    SimDevmem(dev),
-                ))
+                Pagemap::new(self.pagemap_id(id), self.owner_id(owner), SimDevmem(dev)).ok()
             }
         }
     }
