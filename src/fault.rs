@@ -26,6 +26,8 @@ pub enum Access {
 
 impl Access {
     /// Whether the access writes.
+    ///
+    /// Context: any.
     pub fn writes(self) -> bool {
         !matches!(self, Access::Read)
     }
@@ -44,8 +46,15 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] (outside the mirrored interval or the
     /// window, or an empty window — checked first, before anything is counted or collected);
     /// [`Error::Fault`] (no VMA); [`Error::Perm`] (write or atomic access to a read-only
-    /// VMA); [`Error::Busy`] (retry budget exhausted); platform errors. A failed fault leaves no
-    /// mapping behind.
+    /// VMA); [`Error::Busy`] (retry budget exhausted); [`Error::NoMem`] (the host's allocator
+    /// failed); platform errors. A failed fault leaves no mapping behind.
+    ///
+    /// Context: may sleep (platform calls, migration copies). Allocates with
+    /// [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) only, never while holding a lock the
+    /// invalidation path takes: the range ([`find_or_insert`](Self::find_or_insert)), the page
+    /// arrays ([`get_pages`](Self::get_pages)), the migration's vectors (placement). Takes the
+    /// locks of [`gc_run`](Self::gc_run), [`find_or_insert`](Self::find_or_insert), placement and
+    /// [`get_pages`](Self::get_pages) in turn, never two of those sections at once.
     pub fn handle_fault(
         &self,
         addr: u64,
@@ -175,6 +184,12 @@ impl<P: Platform> Svm<P> {
 
     /// [`handle_fault`](Self::handle_fault) followed by [`bind`](Self::bind), retried while an
     /// invalidation slips in between. Returns the range and what `bind_fn` returned.
+    ///
+    /// Errors: as [`handle_fault`](Self::handle_fault) and [`bind`](Self::bind) (an
+    /// [`Error::Again`] from `bind` is retried a few times first).
+    ///
+    /// Context: as [`handle_fault`](Self::handle_fault), then as [`bind`](Self::bind) (`bind_fn`
+    /// runs under the notifier lock, shared, and the range's page-state lock: it must not sleep).
     pub fn handle_fault_and_bind<R>(
         &self,
         addr: u64,

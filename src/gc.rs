@@ -15,12 +15,20 @@ use crate::sync::Ordering;
 
 impl<P: Platform> Svm<P> {
     /// Number of ranges waiting for the garbage collector.
+    ///
+    /// Context: takes the GC-queue lock (spinning) and walks the queue; allocates nothing.
     pub fn gc_pending(&self) -> usize {
         self.gc.lock().iter().count()
     }
 
     /// Run the garbage collector (SPEC §5): remove every queued range. Returns how many ranges
     /// it removed. Called at the start of every fault; a driver may also call it from a worker.
+    ///
+    /// Context: may sleep. Takes the GC-queue lock alone to pop each range, then removes it as
+    /// [`Svm::remove`] does (structure lock, notifier lock exclusive, page-state lock); a partly
+    /// unmapped range in device memory is first evicted as [`Svm::evict`] does, which allocates
+    /// with [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) outside the invalidation locks.
+    /// Nothing else is allocated.
     pub fn gc_run(&self) -> usize {
         let mut done = 0usize;
         loop {

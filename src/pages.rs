@@ -53,6 +53,8 @@ const ADDR_MASK: u64 = !(PAGE_SIZE - 1);
 impl PageEntry {
     /// Pack an entry. Errors: [`Error::Invalid`] if `addr` is not page aligned, `order` exceeds
     /// [`MAX_ORDER`], or the protocol does not fit.
+    ///
+    /// Context: any; allocates nothing.
     pub fn new(addr: u64, order: u8, dir: DmaDirection, proto: Protocol) -> Result<PageEntry> {
         if addr & !ADDR_MASK != 0 || order > MAX_ORDER || proto.0 > Protocol::MAX {
             return Err(Error::Invalid);
@@ -67,23 +69,33 @@ impl PageEntry {
         ))
     }
     /// The page-aligned address (bus address, device address, or peer address).
+    ///
+    /// Context: any.
     pub fn addr(self) -> u64 {
         self.0 & ADDR_MASK
     }
     /// The page order of the entry.
+    ///
+    /// Context: any.
     pub fn order(self) -> u8 {
         // Masked to 5 bits: the cast cannot truncate.
         (self.0 & ORDER_BITS) as u8
     }
     /// Number of base pages the entry covers.
+    ///
+    /// Context: any.
     pub fn npages(self) -> u64 {
         1u64 << self.order()
     }
     /// Size in bytes.
+    ///
+    /// Context: any.
     pub fn size(self) -> u64 {
         PAGE_SIZE << self.order()
     }
     /// The DMA direction.
+    ///
+    /// Context: any.
     pub fn dir(self) -> DmaDirection {
         match (self.0 >> DIR_SHIFT) & 3 {
             0 => DmaDirection::ToDevice,
@@ -92,10 +104,14 @@ impl PageEntry {
         }
     }
     /// Whether the device may write through this entry.
+    ///
+    /// Context: any.
     pub fn writable(self) -> bool {
         self.dir() != DmaDirection::ToDevice
     }
     /// The protocol.
+    ///
+    /// Context: any.
     pub fn protocol(self) -> Protocol {
         // Masked to 3 bits.
         Protocol(((self.0 >> PROTO_SHIFT) & 7) as u8)
@@ -206,11 +222,15 @@ impl<L: Host> PageState<L> {
     }
 
     /// The flags.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn flags(&self) -> PageFlags {
         self.flags
     }
 
     /// SPEC `pages_valid`: the pages are usable by the device (DMA-mapped or in device memory).
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn valid(&self) -> bool {
         self.flags
             .intersects(PageFlags::HAS_DMA_MAPPING | PageFlags::HAS_DEVMEM_PAGES)
@@ -218,6 +238,8 @@ impl<L: Host> PageState<L> {
 
     /// Whether the committed state satisfies `ctx` (valid, writable if needed, all in device
     /// memory if required).
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn satisfies(&self, ctx: &PagesCtx) -> bool {
         self.valid()
             && (ctx.read_only || self.flags.contains(PageFlags::WRITABLE))
@@ -227,6 +249,8 @@ impl<L: Host> PageState<L> {
     }
 
     /// The committed entries (meaningful only while [`valid`](Self::valid)).
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn entries(&self) -> &[PageEntry] {
         if self.valid() {
             &self.entries
@@ -236,17 +260,24 @@ impl<L: Host> PageState<L> {
     }
 
     /// The pagemap of the device pages, if any.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn pagemap(&self) -> Option<PagemapId> {
         self.pagemap
     }
 
     /// Number of entries allocated (also after unmap, until [`free`](Self::free)).
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn capacity_entries(&self) -> usize {
         self.entries.len()
     }
 
     /// DMA-unmap every entry and clear the flags; idempotent. Allocates nothing (invalidation
     /// context).
+    ///
+    /// Context: allocates nothing and takes no lock (the caller holds the page-state or userptr
+    /// lock); calls the DMA mapper's unmap functions, which must not sleep.
     pub fn unmap<D: DmaMapper>(&mut self, dma: &D) {
         if self.flags.contains(PageFlags::HAS_DMA_MAPPING) {
             unmap_entries(dma, &self.entries);
@@ -690,16 +721,25 @@ impl<L: Host> Userptr<L> {
     }
 
     /// First byte.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn start(&self) -> u64 {
         self.start
     }
     /// One past the last byte.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn end(&self) -> u64 {
         self.end
     }
 
     /// Collect and map the pages (SPEC §3 `get_pages`); a still-valid state that satisfies
     /// `ctx` is reused. Errors as [`Svm::get_pages`](crate::Svm::get_pages).
+    ///
+    /// Context: may sleep: collects the CPU pages through the platform with no lock held. Allocates
+    /// with [`AllocCtx::MaySleep`] and no lock held (the CPU page array and the entry array,
+    /// counted before the lock is taken). Takes the userptr lock shared to map the pages and
+    /// exclusively to commit.
     pub fn get_pages<P: Platform>(
         &self,
         p: &P,
@@ -733,12 +773,16 @@ impl<L: Host> Userptr<L> {
     }
 
     /// Whether the pages are usable by the device.
+    ///
+    /// Context: takes the userptr lock shared; allocates nothing.
     pub fn pages_valid(&self) -> bool {
         self.state.read().valid()
     }
 
     /// Run `f` over the committed entries with the lock held shared, so no invalidation can
     /// complete meanwhile. Errors: [`Error::Again`] if the pages are not valid.
+    ///
+    /// Context: takes the userptr lock shared and calls `f` with it held; allocates nothing.
     pub fn bind<R>(&self, f: impl FnOnce(u64, &[PageEntry]) -> R) -> Result<R> {
         let st = self.state.read();
         if !st.valid() {
@@ -781,17 +825,23 @@ impl<L: Host> Userptr<L> {
     }
 
     /// Invalidation ends.
+    ///
+    /// Context: takes the userptr lock exclusively (waiting for it); allocates nothing.
     pub fn invalidate_end(&self) {
         let _st = self.state.write();
         self.seq.end();
     }
 
     /// Unmap the pages (idempotent).
+    ///
+    /// Context: takes the userptr lock exclusively; DMA-unmaps under it; allocates nothing.
     pub fn unmap_pages<D: DmaMapper>(&self, dma: &D) {
         self.state.write().unmap(dma);
     }
 
     /// Unmap and release the page array.
+    ///
+    /// Context: as [`unmap_pages`](Self::unmap_pages); also frees the page array.
     pub fn free_pages<D: DmaMapper>(&self, dma: &D) {
         self.state.write().free(dma);
     }

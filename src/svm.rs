@@ -70,6 +70,8 @@ impl SvmConfig {
     /// assert_eq!(c.notifier_size, 512 << 20);
     /// assert_eq!(&c.chunk_sizes[..], &[2 << 20, 64 << 10, 4096]);
     /// ```
+    ///
+    /// Context: any; allocates nothing.
     pub fn new(mm_start: u64, mm_range: u64) -> Self {
         let mut chunk_sizes = heapless::Vec::new();
         for s in [SZ_2M, SZ_64K, PAGE_SIZE] {
@@ -93,12 +95,16 @@ impl SvmConfig {
     }
 
     /// Replace the chunk sizes. Errors: [`Error::Invalid`] if more than [`MAX_CHUNK_SIZES`].
+    ///
+    /// Context: any; allocates nothing (the list is inline).
     pub fn with_chunk_sizes(mut self, sizes: &[u64]) -> Result<Self> {
         self.chunk_sizes = heapless::Vec::from_slice(sizes).map_err(|_| Error::Invalid)?;
         Ok(self)
     }
 
     /// End of the mirrored interval (exclusive).
+    ///
+    /// Context: any; allocates nothing.
     pub fn mm_end(&self) -> u64 {
         self.mm_start.saturating_add(self.mm_range)
     }
@@ -107,6 +113,8 @@ impl SvmConfig {
     /// overflowing interval, a malformed chunk list (empty, unsorted, not powers of two, not
     /// ending with `PAGE_SIZE`), or a notifier size that is not a power of two or is smaller
     /// than the largest chunk.
+    ///
+    /// Context: any; allocates nothing.
     pub fn validate(&self) -> Result<()> {
         let bad = self.mm_range == 0
             || self.mm_start % PAGE_SIZE != 0
@@ -142,6 +150,8 @@ impl Window {
         end: u64::MAX,
     };
     /// Whether `addr` lies in the window.
+    ///
+    /// Context: any; allocates nothing.
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
@@ -207,6 +217,9 @@ impl<P: Platform> core::fmt::Debug for Svm<P> {
 impl<P: Platform> Svm<P> {
     /// Create an instance. Errors: [`Error::Invalid`] if the configuration is bad
     /// (see [`SvmConfig::validate`]).
+    ///
+    /// Context: does not sleep; takes no lock; allocates nothing (every container starts empty and
+    /// grows on first use).
     pub fn new(platform: P, config: SvmConfig) -> Result<Self> {
         config.validate()?;
         Ok(Svm {
@@ -224,21 +237,29 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The platform.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn platform(&self) -> &P {
         &self.platform
     }
 
     /// The configuration.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn config(&self) -> &SvmConfig {
         &self.config
     }
 
     /// A snapshot of the counters.
+    ///
+    /// Context: any; takes no lock (atomic loads), allocates nothing.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
 
     /// Whether [`close`](Self::close) was called.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -655,6 +676,10 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Closed`] after [`close`](Self::close); [`Error::Invalid`] if the range
     /// is not in this instance (already removed, or another instance's). On error nothing
     /// changes.
+    ///
+    /// Context: may sleep. Takes the structure lock, then the notifier lock (exclusive) and the
+    /// range's page-state lock, and zaps and DMA-unmaps under them; frees the page array (no
+    /// allocation); unregisters an emptied notifier with the platform after releasing every lock.
     pub fn remove(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let handle = {
@@ -700,8 +725,14 @@ impl<P: Platform> Svm<P> {
     /// [`Error::Again`] if the range was removed or unmapped meanwhile (find it again);
     /// [`Error::Busy`] when the retry budget runs out; [`Error::NotSupported`] for mixed pages
     /// without `ctx.allow_mixed`; [`Error::Fault`] (no VMA, or `ctx.devmem_only` with system
-    /// pages); [`Error::Perm`]; and the platform's errors. On error nothing stays mapped that was
-    /// not mapped before.
+    /// pages); [`Error::Perm`]; [`Error::NoMem`] if the host's allocator fails; and the
+    /// platform's errors. On error nothing stays mapped that was not mapped before.
+    ///
+    /// Context: may sleep: collects the CPU pages through the platform with no crate lock held.
+    /// Allocates with [`AllocCtx::MaySleep`] and no lock held: the CPU page array and the entry
+    /// array (counted from the collection before the notifier lock is taken; [`Error::NoMem`]
+    /// leaves the state as it was). Takes the notifier lock shared (to check the range, to map the
+    /// pages, to commit) and the range's page-state lock under it.
     pub fn get_pages(&self, range: &Range<P::Host>, ctx: &PagesCtx) -> Result<()> {
         self.check_open()?;
         {
@@ -753,6 +784,9 @@ impl<P: Platform> Svm<P> {
 
     /// SPEC `pages_valid`: whether the range's pages are usable by the device right now.
     /// `false` for a range that is not in this instance (removed, or another instance's).
+    ///
+    /// Context: takes the notifier lock shared, then the range's page-state lock; allocates
+    /// nothing.
     pub fn pages_valid(&self, range: &Range<P::Host>) -> bool {
         let t = self.notifiers.read();
         Self::owns(&t, range) && range.pages.lock().valid()
@@ -767,6 +801,9 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Closed`]; [`Error::Again`] if the pages are no longer valid (an
     /// invalidation ran: fault again); [`Error::Invalid`] if the range is not in this instance.
+    ///
+    /// Context: takes the notifier lock shared, then the range's page-state lock, and calls `f`
+    /// with both held (so `f` must not sleep); allocates nothing.
     pub fn bind<R>(
         &self,
         range: &Range<P::Host>,
@@ -789,6 +826,9 @@ impl<P: Platform> Svm<P> {
     /// [`Error::Invalid`] if the range is not in this instance (removed — its pages are already
     /// freed — or another instance's, whose mappings this instance's DMA mapper must not
     /// touch); nothing is unmapped then.
+    ///
+    /// Context: takes the notifier lock exclusive, then the range's page-state lock; DMA-unmaps
+    /// under them; allocates nothing.
     pub fn unmap_pages(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let t = self.notifiers.write();
@@ -849,6 +889,8 @@ impl<P: Platform> Svm<P> {
     /// SPEC `free_pages`: unmap, then release the range's page array.
     ///
     /// Errors: as [`unmap_pages`](Self::unmap_pages).
+    ///
+    /// Context: as [`unmap_pages`](Self::unmap_pages); also frees the page array.
     pub fn free_pages(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let t = self.notifiers.write();
@@ -982,6 +1024,10 @@ impl<P: Platform> Svm<P> {
     /// Close the instance (SPEC §1): zap and unmap every range, drop them, drain the garbage
     /// collector, and unregister every notifier. Idempotent; later calls that need the
     /// instance return [`Error::Closed`]. Also run on drop.
+    ///
+    /// Context: may sleep. Takes the structure lock, then the notifier lock (exclusive) and each
+    /// range's page-state lock (zap, DMA unmap, free), then the GC-queue lock alone; drops the
+    /// ranges and unregisters the notifiers with no lock held. Allocates nothing.
     pub fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;

@@ -49,6 +49,8 @@ impl<P: Platform> Svm<P> {
     }
 
     /// The attributes at `addr`.
+    ///
+    /// Context: takes the attribute lock shared (a spinning class); allocates nothing.
     pub fn attrs_at(&self, addr: u64) -> Attrs {
         self.attrs.read().get(addr)
     }
@@ -71,9 +73,12 @@ impl<P: Platform> Svm<P> {
     /// # use gpusvm::platform::DmaDirection;
     /// let rights = device_atomics(AtomicPolicy::Global, &PolicyConfig::default());
     /// let sys = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::SYSTEM).unwrap();
-    /// let vram = PageEntry::new(0, 0, DmaDirection::Bidirectional, Protocol::DEVICE_LOCAL).unwrap();
+    /// let vram = PageEntry::new(0, 0, DmaDirection::Bidirectional,
+    /// Protocol::DEVICE_LOCAL).unwrap();
     /// assert!(!rights.allows(sys) && rights.allows(vram));
     /// ```
+    ///
+    /// Context: as [`attrs_at`](Self::attrs_at).
     pub fn device_atomics(&self, range: &Range<P::Host>) -> DeviceAtomics {
         super::device_atomics(self.attrs_at(range.start()).atomic, &self.config().policy)
     }
@@ -88,6 +93,12 @@ impl<P: Platform> Svm<P> {
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] for an empty, misaligned, overflowing or
     /// out-of-range interval, an empty update, or a preferred pagemap that is not attached;
     /// [`Error::NoLink`] for a preferred pagemap of another owner. On error nothing changes.
+    ///
+    /// Context: may sleep. Takes the attribute lock exclusively for the update (allocating only
+    /// inside the attribute store's update, under that lock alone), releases it, then walks the
+    /// ranges of the interval one lookup at a time (notifier lock shared, nothing allocated) and
+    /// evicts, removes or unmaps them as [`Svm::evict`], [`Svm::remove`] and the notifier lock
+    /// (exclusive) require.
     pub fn set_attrs(&self, start: u64, len: u64, update: &AttrUpdate) -> Result<()> {
         self.check_open()?;
         let end = self.check_interval(start, len)?;
@@ -112,6 +123,11 @@ impl<P: Platform> Svm<P> {
 
     /// [`set_attrs`](Self::set_attrs) from raw attribute changes (decoded all first: one bad
     /// entry and nothing changes).
+    ///
+    /// Errors: [`Error::Invalid`] if an entry does not decode; then as
+    /// [`set_attrs`](Self::set_attrs).
+    ///
+    /// Context: as [`set_attrs`](Self::set_attrs).
     pub fn set_attrs_raw(&self, start: u64, len: u64, raw: &[RawAttr]) -> Result<()> {
         self.check_open()?;
         let mut u = AttrUpdate::default();
@@ -157,6 +173,9 @@ impl<P: Platform> Svm<P> {
     /// [`Error::NoLink`] (pagemap of another owner); [`Error::Fault`] (part of the interval has
     /// no VMA); migration and collection errors. Ranges already processed stay where they were
     /// moved.
+    ///
+    /// Context: may sleep; as [`handle_fault`](Self::handle_fault) for each range of the interval
+    /// (it creates, places and collects them the same way).
     pub fn prefetch(&self, start: u64, len: u64, loc: PrefetchLoc) -> Result<()> {
         self.check_open()?;
         let end = self.check_interval(start, len)?;

@@ -65,7 +65,8 @@ pub type RangeArc<L = DefaultHost> = HostArc<L, Range<L>>;
 
 /// One range `[start, end)` of a notifier: the unit of faulting, mapping and migration.
 ///
-/// Ranges are shared as [`HostArc<L, Range<L>>`](HostArc); the tree, the GC queue and the driver each hold a
+/// Ranges are shared as [`HostArc<L, Range<L>>`](HostArc); the tree, the GC queue and the driver
+/// each hold a
 /// reference. The bounds never change; the page state is behind the range's own lock, which is
 /// only taken with the notifier lock held (lock order: structure lock → notifier lock → range).
 pub struct Range<L: Host = DefaultHost> {
@@ -370,38 +371,56 @@ impl<L: Host> Range<L> {
     }
 
     /// First byte.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn start(&self) -> u64 {
         self.start
     }
     /// One past the last byte.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn end(&self) -> u64 {
         self.end
     }
     /// Size in bytes.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn size(&self) -> u64 {
         self.end.wrapping_sub(self.start)
     }
     /// Number of base pages.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn npages(&self) -> u64 {
         self.size() / PAGE_SIZE
     }
     /// Whether `addr` lies in the range.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
     /// Whether the range overlaps `[start, end)`.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
         self.start < end && start < self.end
     }
     /// Whether the range is linked into a tree.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn is_linked(&self) -> bool {
         self.tree_link.is_linked()
     }
     /// The current life-cycle flags.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn flags(&self) -> RangeFlags {
         RangeFlags::from_bits_truncate(self.flags.load(Ordering::Acquire))
     }
     /// Platform time of the last migration of the range into device memory (0: never).
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn placed_ns(&self) -> u64 {
         self.placed_ns.load(Ordering::Relaxed)
     }

@@ -156,11 +156,15 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// Number of ranges.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the tree holds no range.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -238,6 +242,9 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// The range containing `addr`.
+    ///
+    /// Context: allocates nothing, never sleeps, takes no lock (the caller serialises access to the
+    /// tree).
     pub fn find(&self, addr: u64) -> Option<&Range<L>> {
         let c = self.floor(addr);
         let r = c.get().filter(|r| r.contains(addr))?;
@@ -246,6 +253,8 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// The range containing `addr`, as a new reference.
+    ///
+    /// Context: as [`find`](Self::find); the new reference only bumps the count.
     pub fn find_arc(&self, addr: u64) -> Option<HostArc<L, Range<L>>> {
         let c = self.floor(addr);
         match c.get() {
@@ -258,6 +267,8 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// The last range overlapping `[start, end)` (one descent), if any.
+    ///
+    /// Context: as [`find`](Self::find).
     pub fn last_overlapping(&self, start: u64, end: u64) -> Option<&Range<L>> {
         if start >= end {
             return None;
@@ -269,11 +280,15 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// Whether any range overlaps `[start, end)`.
+    ///
+    /// Context: as [`find`](Self::find).
     pub fn any_overlap(&self, start: u64, end: u64) -> bool {
         self.overlapping(start, end).next().is_some()
     }
 
     /// The ranges overlapping `[start, end)`, in address order. Empty if `start >= end`.
+    ///
+    /// Context: as [`find`](Self::find).
     pub fn overlapping(&self, start: u64, end: u64) -> Overlapping<'_, L> {
         let mut cur = self.floor(start);
         match cur.get() {
@@ -296,6 +311,8 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// All ranges in address order.
+    ///
+    /// Context: as [`find`](Self::find).
     pub fn iter(&self) -> impl Iterator<Item = &Range<L>> + '_ {
         self.tree.iter()
     }
@@ -323,6 +340,9 @@ impl<L: Host> RangeTree<L> {
 
     /// Remove `range` (the very object, not just one with the same bounds); returns the tree's
     /// reference, or `None` if the range is not in this tree.
+    ///
+    /// Context: allocates nothing, never sleeps, takes no lock; drops nothing (the tree's reference
+    /// is returned).
     pub fn remove(&mut self, range: &Range<L>) -> Option<HostArc<L, Range<L>>> {
         let mut c = self.tree.find_mut(&range.start());
         match c.get() {
@@ -338,6 +358,8 @@ impl<L: Host> RangeTree<L> {
     }
 
     /// Remove and return the first range.
+    ///
+    /// Context: as [`remove`](Self::remove).
     pub fn pop_front(&mut self) -> Option<HostArc<L, Range<L>>> {
         let out = self.tree.front_mut().remove();
         if out.is_some() {
@@ -374,6 +396,8 @@ impl<'a, L: Host> Iterator for Overlapping<'a, L> {
 
 impl<'a, L: Host> Overlapping<'a, L> {
     /// The range `next` would return, without advancing.
+    ///
+    /// Context: allocates nothing, never sleeps, takes no lock.
     pub fn peek(&self) -> Option<&'a Range<L>> {
         let link = self.cur?;
         // SAFETY: `cur` is a node of `self.tree`, borrowed shared for 'a.
@@ -382,6 +406,9 @@ impl<'a, L: Host> Overlapping<'a, L> {
     }
 
     /// The current range as a new reference (the one `next` would return).
+    ///
+    /// Context: allocates nothing, never sleeps, takes no lock; the new reference only bumps the
+    /// count.
     pub fn peek_arc(&self) -> Option<HostArc<L, Range<L>>> {
         // SAFETY: `cur` is a live link; `get_value` only subtracts the link offset.
         let p = unsafe { adapter::<L>().get_value(self.cur?) };
