@@ -202,7 +202,7 @@ pub struct Svm<P: Platform> {
     /// The owner set explicitly (after joining an owner registry).
     pub(crate) owner: RwLock<P::Host, Option<OwnerId>>,
     /// Policy attributes per address interval.
-    pub(crate) attrs: RwLock<P::Host, AttrStore>,
+    pub(crate) attrs: RwLock<P::Host, AttrStore<P::Host>>,
 }
 
 impl<P: Platform> core::fmt::Debug for Svm<P> {

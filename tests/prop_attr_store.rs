@@ -12,8 +12,12 @@
 //!
 //! A `set` with `start >= end` is refused with `Invalid` and leaves the store unchanged.
 
+use gpusvm::heap::AllocCtx;
 use gpusvm::platform::PagemapId;
 use gpusvm::policy::{AtomicPolicy, AttrStore, AttrUpdate, Attrs, MigrationPolicy, PreferredLoc};
+use gpusvm::DefaultHost;
+
+const C: AllocCtx = AllocCtx::MaySleep;
 use gpusvm::Error;
 use proptest::prelude::*;
 
@@ -49,7 +53,7 @@ fn model_set(model: &mut [Attrs], start: u64, end: u64, u: &AttrUpdate) {
 #[test]
 fn crate_default_is_the_model_default() {
     assert_eq!(Attrs::default(), DEFAULT);
-    assert_eq!(AttrStore::new().get(0), DEFAULT);
+    assert_eq!(AttrStore::<DefaultHost>::new().get(0), DEFAULT);
 }
 
 fn preferred() -> impl Strategy<Value = PreferredLoc> {
@@ -169,13 +173,13 @@ proptest! {
 
     #[test]
     fn attr_store_matches_per_page_model(ops in prop::collection::vec(op(), 1..40)) {
-        let mut store = AttrStore::new();
+        let mut store: AttrStore = AttrStore::new();
         let mut model = vec![DEFAULT; N as usize];
         check(&store, &model)?;
         for (start, end, u) in ops {
             if start >= end {
-                let before = store.clone();
-                prop_assert_eq!(store.set(start, end, &u), Err(Error::Invalid));
+                let before = store.try_clone(C).unwrap();
+                prop_assert_eq!(store.set(start, end, &u, C), Err(Error::Invalid));
                 prop_assert_eq!(&store, &before, "a refused set changed the store");
                 continue;
             }
@@ -189,7 +193,7 @@ proptest! {
                 end,
                 u
             );
-            prop_assert_eq!(store.set(start, end, &u), Ok(()));
+            prop_assert_eq!(store.set(start, end, &u, C), Ok(()));
             model = next;
             check(&store, &model)?;
         }
@@ -199,7 +203,7 @@ proptest! {
             migration: Some(MigrationPolicy::AllPages),
             atomic: Some(AtomicPolicy::Undefined),
         };
-        prop_assert_eq!(store.set(0, N, &reset), Ok(()));
+        prop_assert_eq!(store.set(0, N, &reset, C), Ok(()));
         prop_assert_eq!(store.segments(), 0);
     }
 
@@ -209,13 +213,13 @@ proptest! {
         base in prop::sample::select(vec![0u64, 1 << 47, u64::MAX - 4 * N]),
         ops in prop::collection::vec(op(), 1..20),
     ) {
-        let mut store = AttrStore::new();
+        let mut store: AttrStore = AttrStore::new();
         let mut model = vec![DEFAULT; N as usize];
         for (start, end, u) in ops {
             if start >= end {
                 continue;
             }
-            store.set(base + start, base + end, &u).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            store.set(base + start, base + end, &u, C).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
             model_set(&mut model, start, end, &u);
             for x in 0..N {
                 prop_assert_eq!(store.get(base + x), model[x as usize]);

@@ -92,10 +92,13 @@ impl<P: Platform> Svm<P> {
     ///
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] for an empty, misaligned, overflowing or
     /// out-of-range interval, an empty update, or a preferred pagemap that is not attached;
-    /// [`Error::NoLink`] for a preferred pagemap of another owner. On error nothing changes.
+    /// [`Error::NoLink`] for a preferred pagemap of another owner; [`Error::NoMem`] (the new
+    /// attribute array). On error nothing changes.
     ///
-    /// Context: may sleep. Takes the attribute lock exclusively for the update (allocating only
-    /// inside the attribute store's update, under that lock alone), releases it, then walks the
+    /// Context: may sleep. Allocates the new attribute array with
+    /// [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) without any lock held, takes
+    /// the attribute lock exclusively only to rebuild and swap it (no allocation under it),
+    /// releases it, then walks the
     /// ranges of the interval one lookup at a time (notifier lock shared, nothing allocated) and
     /// evicts, removes or unmaps them as [`Svm::evict`], [`Svm::remove`] and the notifier lock
     /// (exclusive) require.
@@ -108,12 +111,7 @@ impl<P: Platform> Svm<P> {
         if let Some(PreferredLoc::Pagemap(id)) = update.preferred {
             self.check_pagemap(id)?;
         }
-        let changed = {
-            let mut a = self.attrs.write();
-            let changed = a.would_change(start, end, update);
-            a.set(start, end, update)?;
-            changed
-        };
+        let changed = super::attrs::set_locked(&self.attrs, start, end, update)?;
         if changed {
             Stats::inc(&self.stats.attr_changes);
             self.refault_under_new_policy(start, end);

@@ -1913,7 +1913,9 @@ impl Harness {
             } => {
                 let (s, e, p) = (start.value(self), end.value(self), probe.value(self));
                 let u = self.update(*update);
-                let before = self.attrs.clone();
+                let Ok(before) = self.attrs.try_clone(crate::heap::AllocCtx::MaySleep) else {
+                    return Ok(());
+                };
                 let want_at = |a: u64| {
                     let old = before.get(a);
                     if s <= a && a < e {
@@ -1922,8 +1924,14 @@ impl Harness {
                         old
                     }
                 };
-                match self.attrs.set(s, e, &u) {
+                match self.attrs.set(s, e, &u, crate::heap::AllocCtx::MaySleep) {
                     Ok(()) if s < e => {}
+                    Err(Error::NoMem) if s < e => {
+                        if self.attrs != before {
+                            return Err("AttrStore::set without memory changed the store".into());
+                        }
+                        return Ok(());
+                    }
                     Err(Error::Invalid) if s >= e => {
                         if self.attrs != before {
                             return Err("refused AttrStore::set changed the store".into());
