@@ -278,7 +278,7 @@ impl DevicePageTable for StaticPt {
 /// The driver's bind step: write the device PTEs of `range` from its page entries (run by
 /// `Svm::bind` with the notifier lock held, so no invalidation completes meanwhile). Returns the
 /// number of base pages mapped.
-fn write_ptes(range: &Range, entries: &[PageEntry]) -> usize {
+fn write_ptes(range: &Range<BareHost>, entries: &[PageEntry]) -> usize {
     let mut va = range.start();
     let mut mapped = 0usize;
     for e in entries {

@@ -1,15 +1,19 @@
-//! The calls: every public entry point of the crate, with opaque inputs.
+//! The calls: every public entry point of the crate, with opaque inputs. Results are handed to
+//! `black_box` and otherwise dropped: what a call returns does not matter here, only that no
+//! panic is reachable from it.
+#![allow(unused_must_use)]
 
+use crate::platform::OpaqueDma;
 use crate::platform::{OpaqueMem, OpaquePlatform, ProofAlloc, ProofHost};
 use core::hint::black_box as b;
-use gpusvm::heap::{AllocCtx, Arc, Vec};
+use gpusvm::heap::{AllocCtx, Arc, Pool, Vec};
 use gpusvm::migrate::{self, MigrateDetails};
 use gpusvm::pagemap::{DevmemAlloc, OwnerRegistry, Pagemap, PeerId};
-use gpusvm::pages::{PageEntry, PagesCtx, Protocol, RetryPolicy, Userptr};
+use gpusvm::pages::{PageEntry, PageState, PagesCtx, Protocol, RetryPolicy, Userptr};
 use gpusvm::platform::{DmaDirection, NotifierId, OwnerId, PagemapId, Platform};
 use gpusvm::policy::{
-    self, AttrUpdate, Attrs, DecisionInput, DeviceCaps, DeviceTarget, PolicyConfig, RangeHistory,
-    RawAttr,
+    self, AttrStore, AttrUpdate, Attrs, DecisionInput, DeviceCaps, DeviceTarget, PolicyConfig,
+    RangeHistory, RawAttr,
 };
 use gpusvm::range::{self, ChunkQuery, Range, RangeTree, SeqCounter};
 use gpusvm::sync::{class, Mutex, RwLock};
@@ -26,19 +30,36 @@ pub fn all() {
     policy_fns();
     owners();
     userptr();
+    attrs();
+    page_state();
+    pool();
     svm();
 }
 
 fn vocabulary() {
     let e: Error = b(Error::Busy);
+    use core::fmt::Write;
+    let _ = write!(Sink, "{e} {e:?}");
     b(e.errno());
     b(e.name());
     b(Error::from_errno(b(-12)));
     if let Ok(p) = PageEntry::new(b(0x1000), b(3), b(DmaDirection::ToDevice), Protocol(b(1))) {
-        b((p.addr(), p.order(), p.npages(), p.size(), p.dir(), p.writable(), p.protocol()));
+        b((
+            p.addr(),
+            p.order(),
+            p.npages(),
+            p.size(),
+            p.dir(),
+            p.writable(),
+            p.protocol(),
+        ));
     }
     b(Access::writes(b(Access::Atomic)));
-    b(Window { start: b(0), end: b(1) }.contains(b(3)));
+    b(Window {
+        start: b(0),
+        end: b(1),
+    }
+    .contains(b(3)));
     let cfg = SvmConfig::new(b(0), b(1 << 47));
     b(cfg.mm_end());
     b(cfg.validate());
@@ -81,10 +102,12 @@ fn containers() {
 }
 
 fn locks() {
-    let m: Mutex<ProofHost, u64> = Mutex::new(&class::GC_QUEUE, b(1));
+    let mut m: Mutex<ProofHost, u64> = Mutex::new(&class::GC_QUEUE, b(1));
+    *m.get_mut() += 1;
     *m.lock() += 1;
     b(m.try_lock().map(|g| *g));
-    let l: RwLock<ProofHost, u64> = RwLock::new(&class::NOTIFIER, b(1));
+    let mut l: RwLock<ProofHost, u64> = RwLock::new(&class::NOTIFIER, b(1));
+    *l.get_mut() += 1;
     *l.write() += 1;
     b(*l.read());
     b(l.try_read().map(|g| *g));
@@ -102,7 +125,14 @@ fn range_tree() {
     let mut t: RangeTree<ProofHost> = RangeTree::with_host();
     for i in 0..4u64 {
         if let Ok(r) = Range::<ProofHost>::with_host(b(i << 21), b((i + 1) << 21)) {
-            b((r.start(), r.end(), r.size(), r.npages(), r.contains(b(5)), r.overlaps(b(1), b(9))));
+            b((
+                r.start(),
+                r.end(),
+                r.size(),
+                r.npages(),
+                r.contains(b(5)),
+                r.overlaps(b(1), b(9)),
+            ));
             b((r.is_linked(), r.flags(), r.placed_ns()));
             b(t.insert(r));
         }
@@ -129,19 +159,32 @@ fn range_tree() {
         chunk_sizes: &sizes,
         check_pages_threshold: b(64 << 10),
     };
-    b(range::select_chunk(&q, |s, e| b(s ^ e) & 1 == 0, |s, e| b(s ^ e) & 2 == 0));
+    b(range::select_chunk(
+        &q,
+        |s, e| b(s ^ e) & 1 == 0,
+        |s, e| b(s ^ e) & 2 == 0,
+    ));
 }
 
 fn policy_fns() {
-    let raw = RawAttr { kind: b(1), value: b(2) };
+    let raw = RawAttr {
+        kind: b(1),
+        value: b(2),
+        ..RawAttr::default()
+    };
     let u = b(raw.decode());
     let cfg = PolicyConfig::default();
     let input = DecisionInput {
         range_size: b(2 << 20),
         access: b(Access::Read),
         attrs: b(Attrs::default()),
-        caps: DeviceCaps { has_devmem: b(true), default_to_devmem: b(true) },
-        history: RangeHistory { migrate_failed: b(false) },
+        caps: DeviceCaps {
+            has_devmem: b(true),
+            default_to_devmem: b(true),
+        },
+        history: RangeHistory {
+            migrate_failed: b(false),
+        },
     };
     b(policy::decide(&input, &cfg));
     let da = policy::device_atomics(b(policy::AtomicPolicy::Device), &cfg);
@@ -155,7 +198,8 @@ fn policy_fns() {
 }
 
 fn owners() {
-    let reg: OwnerRegistry<_, ProofHost> = OwnerRegistry::with_host(|a: PeerId, c: PeerId| b(a.0 ^ c.0) & 1 == 0);
+    let reg: OwnerRegistry<_, ProofHost> =
+        OwnerRegistry::with_host(|a: PeerId, c: PeerId| b(a.0 ^ c.0) & 1 == 0);
     b(reg.join(PeerId(b(1))));
     b(reg.join_all(&[PeerId(b(2)), PeerId(b(3))]));
     b(reg.owner_of(PeerId(b(2))));
@@ -181,7 +225,12 @@ fn userptr() {
 }
 
 fn pagemap_and_migration(svm: &Svm<OpaquePlatform>, pm: &Arc<Pm, ProofAlloc>) {
-    b((pm.id(), pm.owner(), pm.live_allocations(), pm.released_allocations()));
+    b((
+        pm.id(),
+        pm.owner(),
+        pm.live_allocations(),
+        pm.released_allocations(),
+    ));
     b((pm.cpu_fault_migrations(), pm.stray_frees()));
     if let Some(a) = pm.alloc_of(b(3)) {
         dev_alloc(&a);
@@ -198,12 +247,108 @@ fn pagemap_and_migration(svm: &Svm<OpaquePlatform>, pm: &Arc<Pm, ProofAlloc>) {
         can_migrate_same_pagemap: b(true),
         source_peer_migrates: b(false),
     };
-    b(migrate::to_devmem(svm.platform().mm(), &**pm, b(0), b(2 << 20), &d));
-    b(migrate::to_ram(svm.platform().mm(), &**pm, b(0), b(2 << 20)));
+    b(migrate::to_devmem(
+        svm.platform().mm(),
+        &**pm,
+        b(0),
+        b(2 << 20),
+        &d,
+    ));
+    b(migrate::to_ram(
+        svm.platform().mm(),
+        &**pm,
+        b(0),
+        b(2 << 20),
+    ));
+    let peers = |id: PagemapId| if b(id.0) == 1 { Some(pm.clone()) } else { None };
+    let mut seen = 0u32;
+    let mut trace_d = |s: migrate::ToDevmemState| seen ^= b(s as u32);
+    b(migrate::to_devmem_traced(
+        svm.platform().mm(),
+        &**pm,
+        &peers,
+        b(0),
+        b(2 << 20),
+        &d,
+        Some(&mut trace_d),
+    ));
+    let mut trace_r = |s: migrate::ToRamState| seen ^= b(s as u32);
+    b(migrate::to_ram_traced(
+        svm.platform().mm(),
+        &**pm,
+        b(0),
+        b(2 << 20),
+        Some(&mut trace_r),
+    ));
+    b(seen);
 }
 
-fn dev_alloc(a: &DevmemAlloc) {
-    b((a.pagemap(), a.va(), a.dpfns().len(), a.runs().len(), a.live_pages()));
+fn attrs() {
+    let mut st: AttrStore<ProofHost> = AttrStore::default();
+    let u = AttrUpdate {
+        preferred: b(Some(policy::PreferredLoc::System)),
+        migration: b(None),
+        atomic: b(Some(policy::AtomicPolicy::Global)),
+    };
+    b(st.would_change(b(0), b(1 << 21), &u));
+    b(st.set(b(0), b(1 << 21), &u, b(AllocCtx::MaySleep)));
+    b(st.set(
+        b(4096),
+        b(8192),
+        &b(AttrUpdate::default()),
+        b(AllocCtx::NoSleep),
+    ));
+    b((st.segments(), st.get(b(4096)), st.extent(b(4096))));
+    b(st.iter().count());
+    if let Ok(c) = st.try_clone(b(AllocCtx::MaySleep)) {
+        b(c == st);
+    }
+    st.clear();
+}
+
+fn page_state() {
+    let mut ps: PageState<ProofHost> = PageState::new();
+    b((
+        ps.flags(),
+        ps.valid(),
+        ps.satisfies(&b(PagesCtx::default())),
+    ));
+    b((ps.entries().len(), ps.pagemap(), ps.capacity_entries()));
+    ps.unmap(&OpaqueDma);
+    ps.free(&OpaqueDma);
+}
+
+/// A sink for `Display`.
+struct Sink;
+
+impl core::fmt::Write for Sink {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        b(s.len());
+        Ok(())
+    }
+}
+
+fn pool() {
+    let p: Pool<8> = Pool::new();
+    if let Ok(l) = core::alloc::Layout::from_size_align(b(100), b(8)) {
+        if let Some(x) = p.allocate(l) {
+            b(p.used_blocks());
+            // SAFETY: `x` came from this pool with `l` and is freed once.
+            unsafe { p.deallocate(x, l) };
+        }
+    }
+    b(p.blocks());
+    gpusvm::sync::spin_hint();
+}
+
+fn dev_alloc(a: &DevmemAlloc<ProofHost>) {
+    b((
+        a.pagemap(),
+        a.va(),
+        a.dpfns().len(),
+        a.runs().len(),
+        a.live_pages(),
+    ));
     a.set_timeslice_end(b(a.timeslice_end()));
     b((a.index_of(b(3)), a.contains(b(3)), a.page_live(b(3))));
     b(a.put_page(b(3)));
@@ -213,7 +358,12 @@ fn svm() {
     let Ok(svm) = Svm::new(OpaquePlatform::default(), SvmConfig::new(b(0), b(1 << 47))) else {
         return;
     };
-    b((svm.config().mm_end(), svm.stats(), svm.is_closed(), svm.counts()));
+    b((
+        svm.config().mm_end(),
+        svm.stats(),
+        svm.is_closed(),
+        svm.counts(),
+    ));
     let Ok(pm) = Pm::new(PagemapId(b(1)), OwnerId(b(1)), OpaqueMem::default()) else {
         return;
     };
@@ -226,9 +376,13 @@ fn svm() {
     let addr = b(0x4000_0000);
     let w = b(Window::ALL);
     let ctx = b(PagesCtx::default());
-    b(svm.handle_fault(addr, b(Access::Write), w).map(|r| r.start()));
     b(svm
-        .handle_fault_and_bind(addr, b(Access::Atomic), w, |r, e| b(r.start()) ^ e.len() as u64)
+        .handle_fault(addr, b(Access::Write), w)
+        .map(|r| r.start()));
+    b(svm
+        .handle_fault_and_bind(addr, b(Access::Atomic), w, |r, e| {
+            b(r.start()) ^ e.len() as u64
+        })
         .map(|(r, x)| r.start() ^ x));
     if let Ok(r) = svm.find_or_insert(addr, w, &ctx) {
         b(svm.get_pages(&r, &ctx));
@@ -249,7 +403,15 @@ fn svm() {
     });
     b(svm.attrs_at(addr));
     b(svm.set_attrs(addr, b(2 << 20), &b(AttrUpdate::default())));
-    b(svm.set_attrs_raw(addr, b(2 << 20), &[RawAttr { kind: b(1), value: b(1) }]));
+    b(svm.set_attrs_raw(
+        addr,
+        b(2 << 20),
+        &[RawAttr {
+            kind: b(1),
+            value: b(1),
+            ..RawAttr::default()
+        }],
+    ));
     b(svm.prefetch(addr, b(2 << 20), b(policy::PrefetchLoc::Device)));
     pagemap_and_migration(&svm, &pm);
     let id = NotifierId(b(0));

@@ -31,6 +31,12 @@ mod platform;
 /// The entry point: drive every public entry point once, then spin.
 #[no_mangle]
 pub extern "C" fn _start() -> ! {
+    #[cfg(feature = "self-test")]
+    {
+        let table: [u8; 3] = core::hint::black_box([1, 2, 3]);
+        #[allow(clippy::indexing_slicing)]
+        core::hint::black_box(table[core::hint::black_box(5usize)]);
+    }
     calls::all();
     loop {
         core::hint::spin_loop();

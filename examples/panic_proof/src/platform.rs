@@ -45,7 +45,14 @@ impl AddressSpace for OpaqueMm {
         }))
     }
     fn collect_pages(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()> {
-        fill(out, CpuPage::System { pfn: req.start, order: 0, writable: req.write });
+        fill(
+            out,
+            CpuPage::System {
+                pfn: req.start,
+                order: 0,
+                writable: req.write,
+            },
+        );
         opaque(Ok(()))
     }
     fn register_notifier(&self, id: NotifierId, start: u64, end: u64) -> Result<u64> {
