@@ -434,3 +434,68 @@ impl<L: Host> Range<L> {
         RangeFlags::from_bits_truncate(self.flags.fetch_and(!f.bits(), Ordering::AcqRel))
     }
 }
+
+#[cfg(all(test, feature = "alloc", not(loom)))]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE_SIZE;
+
+    /// The GC queue holds one reference per queued range, refuses a range already queued
+    /// (without touching the queue), and gives the references back on pop and on drop.
+    #[test]
+    fn gc_queue_push_pop_and_refusal() {
+        let a = Range::new(0, P).unwrap();
+        let b = Range::new(P, 2 * P).unwrap();
+        let mut q = gc_queue::<DefaultHost>();
+        assert!(gc_push(&mut q, a.clone()));
+        assert!(gc_push(&mut q, b.clone()));
+        assert_eq!(heap::Arc::strong_count(&a), 2);
+        // Already queued: refused, the extra reference dropped.
+        assert!(!gc_push(&mut q, a.clone()));
+        assert_eq!(heap::Arc::strong_count(&a), 2);
+        assert_eq!(q.iter().count(), 2);
+        let first = q.pop_front().unwrap();
+        assert!(heap::Arc::ptr_eq(&first, &a));
+        drop(first);
+        assert_eq!(heap::Arc::strong_count(&a), 1);
+        // Unlinked again: it may be queued once more.
+        assert!(gc_push(&mut q, a.clone()));
+        drop(q);
+        assert_eq!(heap::Arc::strong_count(&a), 1);
+        assert_eq!(heap::Arc::strong_count(&b), 1);
+        assert!(acquire_gc_link(&a), "dropping the queue unlinked the range");
+        // SAFETY: the link was just acquired by this test and is not in any list.
+        unsafe {
+            linked_list::AtomicLinkOps.release_link(NonNull::from(&a.gc_link));
+        }
+    }
+
+    /// A range linked in one tree is refused by another (which stays unchanged), and a tree
+    /// and a queue hold the same range independently; dropping the tree releases its
+    /// references and unlinks.
+    #[test]
+    fn tree_link_is_exclusive_and_released_on_drop() {
+        let r = Range::new(4 * P, 6 * P).unwrap();
+        let mut t1 = RangeTree::new();
+        let mut t2 = RangeTree::new();
+        t1.insert(r.clone()).unwrap();
+        assert!(r.is_linked());
+        assert_eq!(t2.insert(r.clone()), Err(Error::Invalid));
+        assert!(t2.is_empty());
+        assert_eq!(heap::Arc::strong_count(&r), 2);
+        let mut q = gc_queue::<DefaultHost>();
+        assert!(gc_push(&mut q, r.clone()));
+        assert_eq!(heap::Arc::strong_count(&r), 3);
+        drop(t1);
+        assert!(!r.is_linked());
+        assert_eq!(heap::Arc::strong_count(&r), 2);
+        t2.insert(r.clone()).unwrap();
+        assert_eq!(t2.find_arc(5 * P).map(|x| x.start()), Some(4 * P));
+        drop(q);
+        let back = t2.remove(&r).unwrap();
+        assert!(heap::Arc::ptr_eq(&back, &r));
+        drop(back);
+        assert_eq!(heap::Arc::strong_count(&r), 1);
+    }
+}
