@@ -4,6 +4,7 @@
 
 use crate::mm::{va_index, VA_PAGES};
 use crate::phys::{read_at, write_at, Phys, PAGE};
+use crate::platform::FwHost;
 use alloc::rc::Rc;
 use core::cell::{Cell, RefCell};
 use gpusvm::pages::{PageEntry, Protocol};
@@ -86,7 +87,7 @@ impl DevPt {
     /// The driver's bind step: write the entries of `range` from its page entries (runs under
     /// the crate's notifier lock: no allocation, no call into the crate). Returns the number of
     /// base pages mapped.
-    pub fn write_ptes(&self, range: &Range, entries: &[PageEntry]) -> usize {
+    pub fn write_ptes(&self, range: &Range<FwHost>, entries: &[PageEntry]) -> usize {
         let Ok(mut p) = self.ptes.try_borrow_mut() else {
             Phys::bump(&self.errors, 1);
             return 0;

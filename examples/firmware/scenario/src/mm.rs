@@ -10,12 +10,10 @@
 //! A CPU access to a device page migrates it back with [`Pagemap::migrate_to_ram`], as Linux's
 //! `dev_pagemap_ops.migrate_to_ram`.
 
-use crate::devmem::FwVram;
 use crate::phys::{read_at, write_at, Phys, PAGE};
+use crate::platform::FwPagemapRef;
 use alloc::rc::{Rc, Weak};
-use alloc::sync::Arc;
 use core::cell::{Cell, OnceCell, RefCell};
-use gpusvm::pagemap::Pagemap;
 use gpusvm::platform::{
     AddressSpace, CollectRequest, CpuPage, MigrateDst, MigrateRequest, MigrateSelect, MigrateSrc,
     NotifierId, OwnerId, PagemapId, Vma, VmaFlags, PAGE_SIZE,
@@ -142,7 +140,7 @@ pub struct FwMm {
     phys: Rc<Phys>,
     st: RefCell<MmState>,
     sink: OnceCell<Weak<dyn InvalidationSink>>,
-    pagemap: OnceCell<Arc<Pagemap<FwVram>>>,
+    pagemap: OnceCell<FwPagemapRef>,
     /// CPU faults on device pages (each one a `migrate_to_ram`).
     pub cpu_device_faults: Cell<u64>,
     /// Device pages handed to `page_free`.
@@ -197,7 +195,7 @@ impl FwMm {
 
     /// Connect the pagemap of the device memory. Errors: [`Error::Invalid`] if one is
     /// connected already.
-    pub fn set_pagemap(&self, pm: Arc<Pagemap<FwVram>>) -> Result<()> {
+    pub fn set_pagemap(&self, pm: FwPagemapRef) -> Result<()> {
         self.pagemap.set(pm).map_err(|_| Error::Invalid)
     }
 

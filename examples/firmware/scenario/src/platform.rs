@@ -19,6 +19,11 @@ gpusvm::pool_allocator!(
 /// The host facet: the crate's spinning locks, memory from [`FwPool`].
 pub type FwHost = gpusvm::sync::SpinHost<FwPool>;
 
+/// The device memory's pagemap, on the firmware's host.
+pub type FwPagemap = gpusvm::pagemap::Pagemap<FwVram, FwHost>;
+/// A shared reference to [`FwPagemap`] (allocated from [`FwPool`]).
+pub type FwPagemapRef = gpusvm::HostArc<FwHost, FwPagemap>;
+
 /// Everything the crate needs from the one device mirroring the one address space.
 pub struct FwPlatform {
     /// The CPU address space.

@@ -6,10 +6,8 @@ use crate::devpt::{DevFault, DevPt};
 use crate::dma::IdentityDma;
 use crate::mm::{FwMm, InvalidationSink, OWNER, PAGEMAP};
 use crate::phys::Phys;
-use crate::platform::{FwHost, FwPlatform};
+use crate::platform::{FwHost, FwPagemap, FwPagemapRef, FwPlatform};
 use alloc::rc::{Rc, Weak};
-use alloc::sync::Arc;
-use gpusvm::pagemap::Pagemap;
 use gpusvm::range::RangeArc;
 use gpusvm::{Access, Error, Result, Svm, SvmConfig, Window};
 
@@ -21,7 +19,7 @@ pub struct Rig {
     /// The physical memory and shared counters.
     pub phys: Rc<Phys>,
     /// The device memory's pagemap.
-    pub pm: Arc<Pagemap<FwVram>>,
+    pub pm: FwPagemapRef,
     /// The `Svm` (in an `Rc` so that the address space can hold a weak reference to it).
     pub svm: Rc<Svm<FwPlatform>>,
 }
@@ -33,7 +31,7 @@ impl Rig {
     pub fn new(vmas: &[(u64, u64)]) -> Result<Rig> {
         let phys = Rc::new(Phys::take().ok_or(Error::Busy)?);
         let dma = IdentityDma::new(phys.clone());
-        let pm = Pagemap::new(PAGEMAP, OWNER, FwVram::new(phys.clone(), dma.clone()));
+        let pm = FwPagemap::new(PAGEMAP, OWNER, FwVram::new(phys.clone(), dma.clone()))?;
         let mm = FwMm::new(phys.clone(), vmas)?;
         mm.set_pagemap(pm.clone())?;
         let platform = FwPlatform {
