@@ -47,6 +47,8 @@ impl Error {
     /// ```
     /// assert_eq!(gpusvm::Error::Invalid.errno(), -22);
     /// ```
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub const fn errno(self) -> i32 {
         match self {
             Error::Busy => -16,
@@ -63,6 +65,8 @@ impl Error {
     }
 
     /// The symbolic errno name (`"EBUSY"`, ...).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub const fn name(self) -> &'static str {
         match self {
             Error::Busy => "EBUSY",
@@ -86,6 +90,8 @@ impl Error {
     /// assert_eq!(Error::from_errno(16), Some(Error::Busy));
     /// assert_eq!(Error::from_errno(-9999), None);
     /// ```
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub const fn from_errno(errno: i32) -> Option<Error> {
         let e = errno.unsigned_abs();
         Some(match e {

@@ -75,10 +75,14 @@ pub struct Vma {
 
 impl Vma {
     /// Whether `addr` lies in the VMA.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub const fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
     /// Whether the VMA is writable.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub const fn writable(&self) -> bool {
         self.flags.contains(VmaFlags::WRITE)
     }
@@ -377,6 +381,8 @@ pub enum MigrateSrc {
 
 impl MigrateSrc {
     /// Whether the page was isolated (it must then get a destination or be restored).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn isolated(self) -> bool {
         matches!(
             self,

@@ -15,6 +15,8 @@ macro_rules! counters {
 
         impl Stats {
             /// Copy the counters.
+            ///
+            /// Context: any; relaxed atomic loads, never sleeps, allocates nothing, takes no lock.
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
             }

@@ -78,23 +78,31 @@ impl<T, A: Allocator> Arc<T, A> {
     }
 
     /// Whether `a` and `b` point to the same allocation.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn ptr_eq(a: &Self, b: &Self) -> bool {
         a.inner == b.inner
     }
 
     /// The address of the value (stable while any `Arc` lives).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn as_ptr(this: &Self) -> *const T {
         // SAFETY: `inner` is a valid allocation; only the field address is computed.
         unsafe { ptr::addr_of!((*this.inner.as_ptr()).value) }
     }
 
     /// The number of `Arc`s to this value (a snapshot).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn strong_count(this: &Self) -> usize {
         this.inner().count.load(Ordering::Acquire)
     }
 
     /// Give up this `Arc` without dropping its count: the value pointer, to be turned back
     /// with [`from_raw`](Self::from_raw) (used by intrusive containers).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn into_raw(this: Self) -> *const T {
         let p = Self::as_ptr(&this);
         core::mem::forget(this);
@@ -106,6 +114,8 @@ impl<T, A: Allocator> Arc<T, A> {
     /// # Safety
     /// `ptr` came from `into_raw` of an `Arc<T, A>` with the same `T` and `A`, and each such
     /// pointer is turned back at most once.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub unsafe fn from_raw(ptr: *const T) -> Self {
         let offset = core::mem::offset_of!(Inner<T>, value);
         // SAFETY: `ptr` points at the `value` field of an `Inner<T>` (caller's contract), so
@@ -119,6 +129,8 @@ impl<T, A: Allocator> Arc<T, A> {
     }
 
     /// A mutable reference if this is the only `Arc` to the value.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn get_mut(this: &mut Self) -> Option<&mut T> {
         if this.inner().count.load(Ordering::Acquire) == 1 {
             // SAFETY: the count is one and we hold it mutably: no other reference exists.

@@ -53,6 +53,8 @@ impl<const BLOCKS: usize> Default for Pool<BLOCKS> {
 
 impl<const BLOCKS: usize> Pool<BLOCKS> {
     /// An empty pool (all blocks free); usable in a `static`.
+    ///
+    /// Context: const; usable in a `static`.
     pub const fn new() -> Self {
         Pool {
             lock: AtomicBool::new(false),
@@ -63,11 +65,15 @@ impl<const BLOCKS: usize> Pool<BLOCKS> {
     }
 
     /// Blocks currently handed out.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn used_blocks(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
 
     /// Total blocks.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub const fn blocks(&self) -> usize {
         BLOCKS
     }

@@ -7,6 +7,8 @@
 use core::cmp::Ordering;
 
 /// Sort `v` by `cmp`, in place; never panics, never allocates.
+///
+/// Context: as `cmp`; never sleeps, never allocates, never panics.
 pub fn sort_unstable_by<T>(v: &mut [T], mut cmp: impl FnMut(&T, &T) -> Ordering) {
     let n = v.len();
     // Build a max-heap, then move the maximum to the end repeatedly.
@@ -24,11 +26,15 @@ pub fn sort_unstable_by<T>(v: &mut [T], mut cmp: impl FnMut(&T, &T) -> Ordering)
 }
 
 /// Sort `v` by the key `key`, in place; never panics, never allocates.
+///
+/// Context: as `key`; never sleeps, never allocates, never panics.
 pub fn sort_unstable_by_key<T, K: Ord>(v: &mut [T], mut key: impl FnMut(&T) -> K) {
     sort_unstable_by(v, |a, b| key(a).cmp(&key(b)));
 }
 
 /// Sort `v` in ascending order, in place; never panics, never allocates.
+///
+/// Context: as `T::cmp`; never sleeps, never allocates, never panics.
 pub fn sort_unstable<T: Ord>(v: &mut [T]) {
     sort_unstable_by(v, |a, b| a.cmp(b));
 }

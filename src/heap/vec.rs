@@ -67,16 +67,22 @@ impl<T, A: Allocator> Vec<T, A> {
     }
 
     /// Number of elements.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether there are none.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Number of elements that fit without allocating.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn capacity(&self) -> usize {
         self.cap
     }
@@ -191,6 +197,8 @@ impl<T, A: Allocator> Vec<T, A> {
     }
 
     /// Remove and return the last element.
+    ///
+    /// Context: any; never allocates, never sleeps (drops nothing).
     pub fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
             return None;
@@ -202,6 +210,8 @@ impl<T, A: Allocator> Vec<T, A> {
 
     /// Remove and return the element at `index`, shifting the tail down; `None` when out of
     /// bounds.
+    ///
+    /// Context: any; never allocates, never sleeps.
     pub fn remove(&mut self, index: usize) -> Option<T> {
         if index >= self.len {
             return None;
@@ -218,6 +228,8 @@ impl<T, A: Allocator> Vec<T, A> {
 
     /// Remove and return the element at `index`, moving the last one into its place; `None`
     /// when out of bounds.
+    ///
+    /// Context: any; never allocates, never sleeps.
     pub fn swap_remove(&mut self, index: usize) -> Option<T> {
         if index >= self.len {
             return None;
@@ -228,6 +240,8 @@ impl<T, A: Allocator> Vec<T, A> {
     }
 
     /// Drop the elements from `len` on (no effect when `len >= self.len()`).
+    ///
+    /// Context: as the elements' `Drop`; never allocates (the capacity is kept).
     pub fn truncate(&mut self, len: usize) {
         while self.len > len {
             drop(self.pop());
@@ -235,11 +249,15 @@ impl<T, A: Allocator> Vec<T, A> {
     }
 
     /// Drop every element; keeps the capacity.
+    ///
+    /// Context: as the elements' `Drop`; never allocates (the capacity is kept).
     pub fn clear(&mut self) {
         self.truncate(0);
     }
 
     /// Keep only the elements for which `keep` returns true, in order.
+    ///
+    /// Context: as `keep` and the elements' `Drop`; never allocates.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         let mut i = 0;
         while i < self.len {
@@ -254,6 +272,8 @@ impl<T, A: Allocator> Vec<T, A> {
     }
 
     /// Remove the elements in `[from, to)` (clamped to the length), shifting the tail down.
+    ///
+    /// Context: as the elements' `Drop`; never allocates.
     pub fn remove_range(&mut self, from: usize, to: usize) {
         let to = to.min(self.len);
         if from >= to {
@@ -276,12 +296,16 @@ impl<T, A: Allocator> Vec<T, A> {
     }
 
     /// The elements as a slice.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn as_slice(&self) -> &[T] {
         // SAFETY: `[0, len)` is initialised; the pointer is dangling-but-aligned when empty.
         unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The elements as a mutable slice.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as `as_slice`, and `&mut self` is exclusive.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }

@@ -32,6 +32,8 @@ pub struct SeqCounter {
 
 impl SeqCounter {
     /// A counter at 0 (even: no invalidation running).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn new() -> Self {
         SeqCounter {
             seq: AtomicUsize::new(0),
@@ -40,6 +42,8 @@ impl SeqCounter {
     }
 
     /// Start a read section: `Some(seq)` if no invalidation is running, `None` otherwise.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn read_begin(&self) -> Option<usize> {
         let s = self.seq.load(Ordering::Acquire);
         if s & 1 == 1 {
@@ -51,16 +55,23 @@ impl SeqCounter {
 
     /// Whether an invalidation started (or is running) since `read_begin` returned `seq`: the
     /// collected result must then be dropped. Call with the notifier lock held.
+    ///
+    /// Context: never sleeps, allocates nothing; call with the notifier lock held (shared or
+    /// exclusive) to commit.
     pub fn read_retry(&self, seq: usize) -> bool {
         self.seq.load(Ordering::Acquire) != seq
     }
 
     /// The raw counter value (for diagnostics).
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn current(&self) -> usize {
         self.seq.load(Ordering::Acquire)
     }
 
     /// Whether an invalidation is in progress.
+    ///
+    /// Context: any; never sleeps, allocates nothing, takes no lock.
     pub fn in_progress(&self) -> bool {
         self.active.load(Ordering::Acquire) != 0
     }
@@ -69,6 +80,9 @@ impl SeqCounter {
     ///
     /// `active` and `seq` are two atomics: `begin` must never run concurrently with `end` (the
     /// write lock guarantees it), or the counter could turn even while an invalidation runs.
+    ///
+    /// Context: never sleeps, allocates nothing; call with the notifier lock held exclusively
+    /// (the invalidation path).
     pub fn begin(&self) {
         if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
             self.seq.fetch_add(1, Ordering::AcqRel);
@@ -76,6 +90,8 @@ impl SeqCounter {
     }
 
     /// An invalidation ends. An `end` without a matching `begin` is ignored.
+    ///
+    /// Context: never sleeps, allocates nothing; call with the notifier lock held exclusively.
     pub fn end(&self) {
         let mut cur = self.active.load(Ordering::Acquire);
         loop {

@@ -68,6 +68,8 @@ impl<L: Host, T> Mutex<L, T> {
     }
 
     /// The value, when the mutex is owned exclusively (no locking needed).
+    ///
+    /// Context: any; takes no lock (`&mut self` proves exclusive access), never sleeps.
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }
@@ -180,6 +182,8 @@ impl<L: Host, T> RwLock<L, T> {
     }
 
     /// The value, when the lock is owned exclusively (no locking needed).
+    ///
+    /// Context: any; takes no lock (`&mut self` proves exclusive access), never sleeps.
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }

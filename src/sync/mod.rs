@@ -131,6 +131,8 @@ pub unsafe trait RawRwLock: Send + Sync + Sized {
 
 /// Hint that the caller is busy-waiting (a retry loop): the CPU's spin hint, or a yield to
 /// loom's scheduler under `--cfg loom`.
+///
+/// Context: any; a CPU hint (or a yield to loom's scheduler), never sleeps.
 pub fn spin_hint() {
     #[cfg(not(loom))]
     core::hint::spin_loop();
