@@ -58,6 +58,11 @@ pub(crate) fn check_chunk_sizes(sizes: &[u64]) -> Result<()> {
 /// never fit. The callbacks are only consulted for candidates inside the VMA, the notifier and
 /// the window (`all_present` only for ones that `overlaps` accepted).
 ///
+/// Context: takes no lock and allocates nothing itself; sleeps, locks and allocates only as
+/// the callbacks do (in [`Svm::find_or_insert`](crate::Svm::find_or_insert): the notifier lock
+/// shared, and a page snapshot allocated with
+/// [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) with no lock held).
+///
 /// ```
 /// use gpusvm::range::{select_chunk, ChunkQuery};
 /// const M: u64 = 1 << 20;
