@@ -610,3 +610,84 @@ impl<P: Platform> Svm<P> {
         }
     }
 }
+
+#[cfg(all(test, feature = "sim", not(loom)))]
+mod tests {
+    use crate::pagemap::Pagemap;
+    use crate::platform::{OwnerId, PagemapId};
+    use crate::sim::{SimAlloc, SimDevice, SimDevmem, SimGpu, SimMm, SimPagemapArc, SimWorld};
+    use crate::Error;
+
+    fn same(a: &Option<SimPagemapArc>, b: &SimPagemapArc) -> bool {
+        a.as_ref().is_some_and(|a| SimPagemapArc::ptr_eq(a, b))
+    }
+
+    /// The sorted pagemap set: attach (insert, in any id order), lookup by id, detach
+    /// (remove), growth by replacement; a failed growth changes nothing.
+    #[test]
+    fn pagemap_set_insert_lookup_remove_and_nomem() {
+        let world = SimWorld::new();
+        let mm = SimMm::new(&world);
+        let gpu = SimGpu::with_devmem(&mm, 0, 16, 0).unwrap();
+        let local = gpu.svm.pagemap().unwrap();
+        let fresh = |id: u32| -> SimPagemapArc {
+            let dev = SimDevice::new(&world, 10 + id);
+            Pagemap::new(PagemapId(id), OwnerId(0), SimDevmem(dev)).unwrap()
+        };
+        let mut peers = std::vec::Vec::new();
+        for id in [9, 3, 7, 1, 12, 5, 2] {
+            let pm = fresh(id);
+            gpu.svm.attach_pagemap(pm.clone()).unwrap();
+            peers.push(pm);
+        }
+        for pm in &peers {
+            assert!(same(&gpu.svm.pagemap_by_id(pm.id()), pm));
+        }
+        assert!(same(&gpu.svm.pagemap_by_id(PagemapId(0)), &local));
+        assert!(gpu.svm.pagemap_by_id(PagemapId(4)).is_none());
+        {
+            let set = gpu.svm.pagemaps.read();
+            let ids: std::vec::Vec<u32> = set.iter().map(|p| p.id().0).collect();
+            assert_eq!(ids, [0, 1, 2, 3, 5, 7, 9, 12], "sorted by id");
+        }
+        // Detach two peers; the rest stay.
+        assert!(gpu
+            .svm
+            .detach_pagemap(PagemapId(3))
+            .is_some_and(|p| p.id() == PagemapId(3)));
+        assert!(gpu.svm.detach_pagemap(PagemapId(3)).is_none());
+        assert!(
+            gpu.svm.detach_pagemap(PagemapId(0)).is_none(),
+            "local stays"
+        );
+        assert!(gpu.svm.pagemap_by_id(PagemapId(3)).is_none());
+        assert!(same(&gpu.svm.pagemap_by_id(PagemapId(5)), &peers[5]));
+        // Fill the set's array, then fail its growth.
+        let mut id = 20;
+        while gpu.svm.pagemaps.read().room() > 0 {
+            gpu.svm.attach_pagemap(fresh(id)).unwrap();
+            id += 1;
+        }
+        let n = gpu.svm.pagemaps.read().len();
+        let extra = fresh(id);
+        SimAlloc::fail_next(1);
+        assert_eq!(gpu.svm.attach_pagemap(extra.clone()), Err(Error::NoMem));
+        SimAlloc::stop_failing();
+        assert_eq!(gpu.svm.pagemaps.read().len(), n);
+        assert!(gpu.svm.pagemap_by_id(PagemapId(id)).is_none());
+        // `set_pagemap` of a new local pagemap under a new id needs room too.
+        let new_local = fresh(id + 1);
+        SimAlloc::fail_next(1);
+        assert_eq!(
+            gpu.svm.set_pagemap(Some(new_local.clone())),
+            Err(Error::NoMem)
+        );
+        SimAlloc::stop_failing();
+        assert!(same(&gpu.svm.pagemap(), &local), "the local pagemap stays");
+        gpu.svm.attach_pagemap(extra.clone()).unwrap();
+        assert!(same(&gpu.svm.pagemap_by_id(PagemapId(id)), &extra));
+        gpu.svm.set_pagemap(Some(new_local.clone())).unwrap();
+        assert!(same(&gpu.svm.pagemap(), &new_local));
+        assert!(gpu.svm.pagemap_by_id(PagemapId(0)).is_none());
+    }
+}

@@ -34,16 +34,29 @@
 //!   once, and the duplicate is counted stray whether it lands before or after the release.
 #![cfg(loom)]
 
+use gpusvm::heap::AllocCtx;
 use gpusvm::migrate::{to_devmem, MigrateDetails};
 use gpusvm::pagemap::{DevmemAlloc, Pagemap, PutPage};
 use gpusvm::platform::{
     AddressSpace, CollectRequest, CopyError, CopyRun, CpuPage, DeviceMemory, MigrateRequest,
     MigrateSrc, NotifierId, NullDma, OwnerId, PagemapId, Vma, VmaFlags, PAGE_SIZE,
 };
+use gpusvm::{DefaultHost, HostArc, HostVec};
 use gpusvm::{Error, Result};
 use loom::sync::Mutex;
 use loom::thread;
-use std::sync::Arc;
+
+/// A shared allocation and a shared pagemap, on the default host's allocator.
+type AllocArc = HostArc<DefaultHost, DevmemAlloc>;
+type PmArc = HostArc<DefaultHost, Pagemap<MockMem>>;
+
+/// An allocation of `frames` over `[0, 2 pages)`, shared.
+fn alloc_of_frames(frames: &[u64]) -> AllocArc {
+    let mut v = HostVec::<DefaultHost, u64>::new();
+    v.extend_from_slice(frames, AllocCtx::MaySleep).unwrap();
+    let a = DevmemAlloc::<DefaultHost>::new(PagemapId(1), 0, 2 * PAGE_SIZE, v).unwrap();
+    AllocArc::try_new(a, AllocCtx::MaySleep).unwrap()
+}
 
 /// First device frame of the mock device memory.
 const BASE: u64 = 0x1000;
@@ -78,7 +91,7 @@ impl AddressSpace for AbsentMm {
 struct MockMem {
     released: Mutex<Vec<Vec<u64>>>,
     /// The allocation under test: `release` checks that all of its pages left.
-    watch: Mutex<Option<Arc<DevmemAlloc>>>,
+    watch: Mutex<Option<AllocArc>>,
 }
 
 impl DeviceMemory for MockMem {
@@ -111,8 +124,8 @@ impl DeviceMemory for MockMem {
 
 /// A pagemap holding one live allocation of `n` pages (frames `BASE..BASE+n`), made by the
 /// migration state machine.
-fn pagemap_with_alloc(n: u64) -> (Arc<Pagemap<MockMem>>, Arc<DevmemAlloc>) {
-    let pm = Pagemap::new(PagemapId(1), OwnerId(1), MockMem::default());
+fn pagemap_with_alloc(n: u64) -> (PmArc, AllocArc) {
+    let pm = Pagemap::new(PagemapId(1), OwnerId(1), MockMem::default()).unwrap();
     let rep = to_devmem(&AbsentMm, &pm, 0, n * PAGE_SIZE, &MigrateDetails::default()).unwrap();
     assert_eq!(rep.pages as u64, n);
     assert_eq!(pm.live_allocations(), 1);
@@ -121,7 +134,7 @@ fn pagemap_with_alloc(n: u64) -> (Arc<Pagemap<MockMem>>, Arc<DevmemAlloc>) {
     (pm, a)
 }
 
-fn spawn_put(a: &Arc<DevmemAlloc>, d: u64) -> thread::JoinHandle<PutPage> {
+fn spawn_put(a: &AllocArc, d: u64) -> thread::JoinHandle<PutPage> {
     let a = a.clone();
     thread::spawn(move || {
         let r = a.put_page(d);
@@ -143,7 +156,7 @@ fn count(rs: &[PutPage], what: PutPage) -> usize {
 #[test]
 fn put_page_disjoint_pages() {
     loom::model(|| {
-        let a = Arc::new(DevmemAlloc::new(PagemapId(1), 0, 2 * PAGE_SIZE, vec![10, 11]).unwrap());
+        let a = alloc_of_frames(&[10, 11]);
         let t1 = spawn_put(&a, 10);
         let t2 = spawn_put(&a, 11);
         let rs = [t1.join().unwrap(), t2.join().unwrap()];
@@ -156,7 +169,7 @@ fn put_page_disjoint_pages() {
 #[test]
 fn put_page_same_page() {
     loom::model(|| {
-        let a = Arc::new(DevmemAlloc::new(PagemapId(1), 0, 2 * PAGE_SIZE, vec![10, 11]).unwrap());
+        let a = alloc_of_frames(&[10, 11]);
         let t1 = spawn_put(&a, 10);
         let t2 = spawn_put(&a, 10);
         let rs = [t1.join().unwrap(), t2.join().unwrap()];
@@ -173,7 +186,7 @@ fn put_page_same_page() {
 #[test]
 fn put_page_three_threads_with_duplicate() {
     loom::model(|| {
-        let a = Arc::new(DevmemAlloc::new(PagemapId(1), 0, 2 * PAGE_SIZE, vec![10, 11]).unwrap());
+        let a = alloc_of_frames(&[10, 11]);
         let t1 = spawn_put(&a, 10);
         let t2 = spawn_put(&a, 10);
         let t3 = spawn_put(&a, 11);
@@ -185,7 +198,7 @@ fn put_page_three_threads_with_duplicate() {
     });
 }
 
-fn spawn_free(pm: &Arc<Pagemap<MockMem>>, d: u64) -> thread::JoinHandle<()> {
+fn spawn_free(pm: &PmArc, d: u64) -> thread::JoinHandle<()> {
     let pm = pm.clone();
     thread::spawn(move || pm.page_free(d))
 }

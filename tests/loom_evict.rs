@@ -51,7 +51,6 @@
 mod loom_support;
 
 use gpusvm::migrate::MigrateDetails;
-use gpusvm::pagemap::Pagemap;
 use gpusvm::platform::PAGE_SIZE;
 use gpusvm::range::RangeArc;
 use gpusvm::{Error, PageEntry, PagesCtx, Range, Window};
@@ -75,7 +74,7 @@ fn ctx() -> PagesCtx {
 }
 
 /// An `Svm` whose range lives in its own device memory (one allocation, frames `DEV0..+2`).
-fn setup() -> (Arc<DevSvm>, RangeArc, Arc<Pagemap<DevMem>>) {
+fn setup() -> (Arc<DevSvm>, RangeArc, DevPagemap) {
     let (svm, local, _peer) = new_dev_svm(3, NPAGES as u64);
     let range = svm
         .find_or_insert(BASE, Window::ALL, &ctx())
@@ -149,7 +148,7 @@ fn cover(c: &Coverage, f: &FaultOutcome, svm: &DevSvm) {
 }
 
 /// The end-of-model checks shared by both models.
-fn check_after(svm: &DevSvm, range: &Range, local: &Arc<Pagemap<DevMem>>, f: &FaultOutcome) {
+fn check_after(svm: &DevSvm, range: &Range, local: &DevPagemap, f: &FaultOutcome) {
     let mm = &svm.platform().mm;
     // Everything is in system memory now.
     for i in 0..NPAGES {

@@ -56,6 +56,9 @@ use loom_support::dev::*;
 use loom_support::{Coverage, BASE, END, NPAGES};
 use std::sync::Arc;
 
+/// An allocation of the model's device memory, shared.
+type DevPagemapAlloc = gpusvm::HostArc<gpusvm::DefaultHost, gpusvm::pagemap::DevmemAlloc>;
+
 fn ctx() -> PagesCtx {
     PagesCtx {
         owner: Some(OWNER),
@@ -68,12 +71,7 @@ fn dev0(pm: &Pagemap<DevMem>) -> u64 {
 }
 
 /// What `setup` builds: the `Svm`, its range, the local and the peer pagemap.
-type Setup = (
-    Arc<DevSvm>,
-    RangeArc,
-    Arc<Pagemap<DevMem>>,
-    Arc<Pagemap<DevMem>>,
-);
+type Setup = (Arc<DevSvm>, RangeArc, DevPagemap, DevPagemap);
 
 /// What the fault thread returns: `get_pages`' result and the frames `bind` saw.
 type FaultOutcome = (Result<(), Error>, Option<Vec<Frame>>);
@@ -347,7 +345,7 @@ fn page_free_vs_track_and_alloc_of() {
                 x.contains(d),
                 "alloc_of returned an allocation without the frame"
             );
-            c.hit(if Arc::ptr_eq(x, &a) {
+            c.hit(if DevPagemapAlloc::ptr_eq(x, &a) {
                 "alloc_of saw the old allocation"
             } else {
                 "alloc_of saw the new allocation on the reused frame"
@@ -371,7 +369,7 @@ fn page_free_vs_track_and_alloc_of() {
                 c.hit("new allocation got the released frames");
                 assert_eq!(rep.pages, 2);
                 let b = local.alloc_of(d).expect("new allocation tracked");
-                assert!(!Arc::ptr_eq(&a, &b));
+                assert!(!DevPagemapAlloc::ptr_eq(&a, &b));
                 assert_eq!(b.dpfns(), &[d, d + 1]);
                 assert_eq!(local.live_allocations(), 1);
                 assert_eq!(local.released_allocations(), 1);

@@ -400,3 +400,142 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
         Ok(report)
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::platform::NoDeviceMemory;
+
+    fn alloc_on<L: Host>(frames: &[u64]) -> HostArc<L, DevmemAlloc<L>> {
+        let mut v = HostVec::<L, u64>::new();
+        v.extend_from_slice(frames, AllocCtx::MaySleep).unwrap();
+        let a = DevmemAlloc::<L>::new(PagemapId(1), 0, 0x10_0000, v).unwrap();
+        HostArc::<L, DevmemAlloc<L>>::try_new(a, AllocCtx::MaySleep).unwrap()
+    }
+
+    fn pagemap_on<L: Host>() -> HostArc<L, Pagemap<NoDeviceMemory, L>> {
+        Pagemap::new(PagemapId(1), OwnerId(1), NoDeviceMemory).unwrap()
+    }
+
+    /// The index is sorted, non-overlapping, and every run points at an allocation holding it.
+    fn check_index<L: Host>(pm: &Pagemap<NoDeviceMemory, L>) {
+        let runs = pm.runs.lock();
+        let mut prev_end = 0u64;
+        for e in runs.runs.iter() {
+            assert!(e.start >= prev_end, "runs overlap or are unsorted");
+            prev_end = e.start + e.len;
+            assert!(e.alloc.index_of(e.start).is_some());
+        }
+    }
+
+    fn same<L: Host>(a: &HostArc<L, DevmemAlloc<L>>, b: &HostArc<L, DevmemAlloc<L>>) -> bool {
+        HostArc::<L, DevmemAlloc<L>>::ptr_eq(a, b)
+    }
+
+    #[test]
+    fn run_index_insert_lookup_remove() {
+        let pm = pagemap_on::<DefaultHost>();
+        let a = alloc_on::<DefaultHost>(&[10, 11, 12, 40, 41]);
+        let b = alloc_on::<DefaultHost>(&[13, 14, 15, 100]);
+        let c = alloc_on::<DefaultHost>(&[5]);
+        for x in [&a, &b, &c] {
+            pm.track(x).unwrap();
+        }
+        check_index(&pm);
+        assert_eq!(pm.runs.lock().len(), 5);
+        assert_eq!(pm.live_allocations(), 3);
+        for (f, want) in [
+            (10, &a),
+            (12, &a),
+            (41, &a),
+            (13, &b),
+            (15, &b),
+            (100, &b),
+            (5, &c),
+        ] {
+            assert!(same(&pm.alloc_of(f).unwrap(), want), "frame {f}");
+        }
+        for f in [0, 4, 6, 9, 16, 39, 42, 99, 101, u64::MAX] {
+            assert!(pm.alloc_of(f).is_none(), "frame {f}");
+        }
+        let all = pm.allocations().unwrap();
+        assert_eq!(all.len(), 3, "each allocation once");
+        assert!(same(&all[0], &c) && same(&all[1], &a) && same(&all[2], &b));
+        // The last page of `b` releases it: its runs leave the index, the others stay.
+        for f in [13, 14, 15] {
+            pm.page_free(f);
+            assert!(pm.alloc_of(100).is_some());
+        }
+        pm.page_free(100);
+        assert_eq!(pm.released_allocations(), 1);
+        assert_eq!(pm.live_allocations(), 2);
+        assert_eq!(pm.runs.lock().len(), 3);
+        assert!(pm.alloc_of(14).is_none() && pm.alloc_of(100).is_none());
+        assert!(same(&pm.alloc_of(11).unwrap(), &a));
+        pm.page_free(14);
+        assert_eq!(pm.stray_frees(), 1);
+        check_index(&pm);
+    }
+
+    #[test]
+    fn run_index_grows_in_any_order() {
+        let pm = pagemap_on::<DefaultHost>();
+        let mut frames: alloc::vec::Vec<u64> = (0..200).map(|i| i * 3).collect();
+        // A fixed shuffle.
+        let mut seed = 7u64;
+        for i in (1..frames.len()).rev() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            frames.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+        let allocs: alloc::vec::Vec<_> = frames
+            .iter()
+            .map(|&f| {
+                let a = alloc_on::<DefaultHost>(&[f, f + 1]);
+                pm.track(&a).unwrap();
+                a
+            })
+            .collect();
+        check_index(&pm);
+        for (f, a) in frames.iter().zip(&allocs) {
+            assert!(same(&pm.alloc_of(*f + 1).unwrap(), a));
+            assert!(pm.alloc_of(*f + 2).is_none());
+        }
+        assert_eq!(pm.allocations().unwrap().len(), 200);
+    }
+
+    /// A failed allocation while growing the index leaves it as it was (the simulator's
+    /// allocator fails on request).
+    #[cfg(feature = "sim")]
+    #[test]
+    fn run_index_nomem_changes_nothing() {
+        use crate::sim::{SimAlloc, SimHost};
+        let pm = pagemap_on::<SimHost>();
+        let mut held = alloc::vec::Vec::new();
+        let mut f = 0u64;
+        // Fill the index to its capacity.
+        loop {
+            let a = alloc_on::<SimHost>(&[f]);
+            pm.track(&a).unwrap();
+            held.push(a);
+            f += 2;
+            if pm.runs.lock().room() == 0 {
+                break;
+            }
+        }
+        let n = pm.runs.lock().len();
+        let extra = alloc_on::<SimHost>(&[f, f + 5]);
+        SimAlloc::fail_next(1);
+        assert_eq!(pm.track(&extra), Err(Error::NoMem));
+        SimAlloc::stop_failing();
+        assert_eq!(pm.runs.lock().len(), n);
+        assert_eq!(pm.live_allocations(), n);
+        assert!(pm.alloc_of(f).is_none() && pm.alloc_of(f + 5).is_none());
+        assert!(same(&pm.alloc_of(0).unwrap(), &held[0]));
+        SimAlloc::fail_next(1);
+        assert_eq!(pm.allocations().err(), Some(Error::NoMem));
+        SimAlloc::stop_failing();
+        pm.track(&extra).unwrap();
+        assert!(same(&pm.alloc_of(f + 5).unwrap(), &extra));
+        check_index(&pm);
+    }
+}

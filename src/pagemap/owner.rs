@@ -274,3 +274,39 @@ mod tests {
         assert!(o3 != o0 && o3 != o2);
     }
 }
+
+/// A failed allocation leaves the registry as it was (the simulator's allocator fails on
+/// request).
+#[cfg(all(test, feature = "sim", not(loom)))]
+mod nomem_tests {
+    use super::*;
+    use crate::sim::{SimAlloc, SimHost};
+
+    #[test]
+    fn join_without_memory_changes_nothing() {
+        let r = OwnerRegistry::<_, SimHost>::with_host(|_: PeerId, _: PeerId| true);
+        SimAlloc::fail_next(1);
+        assert_eq!(r.join(PeerId(0)), Err(Error::NoMem));
+        SimAlloc::stop_failing();
+        assert_eq!(r.owners(), 0);
+        assert_eq!(r.owner_of(PeerId(0)), None);
+        let o = r.join(PeerId(0)).unwrap();
+        assert_eq!(o, OwnerId(0), "the failed join consumed no owner id");
+        // Fill the group's member array, then fail its growth.
+        let mut p = 1;
+        while r.members(o).unwrap().len() < 4 {
+            r.join(PeerId(p)).unwrap();
+            p += 1;
+        }
+        let before = r.members(o).unwrap();
+        SimAlloc::fail_next(1);
+        assert_eq!(r.join(PeerId(p)), Err(Error::NoMem));
+        SimAlloc::stop_failing();
+        assert_eq!(r.members(o).unwrap(), before);
+        assert_eq!(r.owner_of(PeerId(p)), None);
+        SimAlloc::fail_next(1);
+        assert_eq!(r.members(o).err(), Some(Error::NoMem));
+        SimAlloc::stop_failing();
+        assert_eq!(r.join(PeerId(p)), Ok(o));
+    }
+}

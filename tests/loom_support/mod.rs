@@ -426,6 +426,8 @@ pub mod dev {
 
     /// The owner of every pagemap here (and of the `Svm`).
     pub const OWNER: OwnerId = OwnerId(7);
+    /// A shared pagemap of the model's device memory (on the default host's allocator).
+    pub type DevPagemap = gpusvm::HostArc<gpusvm::DefaultHost, Pagemap<DevMem>>;
     /// The device's own pagemap.
     pub const LOCAL: PagemapId = PagemapId(1);
     /// A peer's pagemap (same owner).
@@ -503,7 +505,7 @@ pub mod dev {
         /// System frames freed (by finalize or `free_system_pages`).
         pub freed_sys: Ghost<Vec<u64>>,
         /// Every pagemap (what `page->pgmap` gives a real platform).
-        pagemaps: Ghost<Vec<Arc<Pagemap<DevMem>>>>,
+        pagemaps: Ghost<Vec<DevPagemap>>,
         svm: OnceLock<Weak<Svm<DevPlatform>>>,
         /// Live registrations and the last handle.
         regs: Ghost<(Vec<Registration>, u64)>,
@@ -578,7 +580,7 @@ pub mod dev {
             ghost(&self.regs).0.len()
         }
 
-        fn pagemap(&self, id: PagemapId) -> Arc<Pagemap<DevMem>> {
+        fn pagemap(&self, id: PagemapId) -> DevPagemap {
             ghost(&self.pagemaps)
                 .iter()
                 .find(|p| p.id() == id)
@@ -947,10 +949,7 @@ pub mod dev {
     /// A fresh `Svm` (retry budget `max_attempts`) with two pagemaps of owner [`OWNER`], each
     /// with `frames` device frames: [`LOCAL`], set as the device's own, and [`PEER`], known to
     /// the platform but not attached.
-    pub fn new_dev_svm(
-        max_attempts: u32,
-        frames: u64,
-    ) -> (Arc<DevSvm>, Arc<Pagemap<DevMem>>, Arc<Pagemap<DevMem>>) {
+    pub fn new_dev_svm(max_attempts: u32, frames: u64) -> (Arc<DevSvm>, DevPagemap, DevPagemap) {
         let data: Data = Arc::default();
         let mut cfg = SvmConfig::new(0, NOTIFIER_SIZE)
             .with_chunk_sizes(&[END - BASE, PAGE_SIZE])
@@ -965,8 +964,10 @@ pub mod dev {
         };
         let svm = Arc::new(Svm::new(p, cfg).unwrap_or_else(|e| panic!("Svm::new: {e:?}")));
         let _ = svm.platform().mm.svm.set(Arc::downgrade(&svm));
-        let local = Pagemap::new(LOCAL, OWNER, DevMem::new(LOCAL, frames, data.clone()));
-        let peer = Pagemap::new(PEER, OWNER, DevMem::new(PEER, frames, data));
+        let local = Pagemap::new(LOCAL, OWNER, DevMem::new(LOCAL, frames, data.clone()))
+            .unwrap_or_else(|e| panic!("Pagemap::new: {e:?}"));
+        let peer = Pagemap::new(PEER, OWNER, DevMem::new(PEER, frames, data))
+            .unwrap_or_else(|e| panic!("Pagemap::new: {e:?}"));
         ghost(&svm.platform().mm.pagemaps).extend([local.clone(), peer.clone()]);
         svm.set_pagemap(Some(local.clone()))
             .unwrap_or_else(|e| panic!("set_pagemap: {e:?}"));
@@ -1031,7 +1032,7 @@ pub mod dev {
 
     /// No DMA violation anywhere; the device's live mappings are exactly the committed entries
     /// of `range`; every copy-engine mapping of every pagemap is gone.
-    pub fn assert_dma_clean(svm: &DevSvm, range: &gpusvm::Range, pms: &[&Arc<Pagemap<DevMem>>]) {
+    pub fn assert_dma_clean(svm: &DevSvm, range: &gpusvm::Range, pms: &[&DevPagemap]) {
         let dma = &svm.platform().dma;
         assert_eq!(dma.sys.violations(), Vec::<String>::new());
         assert_eq!(dma.peer.violations(), Vec::<String>::new());
