@@ -9,7 +9,8 @@ use crate::heap::{AllocCtx, Allocator};
 use crate::{Error, Result};
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use std::cell::Cell;
+use std::backtrace::Backtrace;
+use std::cell::{Cell, RefCell};
 
 /// The simulator's allocator (the `Alloc` of [`SimHost`](super::SimHost)).
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,6 +37,10 @@ struct State {
     fail_in: Cell<Option<u64>>,
     /// How many allocations fail once the schedule triggers.
     fail_count: Cell<u64>,
+    /// Record where injected failures happen.
+    trace: Cell<bool>,
+    /// Where the last injected failure happened (if tracing).
+    last_failure: RefCell<Option<Backtrace>>,
 }
 
 std::thread_local! {
@@ -44,6 +49,8 @@ std::thread_local! {
             stats: Cell::new(AllocStats { allocs: 0, frees: 0, failed: 0, no_sleep: 0, live_bytes: 0 }),
             fail_in: Cell::new(None),
             fail_count: Cell::new(0),
+            trace: Cell::new(false),
+            last_failure: RefCell::new(None),
         }
     };
 }
@@ -54,13 +61,28 @@ impl SimAlloc {
         STATE.with(|s| s.stats.get())
     }
 
-    /// Reset this thread's counts and cancel its failure schedule.
+    /// Reset this thread's counts and cancel its failure schedule (tracing stays as set).
     pub fn reset() {
         STATE.with(|s| {
             s.stats.set(AllocStats::default());
             s.fail_in.set(None);
             s.fail_count.set(0);
+            s.last_failure.replace(None);
         })
+    }
+
+    /// Record a backtrace of every injected failure of this thread (see
+    /// [`last_failure`](Self::last_failure)): where the allocation that failed was made, to
+    /// explain a failure a test did not expect. Off by default (capturing costs time).
+    pub fn trace_failures(on: bool) {
+        STATE.with(|s| s.trace.set(on))
+    }
+
+    /// Where this thread's last injected failure happened, if
+    /// [`trace_failures`](Self::trace_failures) is on (taken: the next call returns `None`
+    /// until another failure).
+    pub fn last_failure() -> Option<Backtrace> {
+        STATE.with(|s| s.last_failure.take())
     }
 
     /// Let `skip` allocations of this thread succeed, then fail the next `count`.
@@ -83,6 +105,24 @@ impl SimAlloc {
             s.fail_in.set(None);
             s.fail_count.set(0);
         })
+    }
+
+    /// Run `f` with every allocation of this thread failing (a path that must not allocate);
+    /// returns what `f` returned and how many allocations it attempted. The failure schedule
+    /// in force before (and how far it got) is restored afterwards, so this can run in the
+    /// middle of a scenario whose k-th allocation is to fail.
+    pub fn without_memory<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let (fail_in, fail_count) = STATE.with(|s| (s.fail_in.get(), s.fail_count.get()));
+        let before = Self::stats();
+        Self::fail_after(0, u64::MAX);
+        let r = f();
+        STATE.with(|s| {
+            s.fail_in.set(fail_in);
+            s.fail_count.set(fail_count);
+        });
+        let after = Self::stats();
+        let attempts = (after.allocs - before.allocs) + (after.failed - before.failed);
+        (r, attempts)
     }
 
     /// Whether this thread's failure schedule has failures left to inject.
@@ -129,6 +169,12 @@ unsafe impl Allocator for SimAlloc {
         }
         if Self::should_fail() {
             Self::update(|s| s.failed += 1);
+            STATE.with(|s| {
+                if s.trace.get() {
+                    // The backtrace allocates through the global allocator, not this one.
+                    s.last_failure.replace(Some(Backtrace::force_capture()));
+                }
+            });
             return Err(Error::NoMem);
         }
         // SAFETY: the layout is not zero-sized (checked above).
