@@ -105,12 +105,17 @@ impl Fx {
 
     /// Two devices with device memory preferring it, linked (one owner, peer access) or not.
     fn two(len: u64, link: bool) -> Fx {
+        Fx::two_with(len, link, cfg(true))
+    }
+
+    /// [`Fx::two`] with a device configuration.
+    fn two_with(len: u64, link: bool, config: SvmConfig) -> Fx {
         Fx::new(len, |world, mm| {
             if link {
                 world.link(0, 1);
             }
             (0..2)
-                .map(|id| SimGpu::join(mm, id, VRAM).expect("device"))
+                .map(|id| SimGpu::join_with(mm, id, VRAM, config.clone()).expect("device"))
                 .collect()
         })
     }
@@ -401,6 +406,9 @@ fn run_k(
         return Err(format!("{ctx}: the failure did not fire ({got:?})"));
     }
     let ctx = format!("{ctx}: {got:?}; {}", where_failed());
+    if std::env::var_os("GPUSVM_ALLOC_VERBOSE").is_some() {
+        eprintln!("{ctx}");
+    }
     let place = fx.placement();
     let mut errs = Vec::new();
     match &got {
@@ -593,8 +601,11 @@ fn device_to_device() {
     });
 }
 
-/// Without a link: device 0 faults on pages in device 1's memory; the fault evicts them to
-/// system memory and migrates them into device 0's memory.
+/// Without a link: device 0 faults on pages in device 1's memory; the fault migrates them into
+/// device 0's memory through system memory (device 1's engine evicts them, device 0's brings
+/// them in). The devices check no pages before choosing a 64 KiB range
+/// (`check_pages_threshold` 4 KiB): pages of another owner do not count as present, which
+/// would make the range a single page.
 ///
 /// Absorbed: as for the first-touch fault in device memory, a failed migration (either leg)
 /// leaves the range where the data is (device 1's memory or system memory) and the fault is
@@ -604,7 +615,9 @@ fn device_to_device_through_ram() {
     run(&Scenario {
         name: "device to device (not linked, fault)",
         setup: || {
-            let fx = Fx::two(K64, false);
+            let mut c = cfg(true);
+            c.check_pages_threshold = P;
+            let fx = Fx::two_with(K64, false, c);
             fx.fault_all(1);
             fx
         },
