@@ -3,6 +3,12 @@
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::alloc::Layout;
 use core::cell::UnsafeCell;
+/// The used-block table's cell: loom's under `--cfg loom`, so the model sees unsynchronised
+/// access to it.
+#[cfg(loom)]
+type TableCell<T> = loom::cell::UnsafeCell<T>;
+#[cfg(not(loom))]
+type TableCell<T> = UnsafeCell<T>;
 use core::ptr::NonNull;
 
 /// Size and alignment of a pool block.
@@ -14,7 +20,8 @@ struct Block([u8; POOL_BLOCK]);
 
 /// A fixed pool of `BLOCKS` blocks of [`POOL_BLOCK`] bytes: first fit over a used-flag per
 /// block, behind a spin flag held only for the scan. Allocation and free never sleep and never
-/// panic; an allocation that finds no run of free blocks fails. Alignments above
+/// panic; an allocation that finds no run of free blocks fails (loom model of the flag:
+/// `tests/loom_pool.rs`). Alignments above
 /// [`POOL_BLOCK`] are honoured by starting the run on a suitably aligned block.
 ///
 /// Turn a pool into an [`Allocator`](super::Allocator) with
@@ -35,7 +42,7 @@ struct Block([u8; POOL_BLOCK]);
 /// ```
 pub struct Pool<const BLOCKS: usize> {
     lock: AtomicBool,
-    used: UnsafeCell<[bool; BLOCKS]>,
+    used: TableCell<[bool; BLOCKS]>,
     mem: UnsafeCell<[Block; BLOCKS]>,
     in_use: AtomicUsize,
 }
@@ -55,10 +62,25 @@ impl<const BLOCKS: usize> Pool<BLOCKS> {
     /// An empty pool (all blocks free); usable in a `static`.
     ///
     /// Context: const; usable in a `static`.
+    #[cfg(not(loom))]
     pub const fn new() -> Self {
         Pool {
             lock: AtomicBool::new(false),
-            used: UnsafeCell::new([false; BLOCKS]),
+            used: TableCell::new([false; BLOCKS]),
+            mem: UnsafeCell::new([Block([0; POOL_BLOCK]); BLOCKS]),
+            in_use: AtomicUsize::new(0),
+        }
+    }
+
+    /// An empty pool (all blocks free). Under `--cfg loom` (loom's atomics are not `const`),
+    /// for the loom model of the pool's lock.
+    ///
+    /// Context: any; allocates nothing.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Pool {
+            lock: AtomicBool::new(false),
+            used: TableCell::new([false; BLOCKS]),
             mem: UnsafeCell::new([Block([0; POOL_BLOCK]); BLOCKS]),
             in_use: AtomicUsize::new(0),
         }
@@ -84,10 +106,14 @@ impl<const BLOCKS: usize> Pool<BLOCKS> {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            core::hint::spin_loop();
+            crate::sync::spin_hint();
         }
         // SAFETY: the flag is held: this is the only access to `used`.
+        #[cfg(not(loom))]
         let r = f(unsafe { &mut *self.used.get() });
+        // SAFETY: as above (loom checks it).
+        #[cfg(loom)]
+        let r = self.used.with_mut(|t| f(unsafe { &mut *t }));
         self.lock.store(false, Ordering::Release);
         r
     }
