@@ -106,13 +106,11 @@ impl<L: Host> DevmemAlloc<L> {
             i = i.saturating_add(len as usize);
         }
         sort::sort_unstable_by_key(&mut runs, |r| r.dpfn);
-        for w in runs.windows(2) {
-            if let [a, b] = w {
-                // A run whose end overflows reaches the last frame, `u64::MAX`: every later run
-                // overlaps it (saturating here would accept a duplicate `u64::MAX`).
-                if a.dpfn.checked_add(a.len).is_none_or(|end| end > b.dpfn) {
-                    return Err(Error::Invalid);
-                }
+        for (a, b) in runs.iter().zip(runs.iter().skip(1)) {
+            // A run whose end overflows reaches the last frame, `u64::MAX`: every later run
+            // overlaps it (saturating here would accept a duplicate `u64::MAX`).
+            if a.dpfn.checked_add(a.len).is_none_or(|end| end > b.dpfn) {
+                return Err(Error::Invalid);
             }
         }
         let words = dpfns.len().div_ceil(64);

@@ -27,11 +27,15 @@ pub struct AttrUpdate {
 
 impl AttrUpdate {
     /// Whether the update changes nothing.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn is_empty(&self) -> bool {
         self.preferred.is_none() && self.migration.is_none() && self.atomic.is_none()
     }
 
     /// `a` with the update applied.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn apply(&self, a: Attrs) -> Attrs {
         Attrs {
             preferred: self.preferred.unwrap_or(a.preferred),

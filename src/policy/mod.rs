@@ -95,6 +95,8 @@ impl RawAttr {
     /// assert!(RawAttr { kind: 0, value: 1, reserved: 4 }.decode().is_err());
     /// assert!(RawAttr { kind: 9, value: 0, reserved: 0 }.decode().is_err());
     /// ```
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn decode(&self) -> Result<AttrUpdate> {
         if self.reserved != 0 {
             return Err(Error::Invalid);
@@ -242,6 +244,11 @@ pub struct Decision {
 /// let small = DecisionInput { range_size: 4096, ..input };
 /// assert_eq!(decide(&small, &cfg).unwrap().migrate_to, None);
 /// ```
+///
+/// Errors: [`Error::Access`] for an atomic access under `AtomicPolicy::Cpu`;
+/// [`Error::Fault`] when device memory is required and the device has none.
+///
+/// Context: any; a pure function (never sleeps or allocates, takes no lock).
 pub fn decide(input: &DecisionInput, cfg: &PolicyConfig) -> Result<Decision> {
     let devmem_only = if input.access == Access::Atomic {
         match input.attrs.atomic {
@@ -318,6 +325,8 @@ impl DeviceAtomics {
 
     /// Whether the device may perform atomics through `entry` (a system page or a page of
     /// device memory, judged by its protocol).
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn allows(self, entry: crate::pages::PageEntry) -> bool {
         self.allows_protocol(entry.protocol())
     }
@@ -325,6 +334,8 @@ impl DeviceAtomics {
     /// Whether the device may perform atomics on a page reached through `proto`
     /// ([`Protocol::SYSTEM`](crate::pages::Protocol::SYSTEM): a system page; any other: device
     /// memory).
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
     pub fn allows_protocol(self, proto: crate::pages::Protocol) -> bool {
         if proto == crate::pages::Protocol::SYSTEM {
             self.system_memory
@@ -337,6 +348,8 @@ impl DeviceAtomics {
 /// The device-atomic rights that go with an atomic policy (SPEC §8), consistent with
 /// [`decide`]: `Cpu` allows none; `Device` allows device memory, and system memory too if the
 /// device does atomics on system memory; `Undefined` and `Global` allow device memory only.
+///
+/// Context: any; a pure function (never sleeps or allocates, takes no lock).
 pub fn device_atomics(atomic: AtomicPolicy, cfg: &PolicyConfig) -> DeviceAtomics {
     match atomic {
         AtomicPolicy::Cpu => DeviceAtomics::NONE,
