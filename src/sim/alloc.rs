@@ -125,6 +125,20 @@ impl SimAlloc {
         (r, attempts)
     }
 
+    /// Run `f` with this thread's failure schedule suspended (nothing fails; allocations are
+    /// counted as usual), then restore the schedule as it was: for checks in the middle of a
+    /// scenario whose allocations are failing.
+    pub fn paused<R>(f: impl FnOnce() -> R) -> R {
+        let (fail_in, fail_count) = STATE.with(|s| (s.fail_in.get(), s.fail_count.get()));
+        Self::stop_failing();
+        let r = f();
+        STATE.with(|s| {
+            s.fail_in.set(fail_in);
+            s.fail_count.set(fail_count);
+        });
+        r
+    }
+
     /// Whether this thread's failure schedule has failures left to inject.
     pub fn failing() -> bool {
         STATE.with(|s| s.fail_in.get().is_some() && s.fail_count.get() > 0)
