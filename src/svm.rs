@@ -353,13 +353,29 @@ impl<P: Platform> Svm<P> {
         end: u64,
         owner: Option<OwnerId>,
     ) -> Option<HostVec<P::Host, CpuPage>> {
-        let n = usize::try_from(end.saturating_sub(start) / PAGE_SIZE).ok()?;
-        if n == 0 {
-            return None;
-        }
+        self.try_snapshot(start, end, owner).ok().flatten()
+    }
+
+    /// [`snapshot`](Self::snapshot), telling a failed allocation apart: `Err(NoMem)` when the
+    /// page array cannot be allocated, `Ok(None)` when the interval is empty or too large or
+    /// the platform fails.
+    ///
+    /// Context: as [`snapshot`](Self::snapshot).
+    fn try_snapshot(
+        &self,
+        start: u64,
+        end: u64,
+        owner: Option<OwnerId>,
+    ) -> Result<Option<HostVec<P::Host, CpuPage>>> {
+        let Some(n) = usize::try_from(end.saturating_sub(start) / PAGE_SIZE)
+            .ok()
+            .filter(|&n| n > 0)
+        else {
+            return Ok(None);
+        };
         let mut pages = HostVec::<P::Host, CpuPage>::new();
-        pages.reserve_exact(n, AllocCtx::MaySleep).ok()?;
-        pages.resize(n, CpuPage::Absent, AllocCtx::MaySleep).ok()?;
+        pages.reserve_exact(n, AllocCtx::MaySleep)?;
+        pages.resize(n, CpuPage::Absent, AllocCtx::MaySleep)?;
         let req = CollectRequest {
             start,
             end,
@@ -367,21 +383,29 @@ impl<P: Platform> Svm<P> {
             write: false,
             owner,
         };
-        self.platform.mm().collect_pages(&req, &mut pages).ok()?;
-        Some(pages)
+        Ok(self
+            .platform
+            .mm()
+            .collect_pages(&req, &mut pages)
+            .ok()
+            .map(|()| pages))
     }
 
     /// Whether every CPU page of `[start, end)` is present (snapshot, no faulting); device pages
-    /// count only if they belong to `owner`.
-    fn all_present(&self, start: u64, end: u64, owner: Option<OwnerId>) -> bool {
-        let Some(pages) = self.snapshot(start, end, owner) else {
-            return false;
+    /// count only if they belong to `owner`. `Ok(false)` if the platform cannot tell.
+    ///
+    /// Errors: [`Error::NoMem`] (the snapshot's page array).
+    ///
+    /// Context: as [`snapshot`](Self::snapshot).
+    fn all_present(&self, start: u64, end: u64, owner: Option<OwnerId>) -> Result<bool> {
+        let Some(pages) = self.try_snapshot(start, end, owner)? else {
+            return Ok(false);
         };
-        pages.iter().all(|p| match *p {
+        Ok(pages.iter().all(|p| match *p {
             CpuPage::Absent => false,
             CpuPage::System { .. } => true,
             CpuPage::Device { owner: o, .. } => Some(o) == owner,
-        })
+        }))
     }
 
     /// Return the range containing `addr`, or create one (SPEC §2).
@@ -461,14 +485,27 @@ impl<P: Platform> Svm<P> {
             chunk_sizes: &self.config.chunk_sizes,
             check_pages_threshold: self.config.check_pages_threshold,
         };
-        let (start, end) = select_chunk(
+        let no_mem = core::cell::Cell::new(None);
+        let chosen = select_chunk(
             &q,
             |s, e| {
                 let t = self.notifiers.read();
                 t.find(addr).is_some_and(|n| n.ranges.any_overlap(s, e))
             },
-            |s, e| self.all_present(s, e, ctx.owner),
-        )?;
+            |s, e| match self.all_present(s, e, ctx.owner) {
+                Ok(all) => all,
+                Err(e) => {
+                    // Out of memory for the snapshot: fail the whole insertion with NoMem
+                    // (below) instead of settling for a smaller chunk.
+                    no_mem.set(Some(e));
+                    false
+                }
+            },
+        );
+        if let Some(e) = no_mem.get() {
+            return Err(e);
+        }
+        let (start, end) = chosen?;
         let range = Range::with_host(start, end)?;
 
         let created = self.ensure_notifier(notifier)?;
