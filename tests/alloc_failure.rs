@@ -1,9 +1,11 @@
 //! DESIGN invariant 9 (issue 14, item 6): any allocation may fail. Each API scenario — first-touch
 //! fault (system memory and device memory), migration to device memory and back (eviction and a
-//! CPU fault), device to device, prefetch both ways, attribute updates, invalidation during a
-//! fault, GC, teardown and close — is run with its k-th allocation through the host allocator
-//! ([`SimAlloc`], the allocator of the simulator's host) failing, for every k from 1 to the
-//! number n of allocations the scenario's step makes (counted by a dry run first).
+//! CPU fault), device to device (linked, and through system memory), prefetch both ways,
+//! attribute updates, invalidation during a fault, GC, teardown and close, plus a userptr
+//! collection and attaching a pagemap — is run with its k-th allocation through the host
+//! allocator ([`SimAlloc`], the allocator of the simulator's host) failing, for every k from 1
+//! to the number n of allocations the scenario's step makes (counted by a dry run first).
+//! `GPUSVM_ALLOC_VERBOSE=1` prints each k's outcome and where the failing allocation was made.
 //!
 //! A scenario is a set-up (not counted: machine, devices, mappings, CPU writes, and the state the
 //! step needs) and a step (the API call(s) under test). For every k, on a fresh set-up:
@@ -27,10 +29,14 @@
 #![cfg(feature = "sim")]
 
 use gpusvm::migrate::MigrateDetails;
+use gpusvm::pagemap::Pagemap;
+use gpusvm::pages::{PagesCtx, RetryPolicy};
+use gpusvm::platform::{OwnerId, PagemapId, Platform};
 use gpusvm::platform::{VmaFlags, PAGE_SIZE};
 use gpusvm::policy::{AttrUpdate, PreferredLoc, PrefetchLoc, RawAttr};
 use gpusvm::sim::{check_closed, check_invariants, AllocStats, SimAlloc, SimGpu, SimMm, SimWorld};
-use gpusvm::{Access, Error, Event, Result, SvmConfig, Window};
+use gpusvm::sim::{SimDevice, SimDevmem, SimHost, SimPagemapArc};
+use gpusvm::{Access, Error, Event, Result, SvmConfig, Userptr, Window};
 use std::sync::{Arc, Mutex};
 
 const RW: VmaFlags = VmaFlags::READ.union(VmaFlags::WRITE);
@@ -51,6 +57,11 @@ struct Fx {
     len: u64,
     /// What the CPU wrote: (address, value). Must read back unchanged after every step.
     data: Vec<(u64, u64)>,
+    /// A userptr over the interval and the device it maps pages for (not among `gpus`: the
+    /// invariant checker knows only `Svm` ranges), for the userptr scenario.
+    userptr: Option<(Userptr<SimHost>, SimGpu)>,
+    /// A pagemap no device knows, for the attach scenario.
+    pagemap: Option<SimPagemapArc>,
 }
 
 fn tag(addr: u64) -> u64 {
@@ -84,6 +95,8 @@ impl Fx {
             buf,
             len,
             data,
+            userptr: None,
+            pagemap: None,
         }
     }
 
@@ -200,6 +213,16 @@ impl Fx {
     fn check(&self) -> std::result::Result<(), String> {
         let gpus: Vec<&SimGpu> = self.gpus.iter().collect();
         check_invariants(&self.mm, &gpus)?;
+        if let Some((u, g)) = &self.userptr {
+            // Without valid pages nothing is mapped (a failed collection leaks no mapping).
+            let maps = g.dev.dma_mappings().len();
+            if !u.pages_valid() && maps != 0 {
+                return Err(format!("userptr: {maps} DMA mappings without valid pages"));
+            }
+            if let Some(v) = g.dev.dma_violations().first() {
+                return Err(format!("userptr: IOMMU violation: {v}"));
+            }
+        }
         for &(a, v) in &self.data {
             let got = self.peek(a)?;
             if got != v {
@@ -244,6 +267,13 @@ impl Fx {
 
     /// Close every device, check that nothing is left, drop everything.
     fn teardown(self) -> std::result::Result<(), String> {
+        if let Some((u, g)) = &self.userptr {
+            u.free_pages(g.svm.platform().dma());
+            if !g.dev.dma_mappings().is_empty() {
+                return Err(String::from("userptr: DMA mappings left after free_pages"));
+            }
+            g.svm.close();
+        }
         for g in &self.gpus {
             g.svm.close();
             check_closed(g).map_err(|e| format!("dev {} after close: {e}", g.dev.id()))?;
@@ -731,6 +761,66 @@ fn set_attrs_inner() {
         placement_may_differ: None,
     });
     assert!(r.n > 0, "an attribute update allocates its segment array");
+}
+
+// ---- userptr and pagemaps ------------------------------------------------------------------
+
+/// `Userptr::get_pages` (a driver's userptr, outside any `Svm`): the page array, the entries.
+#[test]
+fn userptr_get_pages() {
+    let r = run(&Scenario {
+        name: "userptr get_pages",
+        setup: || {
+            let mut fx = Fx::ram(K64);
+            let u = Userptr::with_host(fx.buf, fx.buf + fx.len).expect("userptr");
+            let g = SimGpu::new(&fx.mm, 1, cfg(false)).expect("device");
+            fx.userptr = Some((u, g));
+            fx
+        },
+        step: |fx| {
+            let (u, g) = fx.userptr.as_ref().expect("userptr");
+            u.get_pages(
+                g.svm.platform(),
+                &PagesCtx::default(),
+                &RetryPolicy::default(),
+            )?;
+            let bytes = u.bind(|at, entries| {
+                assert_eq!(at, fx.buf);
+                entries.iter().map(|e| e.size()).sum::<u64>()
+            })?;
+            Ok(format!("bound {bytes:#x}"))
+        },
+        atomic: true,
+        absorbs: None,
+        placement_may_differ: None,
+    });
+    assert!(r.n > 0);
+}
+
+/// `Svm::attach_pagemap` of another device's pagemap (the pagemap set grows).
+#[test]
+fn attach_pagemap() {
+    run(&Scenario {
+        name: "attach_pagemap",
+        setup: || {
+            let mut fx = Fx::ram(K64);
+            // A pagemap the device does not know (not registered with the machine).
+            let dev = SimDevice::new(&fx.world, 1);
+            dev.set_vram_pages(VRAM);
+            let pm = Pagemap::new(PagemapId(1), OwnerId(0), SimDevmem(dev)).expect("pagemap");
+            fx.pagemap = Some(pm);
+            fx
+        },
+        step: |fx| {
+            let pm = fx.pagemap.clone().expect("pagemap");
+            fx.g(0).svm.attach_pagemap(pm)?;
+            let attached = fx.g(0).svm.pagemap_by_id(PagemapId(1)).is_some();
+            Ok(format!("attached {attached}"))
+        },
+        atomic: true,
+        absorbs: None,
+        placement_may_differ: None,
+    });
 }
 
 // ---- invalidation during a fault ------------------------------------------------------------
