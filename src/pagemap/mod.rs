@@ -480,7 +480,8 @@ mod tests {
     #[test]
     fn run_index_grows_in_any_order() {
         let pm = pagemap_on::<DefaultHost>();
-        let mut frames: alloc::vec::Vec<u64> = (0..200).map(|i| i * 3).collect();
+        let n: u64 = if cfg!(miri) { 40 } else { 200 };
+        let mut frames: alloc::vec::Vec<u64> = (0..n).map(|i| i * 3).collect();
         // A fixed shuffle.
         let mut seed = 7u64;
         for i in (1..frames.len()).rev() {
@@ -500,7 +501,7 @@ mod tests {
             assert!(same(&pm.alloc_of(*f + 1).unwrap(), a));
             assert!(pm.alloc_of(*f + 2).is_none());
         }
-        assert_eq!(pm.allocations().unwrap().len(), 200);
+        assert_eq!(pm.allocations().unwrap().len() as u64, n);
     }
 
     /// A failed allocation while growing the index leaves it as it was (the simulator's
