@@ -66,21 +66,18 @@ impl<M: DeviceMemory, L: Host> PagemapSet<M, L> {
         self.all.capacity().saturating_sub(self.all.len())
     }
 
-    /// Insert `pm` (replacing a pagemap of the same id) without allocating; gives it back when
-    /// there is no room.
+    /// Insert `pm` without allocating, replacing a pagemap of the same id (returned, for the
+    /// caller to drop after unlocking); gives `pm` back when there is no room.
     fn insert_within_capacity(
         &mut self,
         pm: PagemapArc<M, L>,
-    ) -> core::result::Result<(), PagemapArc<M, L>> {
+    ) -> core::result::Result<Option<PagemapArc<M, L>>, PagemapArc<M, L>> {
         match self.search(pm.id()) {
             Ok(k) => match self.all.get_mut(k) {
-                Some(slot) => {
-                    *slot = pm;
-                    Ok(())
-                }
+                Some(slot) => Ok(Some(core::mem::replace(slot, pm))),
                 None => Err(pm),
             },
-            Err(k) => self.all.insert_within_capacity(k, pm),
+            Err(k) => self.all.insert_within_capacity(k, pm).map(|()| None),
         }
     }
 
@@ -176,7 +173,7 @@ impl<P: Platform> Svm<P> {
                         let replaceable = PagemapArc::ptr_eq(p, pm)
                             || set.local.as_ref().is_some_and(|l| PagemapArc::ptr_eq(l, p));
                         if !replaceable {
-                            return (Some(Err(Error::Invalid)), false);
+                            return (Some((Err(Error::Invalid), [None, None, None])), false);
                         }
                     }
                     if set.room() == 0 {
@@ -190,17 +187,19 @@ impl<P: Platform> Svm<P> {
                     (Some(_), None) => true,
                     (None, _) => false,
                 };
-                if let Some(old) = old {
-                    drop(set.remove(old.id()));
-                }
-                if let Some(pm) = &pagemap {
+                let removed = old.as_ref().and_then(|o| set.remove(o.id()));
+                let replaced = match &pagemap {
                     // Cannot fail: the room was checked above.
-                    let _ = set.insert_within_capacity(pm.clone());
-                }
+                    Some(pm) => set.insert_within_capacity(pm.clone()).ok().flatten(),
+                    None => None,
+                };
                 set.local = pagemap.clone();
-                (Some(Ok(())), gone)
+                // The old pagemap goes back to the caller, to be dropped after unlocking (its
+                // last reference may drop the platform's device memory).
+                (Some((Ok(()), [old, removed, replaced])), gone)
             });
-            if let Some(r) = done {
+            if let Some((r, old)) = done {
+                drop(old);
                 return r;
             }
         }
@@ -235,7 +234,7 @@ impl<P: Platform> Svm<P> {
                     None => {}
                 }
                 if set.room() > 0 {
-                    // Cannot fail: there is room.
+                    // Cannot fail: there is room, and no pagemap has this id (checked above).
                     let _ = set.insert_within_capacity(pagemap);
                     return Ok(());
                 }
