@@ -964,9 +964,10 @@ fn close_allocates_nothing() {
 
 // ---- the invalidation path ------------------------------------------------------------------
 
-/// `invalidate_begin`/`invalidate_end` for every event, over ranges in system memory and in
-/// device memory, whole and partial, allocate nothing through the host allocator — even with
-/// every allocation failing — and `Unmap` queues ranges for the GC without allocating.
+/// `invalidate_begin`/`invalidate_begin_nonblock`/`invalidate_end` for every event, over ranges
+/// in system memory and in device memory, whole and partial, allocate nothing through the host
+/// allocator — even with every allocation failing — and `Unmap` queues ranges for the GC
+/// without allocating.
 #[test]
 fn invalidation_allocates_nothing() {
     SimAlloc::reset();
@@ -1003,10 +1004,17 @@ fn invalidation_allocates_nothing() {
         ];
         let before = SimAlloc::stats();
         SimAlloc::fail_next(u64::MAX);
-        for (s, e) in intervals {
+        for (i, (s, e)) in intervals.into_iter().enumerate() {
             for &(_, id, ns, ne) in &notifiers {
                 if ns < e && s < ne {
-                    svm.invalidate_begin(id, s, e, event);
+                    // Every other interval through the non-blocking entry (nothing holds the
+                    // notifier lock here: it succeeds).
+                    if i % 2 == 0 {
+                        svm.invalidate_begin(id, s, e, event);
+                    } else {
+                        svm.invalidate_begin_nonblock(id, s, e, event)
+                            .expect("uncontended");
+                    }
                     svm.invalidate_end(id, s, e);
                 }
             }
