@@ -93,8 +93,8 @@
 //!
 //! ## Locking and context rules
 //!
-//! The host supplies the locks: [`Platform::Host`](platform::Platform::Host) names a lock
-//! facet ([`sync::Host`]: a raw mutex and a raw reader-writer lock), and every lock the crate
+//! The host supplies the locks: [`Platform::Host`](platform::Platform::Host) names a host
+//! facet ([`Host`]: a raw mutex, a raw reader-writer lock and an allocator), and every lock the crate
 //! takes is created with a static [`LockClass`](sync::LockClass) — a name the host maps to its
 //! lock checker's class, a rank in the lock order, and whether it may sleep. [`sync`] holds the
 //! table of every lock: what it protects, who takes it in which mode, whether the invalidation

@@ -48,7 +48,8 @@ unsafe impl<T: Send + Sync, A: Allocator> Sync for Arc<T, A> {}
 impl<T, A: Allocator> Arc<T, A> {
     /// Move `value` into a new shared allocation with a count of one.
     ///
-    /// Errors: [`Error::NoMem`] when the allocator fails (`value` is dropped).
+    /// Errors: [`Error::NoMem`](crate::Error::NoMem) when the allocator fails (`value` is
+    /// dropped).
     ///
     /// Context: allocates with `ctx`.
     pub fn try_new(value: T, ctx: AllocCtx) -> Result<Self> {

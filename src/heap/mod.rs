@@ -4,7 +4,7 @@
 //! The host supplies an [`Allocator`]: allocate and free by [`Layout`], with an [`AllocCtx`]
 //! saying whether the caller may sleep (Linux `GFP_KERNEL`) or must not (`GFP_NOWAIT`, under a
 //! spinning lock). Every allocation may fail; the crate then returns
-//! [`Error::NoMem`](crate::Error::NoMem) and leaves its state as it was. A platform names its
+//! [`Error::NoMem`] and leaves its state as it was. A platform names its
 //! allocator in its host facet ([`Host::Alloc`](crate::Host::Alloc)); the crate never calls the
 //! global allocator itself.
 //!
@@ -41,7 +41,7 @@ mod vec;
 pub use arc::Arc;
 #[cfg(feature = "alloc")]
 pub use global::Global;
-pub use pool::Pool;
+pub use pool::{Pool, POOL_BLOCK};
 pub use vec::{IntoIter, Vec};
 
 use crate::{Error, Result};
