@@ -319,11 +319,19 @@ fn allocs_since(before: AllocStats) -> (u64, u64) {
     (now.allocs - before.allocs, now.failed - before.failed)
 }
 
-/// Everything the set-up, the step and the retry allocated is freed once the machine is gone.
+/// Everything the set-up, the step and the retry allocated is freed once the machine is gone,
+/// and no allocation was made under a lock the invalidation path takes (or in the wrong
+/// context under a spinning lock).
 fn no_leak(what: &str) -> std::result::Result<(), String> {
     let s = SimAlloc::stats();
     if s.allocs != s.frees || s.live_bytes != 0 {
         return Err(format!("{what}: leak: {s:?}"));
+    }
+    if let Some(v) = SimAlloc::first_lock_violation() {
+        return Err(format!(
+            "{what}: {} lock-rule violations, first: {v}",
+            s.lock_violations
+        ));
     }
     Ok(())
 }
@@ -362,6 +370,7 @@ fn run(sc: &Scenario) -> Report {
     let want = (sc.step)(&fx).unwrap_or_else(|e| panic!("{name}: dry run: {e:?}"));
     let (n, failed) = allocs_since(before);
     assert_eq!(failed, 0);
+    let no_sleep = SimAlloc::stats().no_sleep - before.no_sleep;
     let want_place = fx.placement();
     fx.check()
         .unwrap_or_else(|e| panic!("{name}: after the dry run: {e}"));
@@ -390,7 +399,8 @@ fn run(sc: &Scenario) -> Report {
         }
     }
     eprintln!(
-        "{name}: n = {n}; absorbed at k = {:?}; placed elsewhere after k = {:?}; {} violations",
+        "{name}: n = {n} ({no_sleep} NoSleep); absorbed at k = {:?}; placed elsewhere after k = \
+         {:?}; {} violations",
         report.absorbed,
         report.placed_elsewhere,
         violations.len()
@@ -1126,4 +1136,50 @@ fn api_harness_with_failing_allocations() {
             "the failures must reach the library: {failed}"
         );
     }
+}
+
+/// The lock rules of [`SimAlloc`] fire: an allocation under a lock the invalidation path takes,
+/// and a `MaySleep` allocation under a spinning lock, are counted and described; `NoSleep`
+/// under a spinning lock that invalidation does not take is fine.
+#[test]
+fn allocations_under_locks_are_caught() {
+    use gpusvm::heap::AllocCtx;
+    use gpusvm::sync::{class, Mutex, RwLock};
+    SimAlloc::reset();
+    let alloc = |ctx| drop(gpusvm::heap::Arc::<u64, SimAlloc>::try_new(1, ctx).unwrap());
+    {
+        let attrs = Mutex::<SimHost, ()>::new(&class::ATTRS, ());
+        let _g = attrs.lock();
+        alloc(AllocCtx::NoSleep);
+    }
+    assert_eq!(SimAlloc::stats().lock_violations, 0);
+    assert!(SimAlloc::first_lock_violation().is_none());
+    {
+        let attrs = Mutex::<SimHost, ()>::new(&class::ATTRS, ());
+        let _g = attrs.lock();
+        alloc(AllocCtx::MaySleep);
+    }
+    assert_eq!(SimAlloc::stats().lock_violations, 1);
+    let v = SimAlloc::first_lock_violation().unwrap();
+    assert!(
+        v.contains("MaySleep") && v.contains(class::ATTRS.name),
+        "{v}"
+    );
+    {
+        let notifier = RwLock::<SimHost, ()>::new(&class::NOTIFIER, ());
+        let _g = notifier.read();
+        alloc(AllocCtx::MaySleep);
+    }
+    assert_eq!(SimAlloc::stats().lock_violations, 2);
+    SimAlloc::reset();
+    {
+        let notifier = RwLock::<SimHost, ()>::new(&class::NOTIFIER, ());
+        let _g = notifier.write();
+        alloc(AllocCtx::NoSleep);
+    }
+    let v = SimAlloc::first_lock_violation().unwrap();
+    assert!(
+        v.contains("invalidation") && v.contains(class::NOTIFIER.name),
+        "{v}"
+    );
 }

@@ -4,13 +4,25 @@
 //! Counts and the failure schedule are per thread, so tests running in parallel do not see each
 //! other's allocations. A scenario that allocates on one thread and frees on another sees the
 //! free on the other thread's counters.
+//!
+//! Every allocation is also checked against the locks the thread holds ([`SimHost`]'s lock
+//! checker knows them): none may be made while a lock the invalidation path takes is held
+//! (`LockClass::invalidation`), and one made under a spinning lock must say
+//! [`AllocCtx::NoSleep`]. Violations are counted ([`AllocStats::lock_violations`]) and the
+//! first is described by [`SimAlloc::first_lock_violation`].
+//!
+//! [`SimHost`]: super::SimHost
 
 use crate::heap::{AllocCtx, Allocator};
+use crate::sync::{class, LockClass};
 use crate::{Error, Result};
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
+use std::format;
+use std::string::String;
+use std::vec::Vec;
 
 /// The simulator's allocator (the `Alloc` of [`SimHost`](super::SimHost)).
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,6 +41,9 @@ pub struct AllocStats {
     pub no_sleep: u64,
     /// Bytes allocated and not freed (by this thread).
     pub live_bytes: i64,
+    /// Allocations attempted while holding a lock the invalidation path takes, or with
+    /// [`AllocCtx::MaySleep`] while holding a spinning lock.
+    pub lock_violations: u64,
 }
 
 struct State {
@@ -41,16 +56,26 @@ struct State {
     trace: Cell<bool>,
     /// Where the last injected failure happened (if tracing).
     last_failure: RefCell<Option<Backtrace>>,
+    /// The first allocation that broke the lock rules: what and where.
+    first_violation: RefCell<Option<String>>,
 }
 
 std::thread_local! {
     static STATE: State = const {
         State {
-            stats: Cell::new(AllocStats { allocs: 0, frees: 0, failed: 0, no_sleep: 0, live_bytes: 0 }),
+            stats: Cell::new(AllocStats {
+                allocs: 0,
+                frees: 0,
+                failed: 0,
+                no_sleep: 0,
+                live_bytes: 0,
+                lock_violations: 0,
+            }),
             fail_in: Cell::new(None),
             fail_count: Cell::new(0),
             trace: Cell::new(false),
             last_failure: RefCell::new(None),
+            first_violation: RefCell::new(None),
         }
     };
 }
@@ -68,7 +93,52 @@ impl SimAlloc {
             s.fail_in.set(None);
             s.fail_count.set(0);
             s.last_failure.replace(None);
+            s.first_violation.replace(None);
         })
+    }
+
+    /// The first allocation of this thread (since [`reset`](Self::reset)) that broke the lock
+    /// rules (see the module docs): the locks held, the context, and where it was made.
+    pub fn first_lock_violation() -> Option<String> {
+        STATE.with(|s| s.first_violation.borrow().clone())
+    }
+
+    /// Check an allocation in `ctx` against the locks this thread holds.
+    fn check_locks(ctx: AllocCtx) {
+        let held = super::lockdep::held_classes();
+        if held.is_empty() {
+            return;
+        }
+        let classes: Vec<&'static LockClass> = held
+            .iter()
+            .filter_map(|n| class::ALL.iter().copied().find(|c| c.name == *n))
+            .collect();
+        let what = if let Some(c) = classes.iter().find(|c| c.invalidation) {
+            format!(
+                "allocation while holding {} (taken by the invalidation path)",
+                c.name
+            )
+        } else if let Some(c) = classes
+            .iter()
+            .find(|c| !c.may_sleep && ctx == AllocCtx::MaySleep)
+        {
+            format!(
+                "MaySleep allocation while holding the spinning lock {}",
+                c.name
+            )
+        } else {
+            return;
+        };
+        Self::update(|s| s.lock_violations += 1);
+        STATE.with(|s| {
+            let mut first = s.first_violation.borrow_mut();
+            if first.is_none() {
+                *first = Some(format!(
+                    "{what}; held: {held:?}\n{}",
+                    Backtrace::force_capture()
+                ));
+            }
+        });
     }
 
     /// Record a backtrace of every injected failure of this thread (see
@@ -178,6 +248,7 @@ unsafe impl Allocator for SimAlloc {
         if ctx == AllocCtx::NoSleep {
             Self::update(|s| s.no_sleep += 1);
         }
+        Self::check_locks(ctx);
         if layout.size() == 0 {
             return Err(Error::Invalid);
         }

@@ -2515,7 +2515,9 @@ pub fn run(input: &ApiInput) -> Result<(), String> {
 /// paths, not only argument checks).
 ///
 /// The run counts this thread's [`SimAlloc`] allocations from zero ([`SimAlloc::reset`]); once
-/// everything is closed and dropped, every allocation must have been freed.
+/// everything is closed and dropped, every allocation must have been freed, and none may have
+/// broken the lock rules (none under a lock the invalidation path takes, `NoSleep` under a
+/// spinning lock).
 pub fn run_stats(input: &ApiInput) -> Result<Vec<StatsSnapshot>, String> {
     SimAlloc::reset();
     let stats = run_machine(input);
@@ -2526,6 +2528,12 @@ pub fn run_stats(input: &ApiInput) -> Result<Vec<StatsSnapshot>, String> {
         return Err(format!(
             "after close, not every allocation was freed: {} allocations, {} frees, {} bytes live",
             s.allocs, s.frees, s.live_bytes
+        ));
+    }
+    if let Some(v) = SimAlloc::first_lock_violation() {
+        return Err(format!(
+            "{} allocations broke the lock rules, first: {v}",
+            s.lock_violations
         ));
     }
     Ok(stats)
