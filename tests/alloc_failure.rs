@@ -21,11 +21,14 @@
 //!   end up);
 //! - then every device is closed and everything dropped: [`SimAlloc::stats`] shows as many
 //!   frees as allocations and no live bytes (per thread: each scenario runs on its test's
-//!   thread).
+//!   thread), and no allocation broke the lock rules ([`SimAlloc`] checks each against the
+//!   locks held: none under a lock the invalidation path takes, `NoSleep` under a spinning one).
 //!
-//! Also here: the invalidation path (`invalidate_begin`/`invalidate_end`, through the simulated
-//! CPU or called directly) allocates nothing through [`SimAlloc`], even with every allocation
-//! failing, complementing `tests/no_alloc_invalidate.rs` (which counts the global allocator).
+//! Also here: the invalidation path (`invalidate_begin`/`_nonblock`/`invalidate_end`, through
+//! the simulated CPU or called directly) makes no allocation attempt through [`SimAlloc`], even
+//! with every allocation failing, complementing `tests/no_alloc_invalidate.rs` (which counts the
+//! global allocator); and the `api` fuzz harness runs with failing allocations
+//! (`ApiOp::FailAllocs` before every call).
 #![cfg(feature = "sim")]
 
 use gpusvm::migrate::MigrateDetails;
