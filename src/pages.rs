@@ -385,21 +385,85 @@ fn entry_order(p: &CpuPage, va_page: u64, remaining: u64) -> u8 {
     }
 }
 
-/// The number of entries [`map_collected`] makes from the pages `cpu` collected from
-/// `start` on: the walk it does, without mapping anything. The entry array is allocated with
-/// this capacity before the notifier lock is taken (nothing is allocated under it).
-pub(crate) fn count_entries(cpu: &[CpuPage], start: u64) -> usize {
+/// What [`classify`] found in a collection: where its pages are and how many entries
+/// [`map_collected`] will make of them.
+pub(crate) struct Classified {
+    /// The pagemap of the device pages (the first one met).
+    pagemap: Option<PagemapId>,
+    /// Number of system pages.
+    n_sys: usize,
+    /// Number of device pages.
+    n_dev: usize,
+    /// Number of entries the mapping makes (its walk, without mapping anything).
+    entries: usize,
+}
+
+/// Check the pages `cpu` collected from `start` on against `ctx`, and count the entries
+/// [`map_collected`] will make, in one walk. Done before the notifier lock is taken, so that
+/// the entry array can be allocated exactly (nothing is allocated under the lock); the caller
+/// reports an error only after checking, under the lock, that no invalidation raced the
+/// collection.
+///
+/// Errors: [`Error::Fault`] (an absent page, or system pages with `devmem_only`),
+/// [`Error::Perm`] (a read-only page for a writable collection), [`Error::Busy`] (a device
+/// page of another owner), [`Error::NotSupported`] (mixed placement not allowed).
+///
+/// Context: any; allocates nothing, takes no lock.
+pub(crate) fn classify(cpu: &[CpuPage], start: u64, ctx: &PagesCtx) -> Result<Classified> {
     let npages = cpu.len();
     let first_page = start >> PAGE_SHIFT;
-    let mut n = 0usize;
-    let mut i = 0usize;
-    while let Some(p) = cpu.get(i) {
-        let remaining = npages.saturating_sub(i) as u64;
-        let o = entry_order(p, first_page.wrapping_add(i as u64), remaining);
-        n = n.saturating_add(1);
-        i = i.saturating_add(1usize << o);
+    let mut n_sys = 0usize;
+    let mut pagemap: Option<PagemapId> = None;
+    let mut entries = 0usize;
+    // Index of the first page of the next entry.
+    let mut next = 0usize;
+    for (i, p) in cpu.iter().enumerate() {
+        match *p {
+            CpuPage::Absent => return Err(Error::Fault),
+            CpuPage::System { writable, .. } => {
+                if !ctx.read_only && !writable {
+                    return Err(Error::Perm);
+                }
+                // At most `cpu.len()`: cannot wrap (and no saturation dependency chain).
+                n_sys = n_sys.wrapping_add(1);
+            }
+            CpuPage::Device {
+                pagemap: pm, owner, ..
+            } => {
+                if Some(owner) != ctx.owner {
+                    // The platform should have migrated foreign pages to RAM.
+                    return Err(Error::Busy);
+                }
+                match pagemap {
+                    None => pagemap = Some(pm),
+                    Some(q) if q == pm => {}
+                    Some(_) if ctx.allow_mixed => {}
+                    Some(_) => return Err(Error::NotSupported),
+                }
+            }
+        }
+        if i == next {
+            // `i < npages`: no wrap.
+            let remaining = npages.wrapping_sub(i) as u64;
+            let o = entry_order(p, first_page.wrapping_add(i as u64), remaining);
+            // At most one entry per page: cannot wrap.
+            entries = entries.wrapping_add(1);
+            next = i.saturating_add(1usize << o);
+        }
     }
-    n
+    let n_dev = npages.saturating_sub(n_sys);
+    if n_dev > 0 && n_sys > 0 && !ctx.allow_mixed {
+        return Err(Error::NotSupported);
+    }
+    if ctx.devmem_only && n_sys > 0 {
+        return Err(Error::Fault);
+    }
+    Ok(Classified {
+        pagemap,
+        n_sys,
+        n_dev,
+        entries,
+    })
 }
 
 /// Collect the CPU pages of `[start, end)` (faulting them in). No crate lock may be held: the
@@ -435,7 +499,8 @@ pub(crate) fn collect<H: Host, M: AddressSpace>(
 }
 
 /// Map the pages collected (by [`collect`]) from `start` on for the device, into `entries`
-/// (empty, with the capacity [`count_entries`] gave for `cpu`: nothing is allocated here).
+/// (empty, with the capacity [`classify`] counted for `cpu`: nothing is allocated here),
+/// once [`classify`] accepted the pages.
 /// Nothing is committed; on error every mapping made so far is undone.
 ///
 /// Call with the notifier lock held (shared) and the collection's sequence checked under it, so
@@ -452,45 +517,11 @@ pub(crate) fn map_collected<D: DmaMapper, L: Host>(
     ctx: &PagesCtx,
     resolve: Resolver<'_>,
     mut entries: HostVec<L, PageEntry>,
+    class: &Classified,
 ) -> Result<Mapped<L>> {
     entries.clear();
     let npages = cpu.len();
-    // Classify first, so that refusals happen before any DMA mapping.
-    let mut n_sys = 0usize;
-    let mut pagemap: Option<PagemapId> = None;
-    for p in cpu {
-        match *p {
-            CpuPage::Absent => return Err(Error::Fault),
-            CpuPage::System { writable, .. } => {
-                if !ctx.read_only && !writable {
-                    return Err(Error::Perm);
-                }
-                // At most `cpu.len()`: cannot wrap (and no saturation dependency chain).
-                n_sys = n_sys.wrapping_add(1);
-            }
-            CpuPage::Device {
-                pagemap: pm, owner, ..
-            } => {
-                if Some(owner) != ctx.owner {
-                    // The platform should have migrated foreign pages to RAM.
-                    return Err(Error::Busy);
-                }
-                match pagemap {
-                    None => pagemap = Some(pm),
-                    Some(q) if q == pm => {}
-                    Some(_) if ctx.allow_mixed => {}
-                    Some(_) => return Err(Error::NotSupported),
-                }
-            }
-        }
-    }
-    let n_dev = npages.saturating_sub(n_sys);
-    if n_dev > 0 && n_sys > 0 && !ctx.allow_mixed {
-        return Err(Error::NotSupported);
-    }
-    if ctx.devmem_only && n_sys > 0 {
-        return Err(Error::Fault);
-    }
+    let (n_sys, n_dev, pagemap) = (class.n_sys, class.n_dev, class.pagemap);
 
     let dir = if ctx.read_only {
         DmaDirection::ToDevice
@@ -591,7 +622,7 @@ pub(crate) fn map_collected<D: DmaMapper, L: Host>(
                 return Err(Error::Fault);
             }
         };
-        // The capacity was counted before the lock (`count_entries`): no reallocation.
+        // The capacity was counted before the lock (`classify`): no reallocation.
         if let Err(entry) = m.entries.push_within_capacity(entry) {
             unmap_entry(dma, entry);
             m.unmap(dma);
@@ -656,15 +687,21 @@ pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
         };
         // The entry array, allocated before the notifier lock (nothing is allocated under a
         // lock the invalidation path takes), exactly as large as the mapping below needs.
+        // The pages are classified (and their entries counted) in the same walk, before the
+        // lock; a refusal is reported only once the sequence shows no invalidation raced.
+        let class = classify(&cpu, start, ctx);
         let mut entries = HostVec::<H, PageEntry>::new();
-        entries.reserve_exact(count_entries(&cpu, start), AllocCtx::MaySleep)?;
+        if let Ok(c) = &class {
+            entries.reserve_exact(c.entries, AllocCtx::MaySleep)?;
+        }
         let m = {
             // An invalidation started since the collection: its pages may be gone.
             let Some(_g) = guard(seq) else {
                 on_retry();
                 continue;
             };
-            map_collected(p.dma(), &cpu, start, ctx, resolve, entries)?
+            let class = class?;
+            map_collected(p.dma(), &cpu, start, ctx, resolve, entries, &class)?
         };
         match commit(seq, m)? {
             Commit::Done => return Ok(()),
