@@ -321,10 +321,10 @@ impl<T, A: Allocator> Vec<T, A> {
         T: Clone,
     {
         self.reserve(items.len(), ctx)?;
-        for it in items {
-            // Cannot fail: the room was reserved.
-            let _ = self.push_within_capacity(it.clone());
-        }
+        let mut it = items.iter();
+        let n = self.len.wrapping_add(items.len());
+        self.fill_to(n, || it.next().cloned());
+        // Every item was taken: `fill_to` wrote exactly `items.len()` of them.
         Ok(())
     }
 
@@ -358,10 +358,26 @@ impl<T, A: Allocator> Vec<T, A> {
             return Ok(());
         }
         self.reserve(n.wrapping_sub(self.len), ctx)?;
-        while self.len < n {
-            let _ = self.push_within_capacity(value.clone());
-        }
+        self.fill_to(n, || Some(value.clone()));
         Ok(())
+    }
+
+    /// Write `next()` into the slots from `len` to `n` (`n <= capacity`, checked by the
+    /// callers' reservation) and set the length: one tight loop without a capacity check per
+    /// element. A `None` from `next` stops early.
+    fn fill_to(&mut self, n: usize, mut next: impl FnMut() -> Option<T>) {
+        let n = n.min(self.cap);
+        let base = self.ptr.as_ptr();
+        let mut len = self.len;
+        while len < n {
+            let Some(v) = next() else {
+                break;
+            };
+            // SAFETY: `len < n <= cap`: the slot is inside the buffer and uninitialised.
+            unsafe { base.add(len).write(v) };
+            len = len.wrapping_add(1);
+        }
+        self.len = len;
     }
 
     /// A copy in a new allocation.

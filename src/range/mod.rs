@@ -17,12 +17,14 @@
 //! the collections' "already linked" panic is unreachable.
 
 mod chunk;
+mod link;
 mod notifier;
 mod seq;
 mod tree;
 
 pub(crate) use chunk::check_chunk_sizes;
 pub use chunk::{select_chunk, ChunkQuery};
+pub(crate) use link::{acquire_tree_link, gc_push, gc_queue, GcQueue, RangeAdapter};
 pub(crate) use notifier::{Notifier, NotifierTree};
 pub use seq::SeqCounter;
 pub use tree::{Overlapping, RangeTree};
@@ -34,11 +36,7 @@ use crate::platform::PAGE_SIZE;
 use crate::sync::{class, AtomicU32, AtomicU64, Mutex, Ordering};
 use crate::{DefaultHost, Host, HostArc};
 use bitflags::bitflags;
-use core::marker::PhantomData;
-use core::ptr::NonNull;
-use intrusive_collections::linked_list::LinkedListOps;
-use intrusive_collections::rbtree::{Color, RBTreeOps};
-use intrusive_collections::{linked_list, rbtree, Adapter, KeyAdapter, LinkOps, PointerOps};
+use intrusive_collections::{linked_list, rbtree};
 
 bitflags! {
     /// Life-cycle flags of a [`Range`].
@@ -78,240 +76,6 @@ pub struct Range<L: Host = DefaultHost> {
     /// Platform time of the last migration into device memory (eviction picks the oldest).
     placed_ns: AtomicU64,
     pub(crate) pages: Mutex<L, PageState<L>>,
-}
-
-/// Pointer conversions of the range adapters: a [`HostArc`] to a range and back.
-pub(crate) struct RangePtrOps<L: Host>(PhantomData<fn() -> L>);
-
-impl<L: Host> RangePtrOps<L> {
-    const NEW: Self = RangePtrOps(PhantomData);
-}
-
-// SAFETY: `from_raw` undoes exactly `into_raw` (the `heap::Arc` pair), neither panics, and the
-// value stays alive (the collection owns the count) between the two.
-unsafe impl<L: Host> PointerOps for RangePtrOps<L> {
-    type Value = Range<L>;
-    type Pointer = HostArc<L, Range<L>>;
-
-    unsafe fn from_raw(&self, value: *const Range<L>) -> HostArc<L, Range<L>> {
-        // SAFETY: the collections pass back only pointers `into_raw` returned (caller's
-        // contract), once each.
-        unsafe { heap::Arc::from_raw(value) }
-    }
-
-    fn into_raw(&self, ptr: HostArc<L, Range<L>>) -> *const Range<L> {
-        heap::Arc::into_raw(ptr)
-    }
-}
-
-/// Link operations over `O` whose `acquire_link` always succeeds without touching the link:
-/// the crate acquires a link itself ([`acquire_tree_link`], [`acquire_gc_link`]) before it
-/// hands the range to a collection, and refuses the insertion when that fails. The
-/// collections' panic on an already-linked node is then unreachable, and visibly so.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct PreAcquired<O>(O);
-
-// SAFETY: `release_link` is `O`'s; `acquire_link` grants exclusive use of a link only to a
-// collection whose caller acquired it with `O`'s operation just before (the contract of every
-// insertion into a collection using these operations: `RangeTree::insert`, `gc_push`).
-unsafe impl<O: LinkOps> LinkOps for PreAcquired<O> {
-    type LinkPtr = O::LinkPtr;
-
-    unsafe fn acquire_link(&mut self, _ptr: Self::LinkPtr) -> bool {
-        true
-    }
-
-    unsafe fn release_link(&mut self, ptr: Self::LinkPtr) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.release_link(ptr) }
-    }
-}
-
-// SAFETY: every operation is the wrapped one's.
-unsafe impl RBTreeOps for PreAcquired<rbtree::AtomicLinkOps> {
-    unsafe fn left(&self, ptr: Self::LinkPtr) -> Option<Self::LinkPtr> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.left(ptr) }
-    }
-    unsafe fn right(&self, ptr: Self::LinkPtr) -> Option<Self::LinkPtr> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.right(ptr) }
-    }
-    unsafe fn parent(&self, ptr: Self::LinkPtr) -> Option<Self::LinkPtr> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.parent(ptr) }
-    }
-    unsafe fn color(&self, ptr: Self::LinkPtr) -> Color {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.color(ptr) }
-    }
-    unsafe fn set_left(&mut self, ptr: Self::LinkPtr, left: Option<Self::LinkPtr>) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.set_left(ptr, left) }
-    }
-    unsafe fn set_right(&mut self, ptr: Self::LinkPtr, right: Option<Self::LinkPtr>) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.set_right(ptr, right) }
-    }
-    unsafe fn set_parent(&mut self, ptr: Self::LinkPtr, parent: Option<Self::LinkPtr>) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.set_parent(ptr, parent) }
-    }
-    unsafe fn set_color(&mut self, ptr: Self::LinkPtr, color: Color) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.set_color(ptr, color) }
-    }
-}
-
-// SAFETY: every operation is the wrapped one's.
-unsafe impl LinkedListOps for PreAcquired<linked_list::AtomicLinkOps> {
-    unsafe fn next(&self, ptr: Self::LinkPtr) -> Option<Self::LinkPtr> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.next(ptr) }
-    }
-    unsafe fn prev(&self, ptr: Self::LinkPtr) -> Option<Self::LinkPtr> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.prev(ptr) }
-    }
-    unsafe fn set_next(&mut self, ptr: Self::LinkPtr, next: Option<Self::LinkPtr>) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.set_next(ptr, next) }
-    }
-    unsafe fn set_prev(&mut self, ptr: Self::LinkPtr, prev: Option<Self::LinkPtr>) {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.0.set_prev(ptr, prev) }
-    }
-}
-
-/// Adapter for the range tree (keyed by start address).
-pub(crate) struct RangeAdapter<L: Host> {
-    link_ops: PreAcquired<rbtree::AtomicLinkOps>,
-    ptr_ops: RangePtrOps<L>,
-}
-
-impl<L: Host> RangeAdapter<L> {
-    /// The adapter (zero-sized).
-    pub(crate) const NEW: Self = RangeAdapter {
-        link_ops: PreAcquired(rbtree::AtomicLinkOps),
-        ptr_ops: RangePtrOps::NEW,
-    };
-}
-
-// SAFETY: `get_link`/`get_value` move between a range and its `tree_link` field by the
-// field's offset, within the same allocation (so the pointer keeps its provenance); the
-// pointer operations are the `HostArc` pair.
-unsafe impl<L: Host> Adapter for RangeAdapter<L> {
-    type LinkOps = PreAcquired<rbtree::AtomicLinkOps>;
-    type PointerOps = RangePtrOps<L>;
-
-    unsafe fn get_value(&self, link: NonNull<rbtree::AtomicLink>) -> *const Range<L> {
-        let off = core::mem::offset_of!(Range<L>, tree_link);
-        // SAFETY: `link` is the `tree_link` field of a live range (caller's contract).
-        unsafe { link.as_ptr().cast::<u8>().sub(off).cast::<Range<L>>() }
-    }
-
-    unsafe fn get_link(&self, value: *const Range<L>) -> NonNull<rbtree::AtomicLink> {
-        // SAFETY: `value` points to a live range (caller's contract): its field address is
-        // non-null.
-        unsafe { NonNull::new_unchecked(core::ptr::addr_of!((*value).tree_link).cast_mut()) }
-    }
-
-    fn link_ops(&self) -> &Self::LinkOps {
-        &self.link_ops
-    }
-
-    fn link_ops_mut(&mut self) -> &mut Self::LinkOps {
-        &mut self.link_ops
-    }
-
-    fn pointer_ops(&self) -> &Self::PointerOps {
-        &self.ptr_ops
-    }
-}
-
-impl<'a, L: Host> KeyAdapter<'a> for RangeAdapter<L> {
-    type Key = u64;
-    fn get_key(&self, r: &'a Range<L>) -> u64 {
-        r.start
-    }
-}
-
-/// Adapter for the garbage-collector queue.
-pub(crate) struct GcAdapter<L: Host> {
-    link_ops: PreAcquired<linked_list::AtomicLinkOps>,
-    ptr_ops: RangePtrOps<L>,
-}
-
-impl<L: Host> GcAdapter<L> {
-    /// The adapter (zero-sized).
-    pub(crate) const NEW: Self = GcAdapter {
-        link_ops: PreAcquired(linked_list::AtomicLinkOps),
-        ptr_ops: RangePtrOps::NEW,
-    };
-}
-
-// SAFETY: as `RangeAdapter`, for the `gc_link` field.
-unsafe impl<L: Host> Adapter for GcAdapter<L> {
-    type LinkOps = PreAcquired<linked_list::AtomicLinkOps>;
-    type PointerOps = RangePtrOps<L>;
-
-    unsafe fn get_value(&self, link: NonNull<linked_list::AtomicLink>) -> *const Range<L> {
-        let off = core::mem::offset_of!(Range<L>, gc_link);
-        // SAFETY: `link` is the `gc_link` field of a live range (caller's contract).
-        unsafe { link.as_ptr().cast::<u8>().sub(off).cast::<Range<L>>() }
-    }
-
-    unsafe fn get_link(&self, value: *const Range<L>) -> NonNull<linked_list::AtomicLink> {
-        // SAFETY: `value` points to a live range (caller's contract).
-        unsafe { NonNull::new_unchecked(core::ptr::addr_of!((*value).gc_link).cast_mut()) }
-    }
-
-    fn link_ops(&self) -> &Self::LinkOps {
-        &self.link_ops
-    }
-
-    fn link_ops_mut(&mut self) -> &mut Self::LinkOps {
-        &mut self.link_ops
-    }
-
-    fn pointer_ops(&self) -> &Self::PointerOps {
-        &self.ptr_ops
-    }
-}
-
-/// Acquire `range`'s tree link for an insertion (atomically: a range is linked into at most
-/// one tree); whether it was free.
-pub(crate) fn acquire_tree_link<L: Host>(range: &Range<L>) -> bool {
-    // SAFETY: the link lives as long as `range`; acquiring only swaps its atomic marker.
-    unsafe { rbtree::AtomicLinkOps.acquire_link(NonNull::from(&range.tree_link)) }
-}
-
-/// Acquire `range`'s GC-queue link (atomically); whether it was free.
-fn acquire_gc_link<L: Host>(range: &Range<L>) -> bool {
-    // SAFETY: as `acquire_tree_link`.
-    unsafe { linked_list::AtomicLinkOps.acquire_link(NonNull::from(&range.gc_link)) }
-}
-
-/// The garbage-collector queue: an intrusive list of ranges (pushing allocates nothing).
-pub(crate) type GcQueue<L> = intrusive_collections::LinkedList<GcAdapter<L>>;
-
-/// An empty GC queue.
-pub(crate) const fn gc_queue<L: Host>() -> GcQueue<L> {
-    intrusive_collections::LinkedList::new(GcAdapter::NEW)
-}
-
-/// Queue `range` at the back of `q`; `false` (and the reference is dropped) if it is already
-/// in a queue.
-///
-/// Context: allocates nothing; never sleeps (the invalidation path calls it under the GC-queue
-/// lock).
-pub(crate) fn gc_push<L: Host>(q: &mut GcQueue<L>, range: HostArc<L, Range<L>>) -> bool {
-    if !acquire_gc_link(&range) {
-        return false;
-    }
-    // The link was just acquired: the list's own acquisition (`PreAcquired`) cannot refuse it.
-    q.push_back(range);
-    true
 }
 
 impl<L: Host> core::fmt::Debug for Range<L> {
@@ -437,7 +201,10 @@ impl<L: Host> Range<L> {
 
 #[cfg(all(test, feature = "alloc", not(loom)))]
 mod tests {
+    use super::link::acquire_gc_link;
     use super::*;
+    use core::ptr::NonNull;
+    use intrusive_collections::LinkOps;
 
     const P: u64 = PAGE_SIZE;
 
