@@ -385,6 +385,27 @@ fn entry_order(p: &CpuPage, va_page: u64, remaining: u64) -> u8 {
     }
 }
 
+/// Number of entries [`map_collected`] makes of the pages `cpu` collected from `start` on: its
+/// walk from entry to entry, without mapping anything (one step per entry, so a range of huge
+/// pages costs one step per huge page).
+///
+/// Context: any; allocates nothing, takes no lock.
+fn count_entries(cpu: &[CpuPage], start: u64) -> usize {
+    let npages = cpu.len();
+    let first_page = start >> PAGE_SHIFT;
+    let mut entries = 0usize;
+    let mut i = 0usize;
+    while let Some(p) = cpu.get(i) {
+        // `i < npages`: no wrap.
+        let remaining = npages.wrapping_sub(i) as u64;
+        let o = entry_order(p, first_page.wrapping_add(i as u64), remaining);
+        // At most one entry per page: cannot wrap.
+        entries = entries.wrapping_add(1);
+        i = i.saturating_add(1usize << o);
+    }
+    entries
+}
+
 /// What [`classify`] found in a collection: where its pages are and how many entries
 /// [`map_collected`] will make of them.
 pub(crate) struct Classified {
@@ -399,7 +420,7 @@ pub(crate) struct Classified {
 }
 
 /// Check the pages `cpu` collected from `start` on against `ctx`, and count the entries
-/// [`map_collected`] will make, in one walk. Done before the notifier lock is taken, so that
+/// [`map_collected`] will make (without a second walk when every page is a base page). Done before the notifier lock is taken, so that
 /// the entry array can be allocated exactly (nothing is allocated under the lock); the caller
 /// reports an error only after checking, under the lock, that no invalidation raced the
 /// collection.
@@ -411,24 +432,29 @@ pub(crate) struct Classified {
 /// Context: any; allocates nothing, takes no lock.
 pub(crate) fn classify(cpu: &[CpuPage], start: u64, ctx: &PagesCtx) -> Result<Classified> {
     let npages = cpu.len();
-    let first_page = start >> PAGE_SHIFT;
     let mut n_sys = 0usize;
     let mut pagemap: Option<PagemapId> = None;
-    let mut entries = 0usize;
-    // Index of the first page of the next entry.
-    let mut next = 0usize;
-    for (i, p) in cpu.iter().enumerate() {
+    // The orders of all pages, or-ed: zero when every page is a base page, which is the common
+    // case and then gives one entry per page without a counting walk.
+    let mut orders = 0u8;
+    for p in cpu {
         match *p {
             CpuPage::Absent => return Err(Error::Fault),
-            CpuPage::System { writable, .. } => {
+            CpuPage::System {
+                writable, order, ..
+            } => {
                 if !ctx.read_only && !writable {
                     return Err(Error::Perm);
                 }
                 // At most `cpu.len()`: cannot wrap (and no saturation dependency chain).
                 n_sys = n_sys.wrapping_add(1);
+                orders |= order;
             }
             CpuPage::Device {
-                pagemap: pm, owner, ..
+                pagemap: pm,
+                owner,
+                order,
+                ..
             } => {
                 if Some(owner) != ctx.owner {
                     // The platform should have migrated foreign pages to RAM.
@@ -440,17 +466,15 @@ pub(crate) fn classify(cpu: &[CpuPage], start: u64, ctx: &PagesCtx) -> Result<Cl
                     Some(_) if ctx.allow_mixed => {}
                     Some(_) => return Err(Error::NotSupported),
                 }
+                orders |= order;
             }
         }
-        if i == next {
-            // `i < npages`: no wrap.
-            let remaining = npages.wrapping_sub(i) as u64;
-            let o = entry_order(p, first_page.wrapping_add(i as u64), remaining);
-            // At most one entry per page: cannot wrap.
-            entries = entries.wrapping_add(1);
-            next = i.saturating_add(1usize << o);
-        }
     }
+    let entries = if orders == 0 {
+        npages
+    } else {
+        count_entries(cpu, start)
+    };
     let n_dev = npages.saturating_sub(n_sys);
     if n_dev > 0 && n_sys > 0 && !ctx.allow_mixed {
         return Err(Error::NotSupported);
