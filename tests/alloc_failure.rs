@@ -513,6 +513,17 @@ fn run_k(
     }
 }
 
+/// The step of the migration scenarios: device 0 migrates the whole buffer's range to its
+/// device memory; the report is the step's result.
+fn migrate_buf_to_devmem(fx: &Fx) -> Result<String> {
+    let r = fx.range(0, fx.buf);
+    let rep = fx
+        .g(0)
+        .svm
+        .migrate_to_devmem(&r, &MigrateDetails::default())?;
+    Ok(format!("{rep:?}"))
+}
+
 // ---- first-touch faults ---------------------------------------------------------------------
 
 /// A device without device memory faults a fresh 64 KiB range in: the range, its notifier, the
@@ -559,14 +570,7 @@ fn migrate_to_devmem() {
             fx.fault_all(0);
             fx
         },
-        step: |fx| {
-            let r = fx.range(0, fx.buf);
-            let rep = fx
-                .g(0)
-                .svm
-                .migrate_to_devmem(&r, &MigrateDetails::default())?;
-            Ok(format!("{rep:?}"))
-        },
+        step: migrate_buf_to_devmem,
         atomic: true,
         absorbs: None,
         placement_may_differ: None,
@@ -630,14 +634,7 @@ fn device_to_device() {
             fx.fault_all(0);
             fx
         },
-        step: |fx| {
-            let r = fx.range(0, fx.buf);
-            let rep = fx
-                .g(0)
-                .svm
-                .migrate_to_devmem(&r, &MigrateDetails::default())?;
-            Ok(format!("{rep:?}"))
-        },
+        step: migrate_buf_to_devmem,
         atomic: true,
         absorbs: None,
         placement_may_differ: None,
@@ -1151,14 +1148,14 @@ fn allocations_under_locks_are_caught() {
     SimAlloc::reset();
     let alloc = |ctx| drop(gpusvm::heap::Arc::<u64, SimAlloc>::try_new(1, ctx).unwrap());
     {
-        let attrs = Mutex::<SimHost, ()>::new(&class::ATTRS, ());
+        let attrs = Mutex::<SimHost, ()>::new(&class::ATTRS, ()).unwrap();
         let _g = attrs.lock();
         alloc(AllocCtx::NoSleep);
     }
     assert_eq!(SimAlloc::stats().lock_violations, 0);
     assert!(SimAlloc::first_lock_violation().is_none());
     {
-        let attrs = Mutex::<SimHost, ()>::new(&class::ATTRS, ());
+        let attrs = Mutex::<SimHost, ()>::new(&class::ATTRS, ()).unwrap();
         let _g = attrs.lock();
         alloc(AllocCtx::MaySleep);
     }
@@ -1169,14 +1166,14 @@ fn allocations_under_locks_are_caught() {
         "{v}"
     );
     {
-        let notifier = RwLock::<SimHost, ()>::new(&class::NOTIFIER, ());
+        let notifier = RwLock::<SimHost, ()>::new(&class::NOTIFIER, ()).unwrap();
         let _g = notifier.read();
         alloc(AllocCtx::MaySleep);
     }
     assert_eq!(SimAlloc::stats().lock_violations, 2);
     SimAlloc::reset();
     {
-        let notifier = RwLock::<SimHost, ()>::new(&class::NOTIFIER, ());
+        let notifier = RwLock::<SimHost, ()>::new(&class::NOTIFIER, ()).unwrap();
         let _g = notifier.write();
         alloc(AllocCtx::NoSleep);
     }
