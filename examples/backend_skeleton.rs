@@ -446,7 +446,8 @@ impl DeviceMemory for SkelVram {
 /// - `RawMutex` → `struct mutex` where `class.may_sleep`, else `spinlock_t`.
 /// - `new(class)` → `__init_rwsem(&sem, class.name, &KEYS[rank])` / `__mutex_init` /
 ///   `__spin_lock_init` with one static `lock_class_key` per class. A kernel lock must not move
-///   after init: allocate it (or embed it in a pinned object) and keep a pointer here.
+///   after init: `new` allocates it (`kmalloc`, failing with `Error::NoMem`), initialises it
+///   in place and keeps a pointer here; `Drop` destroys and frees it.
 ///
 /// This skeleton runs in user space, so it forwards to the crate's spin locks and only shows
 /// where each kernel call goes.
@@ -457,9 +458,10 @@ struct SkelRwLock(<gpusvm::sync::SpinHost as Host>::RwLock);
 
 // SAFETY: every method forwards to `SpinMutex`, which upholds the `RawMutex` contract.
 unsafe impl RawMutex for SkelMutex {
-    fn new(class: &'static LockClass) -> Self {
-        // kernel: if class.may_sleep { __mutex_init(..) } else { __spin_lock_init(..) }
-        SkelMutex(RawMutex::new(class))
+    fn new(class: &'static LockClass) -> gpusvm::Result<Self> {
+        // kernel: p = kmalloc(..) (NULL: Err(NoMem)), then
+        // if class.may_sleep { __mutex_init(p, ..) } else { __spin_lock_init(p, ..) }
+        Ok(SkelMutex(RawMutex::new(class)?))
     }
     fn lock(&self) {
         self.0.lock() // kernel: mutex_lock / spin_lock
@@ -475,9 +477,10 @@ unsafe impl RawMutex for SkelMutex {
 
 // SAFETY: every method forwards to `SpinRwLock`, which upholds the `RawRwLock` contract.
 unsafe impl RawRwLock for SkelRwLock {
-    fn new(class: &'static LockClass) -> Self {
-        // kernel: if class.may_sleep { __init_rwsem(..) } else { __rwlock_init(..) }
-        SkelRwLock(RawRwLock::new(class))
+    fn new(class: &'static LockClass) -> gpusvm::Result<Self> {
+        // kernel: p = kmalloc(..) (NULL: Err(NoMem)), then
+        // if class.may_sleep { __init_rwsem(p, ..) } else { __rwlock_init(p, ..) }
+        Ok(SkelRwLock(RawRwLock::new(class)?))
     }
     fn read(&self) {
         self.0.read() // kernel: down_read / read_lock

@@ -18,7 +18,10 @@
 //! | `sim::SimHost` (feature `sim`) | parking, checking the lock order | counting, with failure injection |
 //!
 //! A Linux driver writes its own: `struct mutex`/`rw_semaphore`/`spinlock_t` with one
-//! `lock_class_key` per [`LockClass`](crate::sync::LockClass), and `kmalloc`/`kfree`.
+//! `lock_class_key` per [`LockClass`](crate::sync::LockClass), and `kmalloc`/`kfree`. A kernel
+//! lock must not move, so its raw lock is a handle to a lock allocated and initialised in place
+//! (creation fails with [`Error::NoMem`](crate::Error::NoMem); see
+//! [`sync`](crate::sync#creating-a-lock-is-fallible)). The C ABI (`gpusvm-ffi`) is such a host.
 
 use crate::heap::Allocator;
 use crate::sync::{RawMutex, RawRwLock};

@@ -765,10 +765,11 @@ impl Userptr {
 impl<L: Host> Userptr<L> {
     /// A userptr over `[start, end)` whose lock comes from the facet `L`.
     ///
-    /// Errors: [`Error::Invalid`] unless page aligned and non-empty.
+    /// Errors: [`Error::Invalid`] unless page aligned and non-empty; [`Error::NoMem`] if the
+    /// host cannot create the userptr's lock.
     ///
-    /// Context: does not sleep; takes no lock; allocates only if the host's lock constructor
-    /// does.
+    /// Context: may sleep if the host allocates its lock objects (see
+    /// [`RawRwLock::new`](crate::sync::RawRwLock::new)); takes no lock; allocates nothing else.
     pub fn with_host(start: u64, end: u64) -> Result<Userptr<L>> {
         if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(Error::Invalid);
@@ -777,7 +778,7 @@ impl<L: Host> Userptr<L> {
             start,
             end,
             seq: SeqCounter::new(),
-            state: RwLock::new(&class::USERPTR, PageState::new()),
+            state: RwLock::new(&class::USERPTR, PageState::new())?,
         })
     }
 

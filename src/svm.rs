@@ -216,23 +216,25 @@ impl<P: Platform> core::fmt::Debug for Svm<P> {
 
 impl<P: Platform> Svm<P> {
     /// Create an instance. Errors: [`Error::Invalid`] if the configuration is bad
-    /// (see [`SvmConfig::validate`]).
+    /// (see [`SvmConfig::validate`]); [`Error::NoMem`] if the host cannot create one of the
+    /// instance's locks (nothing is left behind).
     ///
-    /// Context: does not sleep; takes no lock; allocates nothing (every container starts empty and
-    /// grows on first use).
+    /// Context: may sleep if the host allocates its lock objects (see
+    /// [`RawMutex::new`](crate::sync::RawMutex::new)); takes no lock; allocates nothing else
+    /// (every container starts empty and grows on first use).
     pub fn new(platform: P, config: SvmConfig) -> Result<Self> {
         config.validate()?;
         Ok(Svm {
             platform,
             config,
-            structure: Mutex::new(&class::STRUCTURE, ()),
-            notifiers: RwLock::new(&class::NOTIFIER, NotifierTree::default()),
-            gc: Mutex::new(&class::GC_QUEUE, gc_queue()),
+            structure: Mutex::new(&class::STRUCTURE, ())?,
+            notifiers: RwLock::new(&class::NOTIFIER, NotifierTree::default())?,
+            gc: Mutex::new(&class::GC_QUEUE, gc_queue())?,
             closed: AtomicBool::new(false),
             stats: Stats::default(),
-            pagemaps: RwLock::new(&class::PAGEMAPS, PagemapSet::default()),
-            owner: RwLock::new(&class::OWNER, None),
-            attrs: RwLock::new(&class::ATTRS, AttrStore::new()),
+            pagemaps: RwLock::new(&class::PAGEMAPS, PagemapSet::default())?,
+            owner: RwLock::new(&class::OWNER, None)?,
+            attrs: RwLock::new(&class::ATTRS, AttrStore::new())?,
         })
     }
 

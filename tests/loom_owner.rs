@@ -75,7 +75,7 @@ fn check_groups<F: Interconnect>(r: &OwnerRegistry<F>, n: u64, link: fn(PeerId, 
 #[test]
 fn linked_joiners_share_an_owner() {
     loom::model(|| {
-        let r = Arc::new(OwnerRegistry::new(all_linked));
+        let r = Arc::new(OwnerRegistry::new(all_linked).unwrap());
         let r1 = r.clone();
         let t = thread::spawn(move || r1.join(PeerId(1)).unwrap());
         let o0 = r.join(PeerId(0)).unwrap();
@@ -93,7 +93,7 @@ fn linked_joiners_share_an_owner() {
 #[test]
 fn unlinked_joiners_get_distinct_owners() {
     loom::model(|| {
-        let r = Arc::new(OwnerRegistry::new(none_linked));
+        let r = Arc::new(OwnerRegistry::new(none_linked).unwrap());
         let r1 = r.clone();
         let t = thread::spawn(move || r1.join(PeerId(1)).unwrap());
         let o0 = r.join(PeerId(0)).unwrap();
@@ -116,7 +116,7 @@ fn joiners_into_an_existing_group() {
     let seen: std::sync::Arc<Ghost<BTreeSet<u64>>> = Default::default();
     let s = seen.clone();
     loom::model(move || {
-        let r = Arc::new(OwnerRegistry::new(star));
+        let r = Arc::new(OwnerRegistry::new(star).unwrap());
         let o = r.join(PeerId(0)).unwrap();
         let (r1, r2) = (r.clone(), r.clone());
         let t1 = thread::spawn(move || r1.join(PeerId(1)).unwrap());
@@ -139,7 +139,7 @@ fn join_racing_the_last_leave() {
     let s = seen.clone();
     // 0-1 and 0-2 linked; 1-2 not.
     loom::model(move || {
-        let r = Arc::new(OwnerRegistry::new(star));
+        let r = Arc::new(OwnerRegistry::new(star).unwrap());
         let o0 = r.join(PeerId(0)).unwrap();
         let (r1, r2) = (r.clone(), r.clone());
         let leaver = thread::spawn(move || r1.leave(PeerId(0)).unwrap());
@@ -176,7 +176,7 @@ fn leave_and_rejoin_racing() {
     let seen: std::sync::Arc<Ghost<BTreeSet<u32>>> = Default::default();
     let s = seen.clone();
     loom::model(move || {
-        let r = Arc::new(OwnerRegistry::new(all_linked));
+        let r = Arc::new(OwnerRegistry::new(all_linked).unwrap());
         let o = r.join(PeerId(0)).unwrap();
         assert_eq!(r.join(PeerId(1)).unwrap(), o);
         let (r1, r2) = (r.clone(), r.clone());
@@ -217,7 +217,7 @@ fn device_graph(a: PeerId, b: PeerId) -> bool {
 #[test]
 fn device_peers_join_back_to_back_racing_a_leave() {
     loom::model(|| {
-        let r = Arc::new(OwnerRegistry::new(device_graph));
+        let r = Arc::new(OwnerRegistry::new(device_graph).unwrap());
         let o = r.join(PeerId(0)).unwrap();
         assert_eq!(r.join(PeerId(1)).unwrap(), o, "X joins A's owner");
         let (r1, r2) = (r.clone(), r.clone());

@@ -117,11 +117,11 @@ const PARALLEL: &str = "two commits inside their page locks at once";
 impl Notifier {
     fn new(nranges: usize, cov: &Coverage) -> Arc<Self> {
         Arc::new(Notifier {
-            lock: RwLock::new(&class::NOTIFIER, ()),
+            lock: RwLock::new(&class::NOTIFIER, ()).unwrap(),
             seq: SeqCounter::new(),
             ranges: (0..nranges)
                 .map(|_| RangeM {
-                    pages: Mutex::new(&class::RANGE_PAGES, Device::default()),
+                    pages: Mutex::new(&class::RANGE_PAGES, Device::default()).unwrap(),
                     page: AtomicUsize::new(0),
                     committing: std::sync::atomic::AtomicUsize::new(0),
                 })

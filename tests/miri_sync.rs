@@ -18,7 +18,7 @@ fn mutex_counts<L: Host>()
 where
     L::Mutex: 'static,
 {
-    let m: Arc<Mutex<L, u64>> = Arc::new(Mutex::new(&class::GC_QUEUE, 0));
+    let m: Arc<Mutex<L, u64>> = Arc::new(Mutex::new(&class::GC_QUEUE, 0).unwrap());
     let hs: Vec<_> = (0..THREADS)
         .map(|_| {
             let m = m.clone();
@@ -44,7 +44,7 @@ fn rwlock_readers_and_writers<L: Host>()
 where
     L::RwLock: 'static,
 {
-    let l: Arc<RwLock<L, Vec<u64>>> = Arc::new(RwLock::new(&class::NOTIFIER, Vec::new()));
+    let l: Arc<RwLock<L, Vec<u64>>> = Arc::new(RwLock::new(&class::NOTIFIER, Vec::new()).unwrap());
     let hs: Vec<_> = (0..THREADS)
         .map(|t| {
             let l = l.clone();

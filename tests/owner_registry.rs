@@ -101,7 +101,7 @@ fn same<F: gpusvm::pagemap::Interconnect>(r: &OwnerRegistry<F>, m: &Model, peers
 #[test]
 fn first_group_is_the_oldest_live_one() {
     // 0 and 1 unlinked; 2 linked to both; 3 linked to 1 only.
-    let r = OwnerRegistry::new(graph(&[(0, 2), (1, 2), (1, 3)]));
+    let r = OwnerRegistry::new(graph(&[(0, 2), (1, 2), (1, 3)])).unwrap();
     let o0 = r.join(PeerId(0)).unwrap();
     let o1 = r.join(PeerId(1)).unwrap();
     assert_ne!(o0, o1);
@@ -119,7 +119,7 @@ fn first_group_is_the_oldest_live_one() {
     r.leave(PeerId(0)).unwrap();
     r.leave(PeerId(2)).unwrap();
     assert!(r.members(o0).unwrap().is_empty());
-    let r2 = OwnerRegistry::new(graph(&[(0, 2), (1, 2)]));
+    let r2 = OwnerRegistry::new(graph(&[(0, 2), (1, 2)])).unwrap();
     let a = r2.join(PeerId(0)).unwrap();
     let b = r2.join(PeerId(1)).unwrap();
     r2.leave(PeerId(0)).unwrap();
@@ -135,7 +135,7 @@ fn first_group_is_the_oldest_live_one() {
 #[test]
 fn a_link_to_every_member_is_needed() {
     // A chain 0-1-2-3: each joiner is linked to the previous one only.
-    let r = OwnerRegistry::new(graph(&[(0, 1), (1, 2), (2, 3)]));
+    let r = OwnerRegistry::new(graph(&[(0, 1), (1, 2), (2, 3)])).unwrap();
     let o0 = r.join(PeerId(0)).unwrap();
     assert_eq!(r.join(PeerId(1)).unwrap(), o0);
     let o2 = r.join(PeerId(2)).unwrap();
@@ -151,7 +151,7 @@ fn a_link_to_every_member_is_needed() {
 #[test]
 fn the_rule_looks_at_current_members() {
     // 2 is linked to 0 but not to 1.
-    let r = OwnerRegistry::new(graph(&[(0, 1), (0, 2)]));
+    let r = OwnerRegistry::new(graph(&[(0, 1), (0, 2)])).unwrap();
     let o = r.join(PeerId(0)).unwrap();
     assert_eq!(r.join(PeerId(1)).unwrap(), o);
     let o2 = r.join(PeerId(2)).unwrap();
@@ -174,7 +174,7 @@ fn asymmetric_predicate_counts_only_both_ways() {
         let pred = move |a: PeerId, b: PeerId| {
             a == b || (a.0 == 0 && b.0 == 1 && from_member) || (a.0 == 1 && b.0 == 0 && from_joiner)
         };
-        let r = OwnerRegistry::new(pred);
+        let r = OwnerRegistry::new(pred).unwrap();
         let o0 = r.join(PeerId(0)).unwrap();
         let o1 = r.join(PeerId(1)).unwrap();
         assert_eq!(
@@ -187,7 +187,7 @@ fn asymmetric_predicate_counts_only_both_ways() {
 
 #[test]
 fn owner_ids_are_never_reused() {
-    let r = OwnerRegistry::new(graph(&[]));
+    let r = OwnerRegistry::new(graph(&[])).unwrap();
     let mut seen = BTreeSet::new();
     for round in 0..50u64 {
         let p = PeerId(round % 3);
@@ -201,7 +201,7 @@ fn owner_ids_are_never_reused() {
 
 #[test]
 fn failed_calls_change_nothing() {
-    let r = OwnerRegistry::new(graph(&[(0, 1)]));
+    let r = OwnerRegistry::new(graph(&[(0, 1)])).unwrap();
     let o = r.join(PeerId(0)).unwrap();
     r.join(PeerId(1)).unwrap();
     assert_eq!(r.join(PeerId(0)), Err(Error::Invalid), "joined twice");
@@ -214,7 +214,7 @@ fn failed_calls_change_nothing() {
     assert_eq!(r.leave(PeerId(0)), Err(Error::Invalid), "left twice");
     assert_eq!(&r.members(o).unwrap()[..], [PeerId(1)]);
     // The next new owner is still fresh (the failed calls consumed no id).
-    let r2 = OwnerRegistry::new(graph(&[]));
+    let r2 = OwnerRegistry::new(graph(&[])).unwrap();
     let a = r2.join(PeerId(0)).unwrap();
     let _ = r2.join(PeerId(0));
     let _ = r2.leave(PeerId(9));
@@ -242,7 +242,7 @@ fn exhaustive_four_peers_against_the_model() {
         let link = graph(&edges);
         let linked = |a: u64, b: u64| link(PeerId(a), PeerId(b));
         for order in &orders {
-            let r = OwnerRegistry::new(graph(&edges));
+            let r = OwnerRegistry::new(graph(&edges)).unwrap();
             let mut m = Model::default();
             for &p in order {
                 let got = r.join(PeerId(p)).map(|o| o.0);
@@ -296,7 +296,7 @@ fn random_walk_against_the_model() {
         }
         let link = graph(&edges);
         let linked = |a: u64, b: u64| link(PeerId(a), PeerId(b));
-        let r = OwnerRegistry::new(graph(&edges));
+        let r = OwnerRegistry::new(graph(&edges)).unwrap();
         let mut m = Model::default();
         for _ in 0..60 {
             let p = next(6);

@@ -174,17 +174,19 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     /// A pagemap `id` of owner `owner` over the device memory `mem`, in a new shared
     /// allocation on the host's allocator.
     ///
-    /// Errors: [`Error::NoMem`] when the allocator fails (`mem` is dropped).
+    /// Errors: [`Error::NoMem`] when the allocator fails or the host cannot create the
+    /// run-index lock (`mem` is dropped).
     ///
-    /// Context: may sleep; allocates the pagemap with [`AllocCtx::MaySleep`] (its run index
-    /// is allocated later, when migrations track allocations); takes no lock.
+    /// Context: may sleep; creates the run-index lock and allocates the pagemap with
+    /// [`AllocCtx::MaySleep`] (its run index is allocated later, when migrations track
+    /// allocations); takes no lock.
     pub fn new(id: PagemapId, owner: OwnerId, mem: M) -> Result<HostArc<L, Self>> {
         HostArc::<L, Self>::try_new(
             Pagemap {
                 id,
                 owner,
                 mem,
-                runs: Mutex::new(&class::PAGEMAP_RUNS, RunIndex::new()),
+                runs: Mutex::new(&class::PAGEMAP_RUNS, RunIndex::new())?,
                 live_allocs: AtomicUsize::new(0),
                 released: AtomicUsize::new(0),
                 stray_frees: AtomicUsize::new(0),

@@ -69,7 +69,7 @@ impl<L: Host> core::fmt::Debug for Inner<L> {
 /// ```
 /// use gpusvm::pagemap::{OwnerRegistry, PeerId};
 /// // Peers 0 and 1 share a link; 2 has none.
-/// let reg = OwnerRegistry::new(|a: PeerId, b: PeerId| a.0 < 2 && b.0 < 2 || a == b);
+/// let reg = OwnerRegistry::new(|a: PeerId, b: PeerId| a.0 < 2 && b.0 < 2 || a == b).unwrap();
 /// let o0 = reg.join(PeerId(0)).unwrap();
 /// let o1 = reg.join(PeerId(1)).unwrap();
 /// let o2 = reg.join(PeerId(2)).unwrap();
@@ -96,8 +96,11 @@ impl<F: Interconnect> OwnerRegistry<F> {
     /// An empty registry with the symmetric predicate `has_interconnect`, on the default lock
     /// facet ([`with_host`](Self::with_host) chooses another).
     ///
-    /// Context: does not sleep or allocate; takes no lock.
-    pub fn new(has_interconnect: F) -> Self {
+    /// Errors: [`Error::NoMem`] if the host cannot create the registry's lock (never with the
+    /// default facet's spinning locks).
+    ///
+    /// Context: does not sleep or allocate with the default facet; takes no lock.
+    pub fn new(has_interconnect: F) -> Result<Self> {
         Self::with_host(has_interconnect)
     }
 }
@@ -106,18 +109,21 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     /// An empty registry with the symmetric predicate `has_interconnect`, whose lock comes
     /// from the facet `L`.
     ///
-    /// Context: does not sleep or allocate (unless the host's lock constructor does).
-    pub fn with_host(has_interconnect: F) -> Self {
-        OwnerRegistry {
+    /// Errors: [`Error::NoMem`] if the host cannot create the registry's lock.
+    ///
+    /// Context: may sleep if the host allocates its lock objects (see
+    /// [`RawMutex::new`](crate::sync::RawMutex::new)); allocates nothing else; takes no lock.
+    pub fn with_host(has_interconnect: F) -> Result<Self> {
+        Ok(OwnerRegistry {
             inner: Mutex::new(
                 &class::OWNER_REGISTRY,
                 Inner {
                     groups: HostVec::<L, Group<L>>::new(),
                     next: 0,
                 },
-            ),
+            )?,
             has_interconnect,
-        }
+        })
     }
 
     /// Join: returns the owner the peer now belongs to.
@@ -256,7 +262,7 @@ mod tests {
             let (x, y) = (a.0.min(b.0), a.0.max(b.0));
             x == y || (x, y) == (0, 1) || (x, y) == (1, 2)
         };
-        let r = OwnerRegistry::new(link);
+        let r = OwnerRegistry::new(link).unwrap();
         let o0 = r.join(PeerId(0)).unwrap();
         let o1 = r.join(PeerId(1)).unwrap();
         assert_eq!(o0, o1);
@@ -284,7 +290,7 @@ mod nomem_tests {
 
     #[test]
     fn join_without_memory_changes_nothing() {
-        let r = OwnerRegistry::<_, SimHost>::with_host(|_: PeerId, _: PeerId| true);
+        let r = OwnerRegistry::<_, SimHost>::with_host(|_: PeerId, _: PeerId| true).unwrap();
         SimAlloc::fail_next(1);
         assert_eq!(r.join(PeerId(0)), Err(Error::NoMem));
         SimAlloc::stop_failing();

@@ -527,7 +527,8 @@ mod tests {
     #[test]
     fn set_locked_counts_and_swaps() {
         use crate::sync::class;
-        let lock: RwLock<DefaultHost, AttrStore> = RwLock::new(&class::ATTRS, AttrStore::new());
+        let lock: RwLock<DefaultHost, AttrStore> =
+            RwLock::new(&class::ATTRS, AttrStore::new()).unwrap();
         let sys_u = upd(PreferredLoc::System);
         assert_eq!(set_locked(&lock, 0, 10, &sys_u), Ok(true));
         assert_eq!(set_locked(&lock, 0, 10, &sys_u), Ok(false));
@@ -556,7 +557,7 @@ mod tests {
         );
         SimAlloc::stop_failing();
         assert_eq!(s, before);
-        let lock: RwLock<SimHost, AttrStore<SimHost>> = RwLock::new(&class::ATTRS, s);
+        let lock: RwLock<SimHost, AttrStore<SimHost>> = RwLock::new(&class::ATTRS, s).unwrap();
         SimAlloc::fail_next(1);
         assert_eq!(
             set_locked(&lock, 5, 25, &upd(PreferredLoc::DeviceDefault)),

@@ -112,10 +112,13 @@ impl<L: Host> Range<L> {
     /// the host `L` (the fault service creates its ranges with the platform's host).
     ///
     /// Errors: [`Error::Invalid`] unless `start < end` and both are page aligned;
-    /// [`Error::NoMem`] if the host's allocator fails (nothing is created).
+    /// [`Error::NoMem`] if the host's allocator fails or it cannot create the page-state lock
+    /// (nothing is created).
     ///
-    /// Context: may sleep: allocates the range from `L::Alloc` with [`AllocCtx::MaySleep`],
-    /// so no spinning lock may be held; takes no lock.
+    /// Context: may sleep: creates the page-state lock (see
+    /// [`RawMutex::new`](crate::sync::RawMutex::new)) and allocates the range from `L::Alloc`
+    /// with [`AllocCtx::MaySleep`], so no spinning lock and no lock of the invalidation path
+    /// may be held; takes no lock.
     pub fn with_host(start: u64, end: u64) -> Result<HostArc<L, Range<L>>> {
         if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return Err(Error::Invalid);
@@ -128,7 +131,7 @@ impl<L: Host> Range<L> {
                 end,
                 flags: AtomicU32::new(0),
                 placed_ns: AtomicU64::new(0),
-                pages: Mutex::new(&class::RANGE_PAGES, PageState::new()),
+                pages: Mutex::new(&class::RANGE_PAGES, PageState::new())?,
             },
             AllocCtx::MaySleep,
         )

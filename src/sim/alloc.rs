@@ -103,6 +103,12 @@ impl SimAlloc {
         STATE.with(|s| s.first_violation.borrow().clone())
     }
 
+    /// Check the creation of a [`SimHost`](super::SimHost) lock against the locks this thread
+    /// holds, as a [`AllocCtx::MaySleep`] allocation (a kernel host allocates its lock objects).
+    pub(crate) fn check_lock_creation() {
+        Self::check_locks(AllocCtx::MaySleep);
+    }
+
     /// Check an allocation in `ctx` against the locks this thread holds.
     fn check_locks(ctx: AllocCtx) {
         let held = super::lockdep::held_classes();

@@ -157,11 +157,14 @@ impl CheckedMutex {
 
 // SAFETY: exclusion is `ParkingMutex`'s; the checks only read and write thread-local state.
 unsafe impl RawMutex for CheckedMutex {
-    fn new(class: &'static LockClass) -> Self {
-        CheckedMutex {
+    fn new(class: &'static LockClass) -> crate::Result<Self> {
+        // Creating a lock is an allocation for a host whose locks must not move (a kernel's):
+        // the same lock rules as `SimAlloc`'s apply.
+        super::SimAlloc::check_lock_creation();
+        Ok(CheckedMutex {
             class,
-            inner: ParkingMutex::new(class),
-        }
+            inner: ParkingMutex::new(class)?,
+        })
     }
     fn lock(&self) {
         check(self.class);
@@ -197,11 +200,12 @@ impl CheckedRwLock {
 
 // SAFETY: exclusion is `ParkingRwLock`'s; the checks only read and write thread-local state.
 unsafe impl RawRwLock for CheckedRwLock {
-    fn new(class: &'static LockClass) -> Self {
-        CheckedRwLock {
+    fn new(class: &'static LockClass) -> crate::Result<Self> {
+        super::SimAlloc::check_lock_creation();
+        Ok(CheckedRwLock {
             class,
-            inner: ParkingRwLock::new(class),
-        }
+            inner: ParkingRwLock::new(class)?,
+        })
     }
     fn read(&self) {
         check(self.class);
@@ -246,8 +250,8 @@ mod tests {
 
     #[test]
     fn documented_order_passes_and_is_recorded() {
-        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0);
-        let p: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0);
+        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0).unwrap();
+        let p: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0).unwrap();
         let g = n.write();
         let q = p.lock();
         assert_eq!(held_classes(), ["gpusvm.notifier", "gpusvm.range_pages"]);
@@ -260,8 +264,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "lock order violation: taking gpusvm.notifier")]
     fn inversion_panics() {
-        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0);
-        let p: M<SimHost, u32> = M::new(&class::GC_QUEUE, 0);
+        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0).unwrap();
+        let p: M<SimHost, u32> = M::new(&class::GC_QUEUE, 0).unwrap();
         let _q = p.lock();
         let _g = n.read();
     }
@@ -269,16 +273,16 @@ mod tests {
     #[test]
     #[should_panic(expected = "lock order violation: taking gpusvm.range_pages")]
     fn same_class_nesting_panics() {
-        let a: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0);
-        let b: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0);
+        let a: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0).unwrap();
+        let b: M<SimHost, u32> = M::new(&class::RANGE_PAGES, 0).unwrap();
         let _x = a.lock();
         let _y = b.lock();
     }
 
     #[test]
     fn try_locks_are_exempt_but_held() {
-        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0);
-        let p: M<SimHost, u32> = M::new(&class::GC_QUEUE, 0);
+        let n: R<SimHost, u32> = R::new(&class::NOTIFIER, 0).unwrap();
+        let p: M<SimHost, u32> = M::new(&class::GC_QUEUE, 0).unwrap();
         let _q = p.lock();
         let g = n.try_write();
         assert!(g.is_some());

@@ -164,6 +164,8 @@ pub struct SimWorld {
 
 impl SimWorld {
     /// A new machine with unlimited RAM and a clock that advances 1 µs per reading.
+    // The registry is on the spinning default facet, whose lock creation cannot fail.
+    #[allow(clippy::expect_used)]
     pub fn new() -> Arc<SimWorld> {
         let links: Arc<Mutex<BTreeSet<(u32, u32)>>> = Arc::default();
         Arc::new(SimWorld {
@@ -173,7 +175,8 @@ impl SimWorld {
             gpus: Mutex::new(Vec::new()),
             pagemaps: Mutex::new(Vec::new()),
             links: links.clone(),
-            owners: OwnerRegistry::new(LinkPredicate(links)),
+            owners: OwnerRegistry::new(LinkPredicate(links))
+                .expect("SpinHost creates its locks infallibly"),
             clock: AtomicU64::new(0),
             clock_step: AtomicU64::new(1_000),
         })

@@ -38,12 +38,16 @@ pub struct MutexGuard<'a, L: Host, T> {
 impl<L: Host, T> Mutex<L, T> {
     /// A new unlocked mutex of lock class `class` holding `v`.
     ///
-    /// Context: does not sleep; allocates only if the host's raw lock does.
-    pub fn new(class: &'static LockClass, v: T) -> Self {
-        Mutex {
-            raw: L::Mutex::new(class),
+    /// Errors: [`Error::NoMem`](crate::Error::NoMem) when the host cannot create its raw lock
+    /// (`v` is dropped).
+    ///
+    /// Context: may sleep if the host allocates its lock object (see [`RawMutex::new`]); so
+    /// never under a spinning lock or a lock the invalidation path takes.
+    pub fn new(class: &'static LockClass, v: T) -> crate::Result<Self> {
+        Ok(Mutex {
+            raw: L::Mutex::new(class)?,
             data: UnsafeCell::new(v),
-        }
+        })
     }
 
     /// Lock, waiting (spinning or sleeping, as the host's lock does) until it is free.
@@ -131,12 +135,16 @@ pub struct RwLockWriteGuard<'a, L: Host, T> {
 impl<L: Host, T> RwLock<L, T> {
     /// A new unlocked lock of lock class `class` holding `v`.
     ///
-    /// Context: does not sleep; allocates only if the host's raw lock does.
-    pub fn new(class: &'static LockClass, v: T) -> Self {
-        RwLock {
-            raw: L::RwLock::new(class),
+    /// Errors: [`Error::NoMem`](crate::Error::NoMem) when the host cannot create its raw lock
+    /// (`v` is dropped).
+    ///
+    /// Context: may sleep if the host allocates its lock object (see [`RawRwLock::new`]); so
+    /// never under a spinning lock or a lock the invalidation path takes.
+    pub fn new(class: &'static LockClass, v: T) -> crate::Result<Self> {
+        Ok(RwLock {
+            raw: L::RwLock::new(class)?,
             data: UnsafeCell::new(v),
-        }
+        })
     }
 
     /// Take the lock shared, waiting while a writer holds it.

@@ -24,6 +24,22 @@
 //! `spinlock_t` with one `lock_class_key` per [`LockClass`]; classes with
 //! [`may_sleep`](LockClass::may_sleep) `false` must be spinlocks.
 //!
+//! ## Creating a lock is fallible
+//!
+//! The crate moves its locks by value (into an [`Svm`](crate::Svm), into the shared allocation
+//! of a [`Range`](crate::Range), ...), but a kernel lock must not move once initialised (its
+//! wait list points to itself; lockdep knows it by address). A C or Linux host therefore
+//! allocates its lock object, initialises it in place, and returns a handle to it (a pointer)
+//! as its [`RawMutex`]/[`RawRwLock`]; dropping the handle destroys the lock and frees it. So
+//! [`RawMutex::new`] and [`RawRwLock::new`] return a `Result` ([`Error::NoMem`](crate::Error::NoMem)
+//! when the host cannot create the lock), and so do [`Mutex::new`], [`RwLock::new`] and every
+//! constructor of a lock-holding type. Creating a lock counts as a
+//! [`MaySleep`](crate::heap::AllocCtx::MaySleep) allocation: the crate creates locks only in
+//! constructors, never while it holds a lock the invalidation path takes or a spinning lock
+//! (a range is created before `find_or_insert` takes the structure and notifier locks);
+//! `sim::SimHost` checks this as it checks allocations. The facets shipped here create their
+//! locks in place and never fail.
+//!
 //! ## The locks, in lock order
 //!
 //! A lock may be taken only while every lock held has a smaller rank (try-locks excepted).
@@ -85,7 +101,14 @@ pub use spin::{SpinHost, SpinMutex, SpinRwLock};
 /// holder (acquire/release semantics).
 pub unsafe trait RawMutex: Send + Sync + Sized {
     /// A new unlocked lock of class `class`.
-    fn new(class: &'static LockClass) -> Self;
+    ///
+    /// Errors: [`Error::NoMem`](crate::Error::NoMem) when the host cannot create the lock (a
+    /// host whose locks must not move allocates the lock object and returns a handle to it).
+    ///
+    /// Context: may sleep if the host allocates the lock (as with
+    /// [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep)); the crate never creates a lock
+    /// while it holds a lock the invalidation path takes, nor under a spinning lock.
+    fn new(class: &'static LockClass) -> crate::Result<Self>;
     /// Lock, waiting until it is free.
     fn lock(&self);
     /// Lock if it is free right now; whether it was.
@@ -109,7 +132,11 @@ pub unsafe trait RawMutex: Send + Sync + Sized {
 /// those of the next conflicting holder.
 pub unsafe trait RawRwLock: Send + Sync + Sized {
     /// A new unlocked lock of class `class`.
-    fn new(class: &'static LockClass) -> Self;
+    ///
+    /// Errors: [`Error::NoMem`](crate::Error::NoMem) when the host cannot create the lock.
+    ///
+    /// Context: as [`RawMutex::new`].
+    fn new(class: &'static LockClass) -> crate::Result<Self>;
     /// Take the lock shared, waiting while a writer holds it.
     fn read(&self);
     /// Take the lock shared if possible right now; whether it was.

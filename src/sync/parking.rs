@@ -17,7 +17,7 @@ use core::marker::PhantomData;
 ///
 /// ```
 /// use gpusvm::sync::{class, ParkingHost, RwLock};
-/// let l: RwLock<ParkingHost, u32> = RwLock::new(&class::NOTIFIER, 1);
+/// let l: RwLock<ParkingHost, u32> = RwLock::new(&class::NOTIFIER, 1).unwrap();
 /// *l.write() += 1;
 /// let (a, b) = (l.read(), l.read());
 /// assert_eq!(*a + *b, 4);
@@ -60,11 +60,11 @@ pub struct ParkingMutex {
 // false and sets it, `unlock` clears it: one holder at a time. The inner mutex orders the
 // holders' accesses.
 unsafe impl RawMutex for ParkingMutex {
-    fn new(_class: &'static LockClass) -> Self {
-        ParkingMutex {
+    fn new(_class: &'static LockClass) -> crate::Result<Self> {
+        Ok(ParkingMutex {
             held: Inner::new(false),
             cv: Condvar::new(),
-        }
+        })
     }
     fn lock(&self) {
         let mut g = lock(&self.held);
@@ -106,11 +106,11 @@ impl ParkingRwLock {
 // SAFETY: the state is changed only under the inner mutex; a reader enters only without a
 // writer, a writer only without readers and writers.
 unsafe impl RawRwLock for ParkingRwLock {
-    fn new(_class: &'static LockClass) -> Self {
-        ParkingRwLock {
+    fn new(_class: &'static LockClass) -> crate::Result<Self> {
+        Ok(ParkingRwLock {
             state: Inner::new(RwState::default()),
             cv: Condvar::new(),
-        }
+        })
     }
     fn read(&self) {
         let mut g = lock(&self.state);

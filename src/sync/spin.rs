@@ -14,7 +14,7 @@ use core::marker::PhantomData;
 ///
 /// ```
 /// use gpusvm::sync::{class, Mutex, SpinHost};
-/// let m: Mutex<SpinHost, u32> = Mutex::new(&class::GC_QUEUE, 1);
+/// let m: Mutex<SpinHost, u32> = Mutex::new(&class::GC_QUEUE, 1).unwrap();
 /// *m.lock() += 1;
 /// assert_eq!(*m.try_lock().unwrap(), 2);
 /// ```
@@ -40,10 +40,10 @@ pub struct SpinMutex {
 // and `unlock` stores false with Release: one holder at a time, and its writes are visible to
 // the next holder.
 unsafe impl RawMutex for SpinMutex {
-    fn new(_class: &'static LockClass) -> Self {
-        SpinMutex {
+    fn new(_class: &'static LockClass) -> crate::Result<Self> {
+        Ok(SpinMutex {
             held: AtomicBool::new(false),
-        }
+        })
     }
     fn lock(&self) {
         while !self.try_lock() {
@@ -78,10 +78,10 @@ const READER: usize = 4;
 // `WRITER` with Acquire). Releases use Release. So a writer excludes everyone, readers exclude
 // writers, and the holder's writes are visible to the next holder.
 unsafe impl RawRwLock for SpinRwLock {
-    fn new(_class: &'static LockClass) -> Self {
-        SpinRwLock {
+    fn new(_class: &'static LockClass) -> crate::Result<Self> {
+        Ok(SpinRwLock {
             state: AtomicUsize::new(0),
-        }
+        })
     }
     fn read(&self) {
         while !self.try_read() {
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn rwlock_excludes_and_prefers_writers() {
-        let l = SpinRwLock::new(&class::NOTIFIER);
+        let l = SpinRwLock::new(&class::NOTIFIER).unwrap();
         l.read();
         assert!(l.try_read());
         assert!(!l.try_write());
@@ -178,11 +178,11 @@ mod tests {
 
     #[test]
     fn reader_overflow_refuses_instead_of_panicking() {
-        let l = SpinRwLock::new(&class::NOTIFIER);
+        let l = SpinRwLock::new(&class::NOTIFIER).unwrap();
         l.state
             .store(usize::MAX & !(WRITER | PENDING), Ordering::Relaxed);
         assert!(!l.try_read());
-        let m = SpinMutex::new(&class::GC_QUEUE);
+        let m = SpinMutex::new(&class::GC_QUEUE).unwrap();
         assert!(m.try_lock());
         assert!(!m.try_lock());
         // SAFETY: held.

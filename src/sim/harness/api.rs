@@ -961,7 +961,10 @@ impl Harness {
             known: Vec::new(),
             tree: RangeTree::with_host(),
             tree_model: Vec::new(),
-            owners: OwnerRegistry::new(linked_peers as fn(PeerId, PeerId) -> bool),
+            // The default facet's spinning lock: its creation cannot fail.
+            #[allow(clippy::expect_used)]
+            owners: OwnerRegistry::new(linked_peers as fn(PeerId, PeerId) -> bool)
+                .expect("SpinHost creates its locks infallibly"),
             members: BTreeSet::new(),
             attrs: AttrStore::new(),
             next_id: 8,
