@@ -205,7 +205,8 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(feature = "std")]
+// The unit tests use std's containers for their models and fixtures.
+#[cfg(any(feature = "std", test))]
 extern crate std;
 
 pub mod error;

@@ -18,7 +18,7 @@ struct Inner<T> {
 /// A thread-safe reference-counted pointer on the allocator `A`; the value is dropped and the
 /// memory freed when the last `Arc` goes.
 ///
-/// Unlike `alloc::sync::Arc`, [`try_new`](Self::try_new) returns
+/// Unlike the standard library's `Arc`, [`try_new`](Self::try_new) returns
 /// [`Error::NoMem`](crate::Error::NoMem) instead of aborting, and the count saturates instead
 /// of aborting: a value whose count reached `usize::MAX` (only possible by leaking clones) is
 /// never freed.
@@ -39,7 +39,7 @@ pub struct Arc<T, A: Allocator> {
     _owns: PhantomData<(Inner<T>, A)>,
 }
 
-// SAFETY: as `alloc::sync::Arc`: the value is shared between threads (needs `Sync`) and may
+// SAFETY: as the standard library's `Arc`: the value is shared between threads (needs `Sync`) and may
 // be dropped on any of them (needs `Send`); the count is atomic.
 unsafe impl<T: Send + Sync, A: Allocator> Send for Arc<T, A> {}
 // SAFETY: as above.

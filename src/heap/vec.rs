@@ -34,7 +34,7 @@ pub struct Vec<T, A: Allocator> {
     _owns: PhantomData<(T, A)>,
 }
 
-// SAFETY: a `Vec` owns its elements like `alloc::vec::Vec`; the allocator is a type-level
+// SAFETY: a `Vec` owns its elements like the standard library's `Vec`; the allocator is a type-level
 // facet whose functions may be called from any thread.
 unsafe impl<T: Send, A: Allocator> Send for Vec<T, A> {}
 // SAFETY: shared access gives only `&T`.
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(&v[..], &[200, 6, 8, 7, 7]);
         let w = v.try_clone(C).unwrap();
         assert_eq!(v, w);
-        let all: alloc::vec::Vec<u64> = w.into_iter().collect();
+        let all: std::vec::Vec<u64> = w.into_iter().collect();
         assert_eq!(all, [200, 6, 8, 7, 7]);
     }
 

@@ -257,7 +257,7 @@ pub(crate) fn install_orders<A: Allocator>(
     Ok(())
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, feature = "alloc", not(loom)))]
 mod tests {
     use super::*;
     use crate::heap::Global;
@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn install_orders_follow_alignment() {
         let mut o: Vec<u8, Global> = Vec::new();
-        let d: alloc::vec::Vec<u64> = (512..1024).collect();
+        let d: std::vec::Vec<u64> = (512..1024).collect();
         install_orders(512, &d, &mut o).unwrap();
         assert!(o.iter().all(|&x| x == 9));
         install_orders(16, &d[..16], &mut o).unwrap();

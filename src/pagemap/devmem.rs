@@ -231,7 +231,7 @@ impl<L: Host> DevmemAlloc<L> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, feature = "alloc", not(loom)))]
 mod tests {
     use super::*;
 

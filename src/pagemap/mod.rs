@@ -403,7 +403,7 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, feature = "alloc", not(loom)))]
 mod tests {
     use super::*;
     use crate::platform::NoDeviceMemory;
@@ -483,14 +483,14 @@ mod tests {
     fn run_index_grows_in_any_order() {
         let pm = pagemap_on::<DefaultHost>();
         let n: u64 = if cfg!(miri) { 40 } else { 200 };
-        let mut frames: alloc::vec::Vec<u64> = (0..n).map(|i| i * 3).collect();
+        let mut frames: std::vec::Vec<u64> = (0..n).map(|i| i * 3).collect();
         // A fixed shuffle.
         let mut seed = 7u64;
         for i in (1..frames.len()).rev() {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             frames.swap(i, (seed >> 33) as usize % (i + 1));
         }
-        let allocs: alloc::vec::Vec<_> = frames
+        let allocs: std::vec::Vec<_> = frames
             .iter()
             .map(|&f| {
                 let a = alloc_on::<DefaultHost>(&[f, f + 1]);
@@ -513,7 +513,7 @@ mod tests {
     fn run_index_nomem_changes_nothing() {
         use crate::sim::{SimAlloc, SimHost};
         let pm = pagemap_on::<SimHost>();
-        let mut held = alloc::vec::Vec::new();
+        let mut held = std::vec::Vec::new();
         let mut f = 0u64;
         // Fill the index to its capacity.
         loop {

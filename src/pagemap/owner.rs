@@ -251,7 +251,7 @@ impl<F: Interconnect, L: Host> OwnerRegistry<F, L> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, feature = "alloc", not(loom)))]
 mod tests {
     use super::*;
 

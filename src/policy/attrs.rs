@@ -392,11 +392,11 @@ pub(crate) fn set_locked<L: Host>(
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, feature = "alloc", not(loom)))]
 mod tests {
     use super::*;
     use crate::platform::PagemapId;
-    use alloc::vec::Vec;
+    use std::vec::Vec;
 
     const C: AllocCtx = AllocCtx::MaySleep;
 

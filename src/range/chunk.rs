@@ -120,8 +120,8 @@ mod tests {
     //! also checked against the rules themselves (`check_rules`) and, for `Ok`, for maximality:
     //! no larger chunk size would have been acceptable.
     use super::*;
-    use alloc::vec::Vec;
     use core::cell::RefCell;
+    use std::vec::Vec;
 
     const P: u64 = PAGE_SIZE;
     const K64: u64 = 64 << 10;

@@ -205,11 +205,8 @@ mod tests {
             insert(&mut t, k * S, (k + 1) * S).unwrap();
         }
         assert_eq!(t.len(), 10);
-        let starts: alloc::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
-        assert_eq!(
-            starts,
-            (0..10).map(|k| k * S).collect::<alloc::vec::Vec<_>>()
-        );
+        let starts: std::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
+        assert_eq!(starts, (0..10).map(|k| k * S).collect::<std::vec::Vec<_>>());
         for k in 0..10u64 {
             assert_eq!(t.find(k * S + 7).map(|n| n.start), Some(k * S));
             assert_eq!(t.get(k * S).map(|n| n.end), Some((k + 1) * S));
@@ -269,10 +266,7 @@ mod tests {
         let old = spare.unwrap();
         assert!(old.is_empty() && old.capacity() == cap);
         assert!(t.capacity() > cap);
-        let starts: alloc::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
-        assert_eq!(
-            starts,
-            (0..=k).map(|k| k * S).collect::<alloc::vec::Vec<_>>()
-        );
+        let starts: std::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
+        assert_eq!(starts, (0..=k).map(|k| k * S).collect::<std::vec::Vec<_>>());
     }
 }

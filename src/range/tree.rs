@@ -426,26 +426,49 @@ impl<'a, L: Host> Overlapping<'a, L> {
 mod tests {
     use super::*;
     use crate::DefaultHost;
-    use alloc::collections::BTreeMap;
-    use alloc::vec::Vec;
+    use std::vec::Vec;
 
     type Arc<T> = HostArc<DefaultHost, T>;
 
     const P: u64 = crate::platform::PAGE_SIZE;
 
-    /// The model: start -> end.
-    fn model_find(m: &BTreeMap<u64, u64>, a: u64) -> Option<u64> {
-        m.range(..=a)
-            .next_back()
-            .filter(|(_, &e)| a < e)
-            .map(|(&s, _)| s)
-    }
+    /// The model: the live ranges as `(start, end, range)`, sorted by start.
+    #[derive(Default)]
+    struct Model(Vec<(u64, u64, Arc<Range>)>);
 
-    fn model_overlapping(m: &BTreeMap<u64, u64>, s: u64, e: u64) -> Vec<u64> {
-        m.iter()
-            .filter(|(&rs, &re)| rs < e && s < re && s < e)
-            .map(|(&rs, _)| rs)
-            .collect()
+    impl Model {
+        /// The start of the range holding `a`.
+        fn find(&self, a: u64) -> Option<u64> {
+            let i = self.0.partition_point(|&(s, _, _)| s <= a);
+            i.checked_sub(1)
+                .map(|i| &self.0[i])
+                .filter(|&&(_, e, _)| a < e)
+                .map(|&(s, _, _)| s)
+        }
+        /// The starts of the ranges overlapping `[s, e)`, in order.
+        fn overlapping(&self, s: u64, e: u64) -> Vec<u64> {
+            self.0
+                .iter()
+                .filter(|&&(rs, re, _)| rs < e && s < re && s < e)
+                .map(|&(rs, _, _)| rs)
+                .collect()
+        }
+        fn insert(&mut self, r: Arc<Range>) {
+            let i = self.0.partition_point(|&(s, _, _)| s < r.start());
+            self.0.insert(i, (r.start(), r.end(), r));
+        }
+        /// Remove the range starting at `s`.
+        fn remove(&mut self, s: u64) -> Option<Arc<Range>> {
+            let i = self.0.iter().position(|&(rs, _, _)| rs == s)?;
+            Some(self.0.remove(i).2)
+        }
+        /// The first range starting at or after `a`.
+        fn first_from(&self, a: u64) -> Option<u64> {
+            self.0.iter().map(|&(s, _, _)| s).find(|&s| s >= a)
+        }
+        fn starts(&self) -> Vec<u64> {
+            self.0.iter().map(|&(s, _, _)| s).collect()
+        }
     }
 
     fn rng(x: &mut u64) -> u64 {
@@ -456,13 +479,12 @@ mod tests {
     }
 
     /// Lookups (random, sequential and repeated, so the hint is hit, stepped and missed),
-    /// overlap queries, inserts and removals agree with a `BTreeMap` model.
+    /// overlap queries, inserts and removals agree with a sorted-array model.
     #[test]
     fn agrees_with_model() {
         let mut x = 0x1234_5678_9abc_def1u64;
         let mut t = RangeTree::new();
-        let mut m: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut live: BTreeMap<u64, Arc<Range>> = BTreeMap::new();
+        let mut m = Model::default();
         let mut cursor = 0u64;
         let steps = if cfg!(miri) { 1_500 } else { 20_000u32 };
         for step in 0..steps {
@@ -473,31 +495,28 @@ mod tests {
                     let len = (1 + rng(&mut x) % 8) * P;
                     let s = a & !(P - 1);
                     let r = Range::new(s, s + len).unwrap();
-                    let overlaps = !model_overlapping(&m, s, s + len).is_empty();
+                    let overlaps = !m.overlapping(s, s + len).is_empty();
                     assert_eq!(t.insert(r.clone()).is_ok(), !overlaps, "step {step}");
                     if !overlaps {
-                        m.insert(s, s + len);
-                        live.insert(s, r);
+                        m.insert(r);
                     }
                 }
                 2 => {
-                    if let Some((&s, _)) = m.range(a..).next() {
-                        let r = live.remove(&s).unwrap();
+                    if let Some(s) = m.first_from(a) {
+                        let r = m.remove(s).unwrap();
                         // A range with the same bounds but another object is not removed.
                         let twin = Range::new(r.start(), r.end()).unwrap();
                         assert!(t.remove(&twin).is_none());
                         assert!(t.remove(&r).is_some());
                         assert!(!r.is_linked());
-                        m.remove(&s);
                     } else if let Some(r) = t.pop_front() {
-                        live.remove(&r.start());
-                        m.remove(&r.start());
+                        m.remove(r.start());
                     }
                 }
                 3 => {
                     let e = a + rng(&mut x) % (16 * P);
                     let got: Vec<u64> = t.overlapping(a, e).map(|r| r.start()).collect();
-                    assert_eq!(got, model_overlapping(&m, a, e), "step {step}");
+                    assert_eq!(got, m.overlapping(a, e), "step {step}");
                     assert_eq!(t.any_overlap(a, e), !got.is_empty());
                     let it = t.overlapping(a, e);
                     assert_eq!(it.peek_arc().map(|r| r.start()), got.first().copied());
@@ -505,23 +524,19 @@ mod tests {
                 4..=6 => {
                     // Streaming: step through the address space page by page.
                     cursor = (cursor + P) % (520 * P);
-                    assert_eq!(t.find(cursor).map(|r| r.start()), model_find(&m, cursor));
+                    assert_eq!(t.find(cursor).map(|r| r.start()), m.find(cursor));
                     let arc = t.find_arc(cursor + 1).map(|r| r.start());
-                    assert_eq!(arc, model_find(&m, cursor + 1));
+                    assert_eq!(arc, m.find(cursor + 1));
                 }
                 _ => {
-                    assert_eq!(
-                        t.find(a).map(|r| r.start()),
-                        model_find(&m, a),
-                        "step {step}"
-                    );
-                    assert_eq!(t.find_arc(a).map(|r| r.start()), model_find(&m, a));
+                    assert_eq!(t.find(a).map(|r| r.start()), m.find(a), "step {step}");
+                    assert_eq!(t.find_arc(a).map(|r| r.start()), m.find(a));
                 }
             }
-            assert_eq!(t.len(), m.len());
+            assert_eq!(t.len(), m.0.len());
         }
         let all: Vec<u64> = t.iter().map(|r| r.start()).collect();
-        assert_eq!(all, m.keys().copied().collect::<Vec<_>>());
+        assert_eq!(all, m.starts());
         while t.pop_front().is_some() {}
         assert!(t.is_empty());
         assert!(t.find(0).is_none());
