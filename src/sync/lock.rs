@@ -65,7 +65,9 @@ impl<L: Host, T> Mutex<L, T> {
     ///
     /// Context: never sleeps or waits.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, L, T>> {
-        self.raw.try_lock().then_some(MutexGuard {
+        // `then`, not `then_some`: a guard built eagerly would be dropped when the try fails,
+        // and its drop would unlock a lock this caller does not hold.
+        self.raw.try_lock().then(|| MutexGuard {
             lock: self,
             _not_send: PhantomData,
         })
@@ -162,7 +164,8 @@ impl<L: Host, T> RwLock<L, T> {
     ///
     /// Context: never sleeps or waits.
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, L, T>> {
-        self.raw.try_read().then_some(RwLockReadGuard {
+        // `then`, not `then_some`: see `Mutex::try_lock`.
+        self.raw.try_read().then(|| RwLockReadGuard {
             lock: self,
             _not_send: PhantomData,
         })
@@ -183,7 +186,8 @@ impl<L: Host, T> RwLock<L, T> {
     ///
     /// Context: never sleeps or waits.
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, L, T>> {
-        self.raw.try_write().then_some(RwLockWriteGuard {
+        // `then`, not `then_some`: see `Mutex::try_lock`.
+        self.raw.try_write().then(|| RwLockWriteGuard {
             lock: self,
             _not_send: PhantomData,
         })
@@ -231,5 +235,47 @@ impl<L: Host, T> Drop for RwLockWriteGuard<'_, L, T> {
     fn drop(&mut self) {
         // SAFETY: this guard holds the exclusive acquisition, released exactly once here.
         unsafe { self.lock.raw.unlock_write() }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::sync::{class, Mutex, RwLock, SpinHost};
+
+    /// A failed try-lock leaves the lock to its holder (it once built the guard eagerly and
+    /// dropped it, unlocking a lock held by someone else).
+    #[test]
+    fn a_failed_try_lock_does_not_unlock() {
+        let m: Mutex<SpinHost, u32> = Mutex::new(&class::GC_QUEUE, 0).unwrap();
+        let held = m.lock();
+        assert!(m.try_lock().is_none());
+        assert!(
+            m.try_lock().is_none(),
+            "the failed try_lock released the holder's lock"
+        );
+        drop(held);
+        assert!(m.try_lock().is_some());
+
+        let l: RwLock<SpinHost, u32> = RwLock::new(&class::NOTIFIER, 0).unwrap();
+        let w = l.write();
+        assert!(l.try_read().is_none());
+        assert!(l.try_write().is_none());
+        assert!(
+            l.try_write().is_none(),
+            "the failed try_write released the writer"
+        );
+        assert!(
+            l.try_read().is_none(),
+            "the failed try_read released the writer"
+        );
+        drop(w);
+        let r = l.read();
+        assert!(l.try_write().is_none());
+        assert!(
+            l.try_write().is_none(),
+            "the failed try_write dropped the reader"
+        );
+        drop(r);
+        assert!(l.try_write().is_some());
     }
 }
