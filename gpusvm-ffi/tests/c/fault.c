@@ -1,0 +1,633 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The C ABI driven from C: the host facet (malloc with failure injection, pthread locks
+ * allocated in place) and a fake platform (an array of page frames, identity DMA, a device
+ * page-table array) implemented here; checks a fault, bind, invalidation, the GC, allocation
+ * failure and bad input. Built and run by ../../run-c-test.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "gpusvm.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int failures;
+#define CHECK(cond)                                                                  \
+	do {                                                                         \
+		if (!(cond)) {                                                       \
+			fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, \
+				#cond);                                              \
+			failures++;                                                  \
+		}                                                                    \
+	} while (0)
+#define CHECK_EQ(a, b)                                                               \
+	do {                                                                         \
+		long long a_ = (long long)(a), b_ = (long long)(b);                  \
+		if (a_ != b_) {                                                      \
+			fprintf(stderr, "%s:%d: CHECK_EQ failed: %s = %lld, %s = %lld\n", \
+				__FILE__, __LINE__, #a, a_, #b, b_);                 \
+			failures++;                                                  \
+		}                                                                    \
+	} while (0)
+
+/* ---- host: allocator with counters and failure injection, pthread locks ---- */
+
+struct host_state {
+	pthread_mutex_t lock;
+	long allocs, frees, live;
+	long locks_created, locks_destroyed;
+	long attempts;   /* allocation + lock-creation attempts */
+	long fail_at;    /* the attempt with this number fails (-1: none) */
+	long failed;
+	long nosleep;    /* allocations with may_sleep false */
+	long by_class[GPUSVM_LOCK_CLASSES];
+};
+static struct host_state H = { .lock = PTHREAD_MUTEX_INITIALIZER, .fail_at = -1 };
+
+static int should_fail(void)
+{
+	int fail;
+
+	pthread_mutex_lock(&H.lock);
+	fail = H.attempts == H.fail_at;
+	H.attempts++;
+	if (fail)
+		H.failed++;
+	pthread_mutex_unlock(&H.lock);
+	return fail;
+}
+
+static void *h_alloc(void *ctx, size_t size, size_t align, bool may_sleep)
+{
+	void *p = NULL;
+
+	(void)ctx;
+	if (should_fail())
+		return NULL;
+	if (align < sizeof(void *))
+		align = sizeof(void *);
+	if (posix_memalign(&p, align, size))
+		return NULL;
+	pthread_mutex_lock(&H.lock);
+	H.allocs++;
+	H.live++;
+	if (!may_sleep)
+		H.nosleep++;
+	pthread_mutex_unlock(&H.lock);
+	return p;
+}
+
+static void h_free(void *ctx, void *p, size_t size, size_t align)
+{
+	(void)ctx;
+	(void)size;
+	(void)align;
+	free(p);
+	pthread_mutex_lock(&H.lock);
+	H.frees++;
+	H.live--;
+	pthread_mutex_unlock(&H.lock);
+}
+
+static void *h_mutex_create(void *ctx, const struct gpusvm_lock_class *cls)
+{
+	pthread_mutex_t *m;
+
+	(void)ctx;
+	if (should_fail())
+		return NULL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return NULL;
+	pthread_mutex_init(m, NULL); /* initialised in place; never moves */
+	pthread_mutex_lock(&H.lock);
+	H.locks_created++;
+	if (cls->index < GPUSVM_LOCK_CLASSES)
+		H.by_class[cls->index]++;
+	pthread_mutex_unlock(&H.lock);
+	return m;
+}
+
+static void h_mutex_destroy(void *ctx, void *l)
+{
+	(void)ctx;
+	pthread_mutex_destroy(l);
+	free(l);
+	pthread_mutex_lock(&H.lock);
+	H.locks_destroyed++;
+	pthread_mutex_unlock(&H.lock);
+}
+
+static void h_mutex_lock(void *ctx, void *l) { (void)ctx; pthread_mutex_lock(l); }
+static bool h_mutex_try_lock(void *ctx, void *l) { (void)ctx; return pthread_mutex_trylock(l) == 0; }
+static void h_mutex_unlock(void *ctx, void *l) { (void)ctx; pthread_mutex_unlock(l); }
+
+static void *h_rwlock_create(void *ctx, const struct gpusvm_lock_class *cls)
+{
+	pthread_rwlock_t *l;
+
+	(void)ctx;
+	if (should_fail())
+		return NULL;
+	l = malloc(sizeof(*l));
+	if (!l)
+		return NULL;
+	pthread_rwlock_init(l, NULL);
+	pthread_mutex_lock(&H.lock);
+	H.locks_created++;
+	if (cls->index < GPUSVM_LOCK_CLASSES)
+		H.by_class[cls->index]++;
+	pthread_mutex_unlock(&H.lock);
+	return l;
+}
+
+static void h_rwlock_destroy(void *ctx, void *l)
+{
+	(void)ctx;
+	pthread_rwlock_destroy(l);
+	free(l);
+	pthread_mutex_lock(&H.lock);
+	H.locks_destroyed++;
+	pthread_mutex_unlock(&H.lock);
+}
+
+static void h_read(void *ctx, void *l) { (void)ctx; pthread_rwlock_rdlock(l); }
+static bool h_try_read(void *ctx, void *l) { (void)ctx; return pthread_rwlock_tryrdlock(l) == 0; }
+static void h_unlock(void *ctx, void *l) { (void)ctx; pthread_rwlock_unlock(l); }
+static void h_write(void *ctx, void *l) { (void)ctx; pthread_rwlock_wrlock(l); }
+static bool h_try_write(void *ctx, void *l) { (void)ctx; return pthread_rwlock_trywrlock(l) == 0; }
+
+static const struct gpusvm_host_ops host_ops = {
+	.ctx = NULL,
+	.alloc = h_alloc,
+	.free = h_free,
+	.mutex_create = h_mutex_create,
+	.mutex_destroy = h_mutex_destroy,
+	.mutex_lock = h_mutex_lock,
+	.mutex_try_lock = h_mutex_try_lock,
+	.mutex_unlock = h_mutex_unlock,
+	.rwlock_create = h_rwlock_create,
+	.rwlock_destroy = h_rwlock_destroy,
+	.rwlock_read = h_read,
+	.rwlock_try_read = h_try_read,
+	.rwlock_read_unlock = h_unlock,
+	.rwlock_write = h_write,
+	.rwlock_try_write = h_try_write,
+	.rwlock_write_unlock = h_unlock,
+};
+
+/* ---- platform: one VMA of 4 MiB, frames in an array, identity DMA, a page-table array ---- */
+
+#define PAGE 4096ull
+#define BASE 0x40000000ull
+#define NPAGES 1024u /* 4 MiB */
+#define SZ_2M (2ull << 20)
+
+struct fake {
+	uint64_t pfn[NPAGES];
+	uint64_t pte[NPAGES];        /* device page table: bus address | 1, or 0 */
+	long maps, unmaps, zaps, collects;
+	long notifiers_live;
+	uint64_t notifier_id;
+	int notifier_handle;        /* what the handle points at */
+	struct gpusvm *svm;         /* for the reentrancy test */
+};
+
+static bool p_find_vma(void *ctx, uint64_t addr, struct gpusvm_vma *out)
+{
+	(void)ctx;
+	if (addr < BASE || addr >= BASE + NPAGES * PAGE)
+		return false;
+	out->start = BASE;
+	out->end = BASE + NPAGES * PAGE;
+	out->flags = GPUSVM_VMA_READ | GPUSVM_VMA_WRITE;
+	return true;
+}
+
+static int p_collect(void *ctx, const struct gpusvm_collect_request *req, struct gpusvm_cpu_page *out,
+		     size_t n)
+{
+	struct fake *f = ctx;
+	size_t i;
+
+	f->collects++;
+	if (req->start < BASE || req->end > BASE + NPAGES * PAGE || (req->end - req->start) / PAGE != n)
+		return -EFAULT;
+	for (i = 0; i < n; i++) {
+		size_t page = (size_t)((req->start - BASE) / PAGE) + i;
+
+		memset(&out[i], 0, sizeof(out[i]));
+		out[i].kind = GPUSVM_PAGE_SYSTEM;
+		out[i].order = 0;
+		out[i].writable = true;
+		out[i].pfn = f->pfn[page];
+	}
+	return 0;
+}
+
+static int p_register(void *ctx, uint64_t id, uint64_t start, uint64_t end, void **handle)
+{
+	struct fake *f = ctx;
+
+	(void)start;
+	(void)end;
+	f->notifiers_live++;
+	f->notifier_id = id;
+	*handle = &f->notifier_handle;
+	return 0;
+}
+
+static void p_unregister(void *ctx, void *handle)
+{
+	struct fake *f = ctx;
+
+	CHECK(handle == &f->notifier_handle);
+	f->notifiers_live--;
+}
+
+static int p_map(void *ctx, uint64_t pfn, uint8_t order, uint32_t dir, uint64_t *addr)
+{
+	struct fake *f = ctx;
+
+	(void)order;
+	(void)dir;
+	f->maps++;
+	*addr = pfn * PAGE; /* identity IOMMU */
+	return 0;
+}
+
+static void p_unmap(void *ctx, uint64_t addr, uint8_t order, uint32_t dir)
+{
+	struct fake *f = ctx;
+
+	(void)addr;
+	(void)order;
+	(void)dir;
+	f->unmaps++;
+}
+
+static void p_zap(void *ctx, uint64_t start, uint64_t end)
+{
+	struct fake *f = ctx;
+	uint64_t a;
+
+	f->zaps++;
+	for (a = start; a < end; a += PAGE)
+		if (a >= BASE && a < BASE + NPAGES * PAGE)
+			f->pte[(a - BASE) / PAGE] = 0;
+}
+
+static uint64_t p_now(void *ctx)
+{
+	struct timespec ts;
+
+	(void)ctx;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static struct gpusvm_platform_ops platform_ops(struct fake *f)
+{
+	struct gpusvm_platform_ops o;
+
+	memset(&o, 0, sizeof(o));
+	o.ctx = f;
+	o.find_vma = p_find_vma;
+	o.collect_pages = p_collect;
+	o.register_notifier = p_register;
+	o.unregister_notifier = p_unregister;
+	o.dma.map_page = p_map;
+	o.dma.unmap_page = p_unmap;
+	o.zap = p_zap;
+	o.now_ns = p_now;
+	return o;
+}
+
+static void fake_init(struct fake *f)
+{
+	unsigned i;
+
+	memset(f, 0, sizeof(*f));
+	for (i = 0; i < NPAGES; i++)
+		f->pfn[i] = 0x80000 + i * 3; /* scattered frames */
+}
+
+static struct gpusvm_config config(void)
+{
+	struct gpusvm_config c;
+
+	memset(&c, 0, sizeof(c));
+	c.mm_start = 0;
+	c.mm_range = 1ull << 47;
+	return c;
+}
+
+/* ---- bind callback: writes the page table, counts entries ---- */
+
+struct bind_seen {
+	struct fake *f;
+	size_t entries, calls, next_first;
+	uint64_t next_va;
+	int try_nonblock; /* call gpusvm_invalidate_begin_nonblock from inside (lock held) */
+	int nonblock_rc;
+};
+
+static int bind_cb(void *ctx, const struct gpusvm_range *range, const struct gpusvm_page_entry *e, size_t n,
+		   size_t first)
+{
+	struct bind_seen *s = ctx;
+	size_t i;
+
+	(void)range;
+	s->calls++;
+	CHECK_EQ(first, s->next_first);
+	for (i = 0; i < n; i++) {
+		CHECK(s->next_va == 0 || e[i].va == s->next_va);
+		CHECK(e[i].va >= BASE && e[i].va < BASE + NPAGES * PAGE);
+		CHECK_EQ(e[i].addr, s->f->pfn[(e[i].va - BASE) / PAGE] * PAGE);
+		CHECK_EQ(e[i].size, PAGE);
+		CHECK(e[i].writable);
+		CHECK_EQ(e[i].protocol, 0);
+		s->f->pte[(e[i].va - BASE) / PAGE] = e[i].addr | 1;
+		s->next_va = e[i].va + e[i].size;
+	}
+	s->entries += n;
+	s->next_first = first + n;
+	if (s->try_nonblock) {
+		/* The notifier lock is held shared right now: a non-blockable invalidation must
+		 * refuse with -EAGAIN and change nothing. */
+		s->nonblock_rc = gpusvm_invalidate_begin_nonblock(s->f->svm, s->f->notifier_id, BASE,
+								  BASE + PAGE, GPUSVM_EVENT_CLEAR, false, 0);
+		s->try_nonblock = 0;
+	}
+	return 0;
+}
+
+static long mapped_ptes(const struct fake *f)
+{
+	long n = 0;
+	unsigned i;
+
+	for (i = 0; i < NPAGES; i++)
+		n += f->pte[i] != 0;
+	return n;
+}
+
+/* ---- the scenarios ---- */
+
+static void test_before_init(void)
+{
+	struct fake f;
+	struct gpusvm_platform_ops o;
+	struct gpusvm_config c = config();
+	struct gpusvm *svm = (struct gpusvm *)0x1;
+
+	fake_init(&f);
+	o = platform_ops(&f);
+	CHECK(!gpusvm_host_ready());
+	/* No host yet: every allocation fails, nothing panics. */
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), -ENOMEM);
+	CHECK(svm == (struct gpusvm *)0x1);
+}
+
+static void test_bad_input(void)
+{
+	struct fake f;
+	struct gpusvm_platform_ops o;
+	struct gpusvm_config c = config();
+	struct gpusvm *svm = NULL;
+	struct gpusvm_range *r = NULL;
+	struct gpusvm_stats st;
+	uint64_t chunks[9] = { 0 };
+
+	fake_init(&f);
+	o = platform_ops(&f);
+	CHECK_EQ(gpusvm_host_init(NULL), -EINVAL);
+	CHECK_EQ(gpusvm_create(NULL, &c, &svm), -EINVAL);
+	CHECK_EQ(gpusvm_create(&o, NULL, &svm), -EINVAL);
+	CHECK_EQ(gpusvm_create(&o, &c, NULL), -EINVAL);
+	c.mm_start = 123; /* misaligned */
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), -EINVAL);
+	c = config();
+	c.chunk_sizes = chunks;
+	c.n_chunk_sizes = 9; /* more than 8 */
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), -EINVAL);
+	c = config();
+	o.zap = NULL; /* a required function missing */
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), -EINVAL);
+	CHECK(svm == NULL);
+	o = platform_ops(&f);
+
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), 0);
+	CHECK_EQ(gpusvm_handle_fault(NULL, BASE, GPUSVM_ACCESS_READ, 0, UINT64_MAX, &r), -EINVAL);
+	CHECK_EQ(gpusvm_handle_fault(svm, BASE, 7 /* no such access */, 0, UINT64_MAX, &r), -EINVAL);
+	CHECK_EQ(gpusvm_handle_fault(svm, BASE, GPUSVM_ACCESS_READ, 5, 5 /* empty window */, &r), -EINVAL);
+	CHECK_EQ(gpusvm_handle_fault(svm, BASE, GPUSVM_ACCESS_READ, 0, UINT64_MAX, NULL), -EINVAL);
+	CHECK_EQ(gpusvm_handle_fault(svm, (uint64_t)1 << 48, GPUSVM_ACCESS_READ, 0, UINT64_MAX, &r),
+		 -EINVAL); /* outside the mirrored interval */
+	CHECK_EQ(gpusvm_handle_fault(svm, 0x1000, GPUSVM_ACCESS_READ, 0, UINT64_MAX, &r), -EFAULT); /* no VMA */
+	CHECK(r == NULL);
+	CHECK_EQ(gpusvm_invalidate_begin(svm, 0, BASE, BASE + PAGE, 99 /* no such event */, false, 0), -EINVAL);
+	CHECK_EQ(gpusvm_bind(svm, NULL, bind_cb, NULL), -EINVAL);
+	CHECK_EQ(gpusvm_get_pages(svm, NULL, NULL), -EINVAL);
+	CHECK_EQ(gpusvm_range_put(NULL), -EINVAL);
+	CHECK_EQ(gpusvm_stats(svm, NULL), -EINVAL);
+	CHECK_EQ(gpusvm_stats((struct gpusvm *)((char *)svm + 1), &st), -EINVAL); /* misaligned */
+	CHECK_EQ(gpusvm_stats(svm, &st), 0);
+	CHECK_EQ(st.faults, 1); /* only the fault without a VMA counted: bad input is refused first */
+	CHECK_EQ(f.maps, 0);
+	CHECK_EQ(gpusvm_destroy(svm), 0);
+	CHECK_EQ(gpusvm_destroy(NULL), -EINVAL);
+}
+
+static void test_fault_bind_invalidate(void)
+{
+	struct fake f;
+	struct gpusvm_platform_ops o;
+	struct gpusvm_config c = config();
+	struct gpusvm *svm = NULL;
+	struct gpusvm_range *r = NULL, *r2 = NULL;
+	struct bind_seen seen;
+	struct gpusvm_stats st;
+	uint64_t start = 0, end = 0;
+	size_t removed = 99;
+	bool valid = false;
+
+	fake_init(&f);
+	o = platform_ops(&f);
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), 0);
+	f.svm = svm;
+
+	/* A write fault inside the first 2 MiB: one 2 MiB range, 512 base pages mapped. */
+	memset(&seen, 0, sizeof(seen));
+	seen.f = &f;
+	CHECK_EQ(gpusvm_handle_fault_and_bind(svm, BASE + 0x5000, GPUSVM_ACCESS_WRITE, 0, UINT64_MAX, bind_cb, &seen,
+					      &r),
+		 0);
+	CHECK(r != NULL);
+	CHECK_EQ(gpusvm_range_bounds(r, &start, &end), 0);
+	CHECK_EQ(start, BASE);
+	CHECK_EQ(end, BASE + SZ_2M);
+	CHECK_EQ(seen.entries, 512);
+	CHECK_EQ(seen.calls, 512 / 64);
+	CHECK_EQ(f.maps, 512);
+	CHECK_EQ(mapped_ptes(&f), 512);
+	CHECK_EQ(f.notifiers_live, 1);
+	CHECK_EQ(gpusvm_pages_valid(svm, r, &valid), 0);
+	CHECK(valid);
+
+	/* bind again, and a non-blockable invalidation while the notifier lock is held. */
+	memset(&seen, 0, sizeof(seen));
+	seen.f = &f;
+	seen.try_nonblock = 1;
+	CHECK_EQ(gpusvm_bind(svm, r, bind_cb, &seen), 0);
+	CHECK_EQ(seen.entries, 512);
+	CHECK_EQ(seen.nonblock_rc, -EAGAIN);
+	CHECK_EQ(f.zaps, 0);
+	CHECK_EQ(f.unmaps, 0);
+
+	/* The same range is found again. */
+	CHECK_EQ(gpusvm_find(svm, BASE + SZ_2M - 1, &r2), 0);
+	CHECK(r2 == r);
+	CHECK_EQ(gpusvm_range_put(r2), 0);
+	CHECK_EQ(gpusvm_find(svm, BASE + SZ_2M, &r2), 0);
+	CHECK(r2 == NULL);
+
+	/* An invalidation of one page: the device mappings are zapped, the range's DMA unmapped. */
+	CHECK_EQ(gpusvm_invalidate_begin(svm, f.notifier_id, BASE, BASE + PAGE, GPUSVM_EVENT_CLEAR, false, 0), 0);
+	CHECK_EQ(gpusvm_invalidate_end(svm, f.notifier_id, BASE, BASE + PAGE), 0);
+	CHECK(f.zaps >= 1);
+	CHECK_EQ(f.unmaps, 512);
+	CHECK_EQ(mapped_ptes(&f), 0); /* the zap covers every range the invalidation hits */
+	CHECK_EQ(gpusvm_pages_valid(svm, r, &valid), 0);
+	CHECK(!valid);
+	CHECK_EQ(gpusvm_bind(svm, r, bind_cb, &seen), -EAGAIN);
+
+	/* The non-blockable form with the lock free succeeds. */
+	CHECK_EQ(gpusvm_invalidate_begin_nonblock(svm, f.notifier_id, BASE, BASE + PAGE, GPUSVM_EVENT_CLEAR, false, 0),
+		 0);
+	CHECK_EQ(gpusvm_invalidate_end(svm, f.notifier_id, BASE, BASE + PAGE), 0);
+
+	/* Fault again: mapped again. */
+	memset(&seen, 0, sizeof(seen));
+	seen.f = &f;
+	CHECK_EQ(gpusvm_get_pages(svm, r, NULL), 0);
+	CHECK_EQ(gpusvm_bind(svm, r, bind_cb, &seen), 0);
+	CHECK_EQ(seen.entries, 512);
+	CHECK_EQ(f.maps, 1024);
+
+	/* munmap: the range is queued for the GC, which removes it (and its notifier). */
+	CHECK_EQ(gpusvm_invalidate_begin(svm, f.notifier_id, BASE, BASE + SZ_2M, GPUSVM_EVENT_UNMAP, false, 0), 0);
+	CHECK_EQ(gpusvm_invalidate_end(svm, f.notifier_id, BASE, BASE + SZ_2M), 0);
+	CHECK_EQ(f.unmaps, 1024);
+	CHECK_EQ(gpusvm_gc_run(svm, &removed), 0);
+	CHECK_EQ(removed, 1);
+	CHECK_EQ(f.notifiers_live, 0);
+	CHECK_EQ(gpusvm_get_pages(svm, r, NULL), -EAGAIN); /* removed: fault again */
+
+	CHECK_EQ(gpusvm_stats(svm, &st), 0);
+	CHECK_EQ(st.faults, 1);
+	CHECK_EQ(st.faults_write, 1);
+	CHECK_EQ(st.ranges_created, 1);
+	CHECK_EQ(st.ranges_removed, 1);
+	CHECK(st.invalidations >= 3);
+
+	CHECK_EQ(gpusvm_range_put(r), 0);
+	CHECK_EQ(gpusvm_destroy(svm), 0);
+	CHECK_EQ(f.maps, f.unmaps);
+}
+
+/* One scenario: create, fault a 2 MiB range, bind, close, destroy. 0 or the first error. */
+static int scenario(struct fake *f)
+{
+	struct gpusvm_platform_ops o = platform_ops(f);
+	struct gpusvm_config c = config();
+	struct gpusvm *svm = NULL;
+	struct gpusvm_range *r = NULL;
+	struct bind_seen seen;
+	int rc;
+
+	rc = gpusvm_create(&o, &c, &svm);
+	if (rc)
+		return rc;
+	memset(&seen, 0, sizeof(seen));
+	seen.f = f;
+	rc = gpusvm_handle_fault_and_bind(svm, BASE + SZ_2M + 0x3000, GPUSVM_ACCESS_READ, 0, UINT64_MAX, bind_cb,
+					  &seen, &r);
+	if (rc == 0) {
+		CHECK_EQ(seen.entries, 512);
+		CHECK_EQ(gpusvm_range_put(r), 0);
+	} else {
+		CHECK(r == NULL);
+		CHECK_EQ(seen.entries, 0);
+	}
+	CHECK_EQ(gpusvm_destroy(svm), 0);
+	return rc;
+}
+
+static void test_alloc_failure(void)
+{
+	struct fake f;
+	long k, attempts_ok, nomem = 0;
+
+	/* The dry run: how many allocation and lock-creation attempts the scenario makes. */
+	fake_init(&f);
+	H.attempts = 0;
+	H.fail_at = -1;
+	CHECK_EQ(scenario(&f), 0);
+	attempts_ok = H.attempts;
+	CHECK(attempts_ok > 5);
+	CHECK_EQ(H.live, 0);
+	CHECK_EQ(H.locks_created, H.locks_destroyed);
+
+	/* Fail the k-th attempt, for every k: -ENOMEM (or absorbed), nothing leaked. */
+	for (k = 0; k < attempts_ok; k++) {
+		int rc;
+
+		fake_init(&f);
+		H.attempts = 0;
+		H.fail_at = k;
+		rc = scenario(&f);
+		H.fail_at = -1;
+		CHECK(rc == 0 || rc == -ENOMEM);
+		nomem += rc == -ENOMEM;
+		CHECK_EQ(H.live, 0);
+		CHECK_EQ(H.locks_created, H.locks_destroyed);
+		CHECK_EQ(f.maps, f.unmaps);
+		CHECK_EQ(f.notifiers_live, 0);
+	}
+	CHECK(nomem > 0);
+	printf("alloc failure: %ld attempts in the scenario, %ld of the injected failures returned -ENOMEM\n",
+	       attempts_ok, nomem);
+}
+
+int main(void)
+{
+	unsigned i;
+
+	test_before_init();
+	CHECK_EQ(gpusvm_host_init(&host_ops), 0);
+	CHECK_EQ(gpusvm_host_init(&host_ops), -EBUSY);
+	CHECK(gpusvm_host_ready());
+	test_bad_input();
+	test_fault_bind_invalidate();
+	test_alloc_failure();
+
+	CHECK_EQ(H.live, 0);
+	CHECK_EQ(H.allocs, H.frees);
+	CHECK_EQ(H.locks_created, H.locks_destroyed);
+	for (i = 0; i < GPUSVM_LOCK_CLASSES; i++)
+		if (H.by_class[i])
+			printf("lock class %u: %ld created\n", i, H.by_class[i]);
+	printf("allocations %ld (NoSleep %ld), locks %ld\n", H.allocs, H.nosleep, H.locks_created);
+	if (failures) {
+		printf("C ABI test: %d check(s) FAILED\n", failures);
+		return 1;
+	}
+	printf("C ABI test: all checks passed\n");
+	return 0;
+}
