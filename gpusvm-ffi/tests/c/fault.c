@@ -194,7 +194,14 @@ struct fake {
 	long notifiers_live;
 	uint64_t notifier_id;
 	int notifier_handle;        /* what the handle points at */
-	struct gpusvm *svm;         /* for the reentrancy test */
+	struct gpusvm *svm;         /* for the reentrancy test, and the migrate invalidation */
+	/* device memory (the migration test): page i lives in device frame dev[i] when set */
+	bool on_dev[NPAGES];
+	uint64_t dev[NPAGES];
+	bool migrating[NPAGES];
+	uint64_t next_pfn, next_dpfn;
+	long dev_allocs, dev_releases, copies, copied_pages, sys_frees, finalized;
+	struct gpusvm_pagemap *pm;  /* for page_free */
 };
 
 static bool p_find_vma(void *ctx, uint64_t addr, struct gpusvm_vma *out)
@@ -221,6 +228,16 @@ static int p_collect(void *ctx, const struct gpusvm_collect_request *req, struct
 		size_t page = (size_t)((req->start - BASE) / PAGE) + i;
 
 		memset(&out[i], 0, sizeof(out[i]));
+		if (f->on_dev[page]) {
+			/* This test's device pages all belong to pagemap 1 of owner 1. */
+			if (!req->has_owner || req->owner != 1)
+				return -EBUSY; /* would have to migrate them to RAM first */
+			out[i].kind = GPUSVM_PAGE_DEVICE;
+			out[i].pagemap = 1;
+			out[i].owner = 1;
+			out[i].pfn = f->dev[page];
+			continue;
+		}
 		out[i].kind = GPUSVM_PAGE_SYSTEM;
 		out[i].order = 0;
 		out[i].writable = true;
@@ -290,6 +307,142 @@ static uint64_t p_now(void *ctx)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+static int p_isolate(void *ctx, const struct gpusvm_migrate_request *req, struct gpusvm_migrate_src *src,
+		     size_t n)
+{
+	struct fake *f = ctx;
+	size_t i;
+
+	if (req->start < BASE || req->end > BASE + NPAGES * PAGE || (req->end - req->start) / PAGE != n)
+		return -EINVAL;
+	/* As migrate_vma_setup: invalidate the interval (a migrate event) before unmapping. */
+	CHECK_EQ(gpusvm_invalidate_begin(f->svm, f->notifier_id, req->start, req->end, GPUSVM_EVENT_MIGRATE,
+					 req->has_owner, req->owner),
+		 0);
+	for (i = 0; i < n; i++) {
+		size_t page = (size_t)((req->start - BASE) / PAGE) + i;
+
+		memset(&src[i], 0, sizeof(src[i]));
+		if (f->migrating[page]) {
+			src[i].kind = GPUSVM_SRC_BUSY;
+		} else if (!f->on_dev[page] && (req->select & GPUSVM_MIGRATE_SYSTEM)) {
+			src[i].kind = GPUSVM_SRC_SYSTEM;
+			src[i].pfn = f->pfn[page];
+			f->migrating[page] = true;
+		} else if (f->on_dev[page] && (req->select & GPUSVM_MIGRATE_DEVICE_PRIVATE) &&
+			   (req->has_pagemap ? req->pagemap == 1 : (req->has_owner && req->owner == 1))) {
+			src[i].kind = GPUSVM_SRC_DEVICE;
+			src[i].pagemap = 1;
+			src[i].pfn = f->dev[page];
+			f->migrating[page] = true;
+		}
+	}
+	CHECK_EQ(gpusvm_invalidate_end(f->svm, f->notifier_id, req->start, req->end), 0);
+	return 0;
+}
+
+static void p_finalize(void *ctx, const struct gpusvm_migrate_request *req, const struct gpusvm_migrate_src *src,
+		       const struct gpusvm_migrate_dst *dst, size_t n, size_t offset, size_t total)
+{
+	struct fake *f = ctx;
+	size_t i;
+
+	CHECK(offset + n <= total);
+	CHECK_EQ(total, (req->end - req->start) / PAGE);
+	for (i = 0; i < n; i++) {
+		size_t page = (size_t)((req->start - BASE) / PAGE) + offset + i;
+
+		if (src[i].kind != GPUSVM_SRC_SYSTEM && src[i].kind != GPUSVM_SRC_DEVICE &&
+		    src[i].kind != GPUSVM_SRC_ABSENT)
+			continue;
+		f->migrating[page] = false;
+		if (dst[i].kind == GPUSVM_DST_KEEP)
+			continue; /* restored */
+		if (src[i].kind == GPUSVM_SRC_SYSTEM)
+			f->sys_frees++;
+		else if (src[i].kind == GPUSVM_SRC_DEVICE)
+			CHECK_EQ(gpusvm_pagemap_page_free(f->pm, src[i].pfn), 0); /* the source page is freed */
+		if (dst[i].kind == GPUSVM_DST_DEVICE) {
+			CHECK_EQ(dst[i].pagemap, 1);
+			CHECK_EQ(dst[i].owner, 1);
+			f->on_dev[page] = true;
+			f->dev[page] = dst[i].pfn;
+		} else if (dst[i].kind == GPUSVM_DST_SYSTEM) {
+			f->on_dev[page] = false;
+			f->pfn[page] = dst[i].pfn;
+		}
+	}
+	if (offset + n == total)
+		f->finalized++;
+}
+
+static int p_alloc_sys(void *ctx, uint64_t *out, size_t n)
+{
+	struct fake *f = ctx;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		out[i] = f->next_pfn++;
+	return 0;
+}
+
+static void p_free_sys(void *ctx, const uint64_t *pfns, size_t n)
+{
+	struct fake *f = ctx;
+
+	(void)pfns;
+	f->sys_frees += (long)n;
+}
+
+static int d_alloc(void *ctx, uint64_t *out, size_t n)
+{
+	struct fake *f = ctx;
+	size_t i;
+
+	f->dev_allocs++;
+	for (i = 0; i < n; i++)
+		out[i] = f->next_dpfn++;
+	return 0;
+}
+
+static void d_release(void *ctx, const uint64_t *dpfns, size_t n)
+{
+	struct fake *f = ctx;
+
+	(void)dpfns;
+	(void)n;
+	f->dev_releases++;
+}
+
+static int d_copy(void *ctx, const struct gpusvm_copy_run *runs, size_t n, size_t *completed)
+{
+	struct fake *f = ctx;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		CHECK(runs[i].kind <= GPUSVM_COPY_ZERO_DEVICE);
+		f->copied_pages += (long)runs[i].npages;
+	}
+	f->copies++;
+	*completed = n;
+	return 0;
+}
+
+static struct gpusvm_devmem_ops devmem_ops(struct fake *f)
+{
+	struct gpusvm_devmem_ops o;
+
+	memset(&o, 0, sizeof(o));
+	o.ctx = f;
+	o.alloc = d_alloc;
+	o.release = d_release;
+	o.copy = d_copy;
+	o.now_ns = p_now;
+	o.dma.map_page = p_map;
+	o.dma.unmap_page = p_unmap;
+	return o;
+}
+
 static struct gpusvm_platform_ops platform_ops(struct fake *f)
 {
 	struct gpusvm_platform_ops o;
@@ -304,6 +457,10 @@ static struct gpusvm_platform_ops platform_ops(struct fake *f)
 	o.dma.unmap_page = p_unmap;
 	o.zap = p_zap;
 	o.now_ns = p_now;
+	o.migrate_isolate = p_isolate;
+	o.migrate_finalize = p_finalize;
+	o.alloc_system_pages = p_alloc_sys;
+	o.free_system_pages = p_free_sys;
 	return o;
 }
 
@@ -314,6 +471,8 @@ static void fake_init(struct fake *f)
 	memset(f, 0, sizeof(*f));
 	for (i = 0; i < NPAGES; i++)
 		f->pfn[i] = 0x80000 + i * 3; /* scattered frames */
+	f->next_pfn = 0x200000;
+	f->next_dpfn = 0x900000;
 }
 
 static struct gpusvm_config config(void)
@@ -330,7 +489,7 @@ static struct gpusvm_config config(void)
 
 struct bind_seen {
 	struct fake *f;
-	size_t entries, calls, next_first;
+	size_t entries, calls, next_first, devmem;
 	uint64_t next_va;
 	int try_nonblock; /* call gpusvm_invalidate_begin_nonblock from inside (lock held) */
 	int nonblock_rc;
@@ -348,10 +507,16 @@ static int bind_cb(void *ctx, const struct gpusvm_range *range, const struct gpu
 	for (i = 0; i < n; i++) {
 		CHECK(s->next_va == 0 || e[i].va == s->next_va);
 		CHECK(e[i].va >= BASE && e[i].va < BASE + NPAGES * PAGE);
-		CHECK_EQ(e[i].addr, s->f->pfn[(e[i].va - BASE) / PAGE] * PAGE);
+		if (s->f->on_dev[(e[i].va - BASE) / PAGE]) {
+			CHECK_EQ(e[i].protocol, 1); /* the device's own memory */
+			CHECK_EQ(e[i].addr, s->f->dev[(e[i].va - BASE) / PAGE] * PAGE);
+			s->devmem++;
+		} else {
+			CHECK_EQ(e[i].protocol, 0);
+			CHECK_EQ(e[i].addr, s->f->pfn[(e[i].va - BASE) / PAGE] * PAGE);
+			CHECK(e[i].writable);
+		}
 		CHECK_EQ(e[i].size, PAGE);
-		CHECK(e[i].writable);
-		CHECK_EQ(e[i].protocol, 0);
 		s->f->pte[(e[i].va - BASE) / PAGE] = e[i].addr | 1;
 		s->next_va = e[i].va + e[i].size;
 	}
@@ -541,6 +706,94 @@ static void test_fault_bind_invalidate(void)
 	CHECK_EQ(f.maps, f.unmaps);
 }
 
+static void test_migration(void)
+{
+	struct fake f;
+	struct gpusvm_platform_ops o;
+	struct gpusvm_devmem_ops d;
+	struct gpusvm_config c = config();
+	struct gpusvm_pages_ctx pctx;
+	struct gpusvm *svm = NULL;
+	struct gpusvm_range *r = NULL;
+	struct gpusvm_migrate_report rep;
+	struct bind_seen seen;
+	uint64_t live = 9, released = 9;
+	size_t page0;
+
+	fake_init(&f);
+	o = platform_ops(&f);
+	d = devmem_ops(&f);
+	c.has_owner = true;
+	c.owner = 1;
+	CHECK_EQ(gpusvm_create(&o, &c, &svm), 0);
+	f.svm = svm;
+	CHECK_EQ(gpusvm_migrate_to_devmem(svm, NULL, NULL), -EINVAL);
+	d.copy = NULL; /* required */
+	CHECK_EQ(gpusvm_pagemap_create(&d, 1, 1, &f.pm), -EINVAL);
+	d = devmem_ops(&f);
+	CHECK_EQ(gpusvm_pagemap_create(&d, 1, 1, &f.pm), 0);
+	CHECK_EQ(gpusvm_set_pagemap(svm, f.pm), 0);
+
+	/* A read fault in system memory, then the range moves to device memory. */
+	memset(&seen, 0, sizeof(seen));
+	seen.f = &f;
+	CHECK_EQ(gpusvm_handle_fault_and_bind(svm, BASE, GPUSVM_ACCESS_READ, 0, UINT64_MAX, bind_cb, &seen, &r), 0);
+	CHECK_EQ(seen.entries, 512);
+	CHECK_EQ(seen.devmem, 0);
+	memset(&rep, 0, sizeof(rep));
+	CHECK_EQ(gpusvm_migrate_to_devmem(svm, r, &rep), 0);
+	CHECK_EQ(rep.pages, 512);
+	CHECK(rep.copy_runs >= 1);
+	CHECK_EQ(f.copied_pages, 512);
+	CHECK_EQ(f.dev_allocs, 1);
+	CHECK_EQ(f.sys_frees, 512);
+	CHECK(f.finalized >= 1);
+	CHECK(f.on_dev[0] && f.on_dev[511] && !f.on_dev[512]);
+
+	/* Collected again: device-local entries. */
+	memset(&pctx, 0, sizeof(pctx));
+	pctx.has_owner = true;
+	pctx.owner = 1;
+	CHECK_EQ(gpusvm_get_pages(svm, r, &pctx), 0);
+	memset(&seen, 0, sizeof(seen));
+	seen.f = &f;
+	CHECK_EQ(gpusvm_bind(svm, r, bind_cb, &seen), 0);
+	CHECK_EQ(seen.devmem, seen.entries);
+	CHECK(seen.entries >= 1);
+	CHECK_EQ(gpusvm_pagemap_counts(f.pm, &live, &released), 0);
+	CHECK_EQ(live, 1);
+	CHECK_EQ(released, 0);
+
+	/* Eviction: back to system memory; the device allocation is released once. */
+	memset(&rep, 0, sizeof(rep));
+	CHECK_EQ(gpusvm_evict(svm, r, &rep), 0);
+	CHECK_EQ(rep.pages, 512);
+	CHECK(!f.on_dev[0] && !f.on_dev[511]);
+	CHECK_EQ(f.dev_releases, 1);
+	CHECK_EQ(gpusvm_pagemap_counts(f.pm, &live, &released), 0);
+	CHECK_EQ(live, 0);
+	CHECK_EQ(released, 1);
+
+	/* Into device memory again, then a CPU fault on one of its pages (migrate_to_ram). */
+	CHECK_EQ(gpusvm_migrate_to_devmem(svm, r, NULL), 0);
+	CHECK(f.on_dev[7]);
+	page0 = 7;
+	memset(&rep, 0, sizeof(rep));
+	CHECK_EQ(gpusvm_pagemap_migrate_to_ram(f.pm, svm, BASE + page0 * PAGE, f.dev[page0], &rep), 0);
+	CHECK(rep.pages >= 1);
+	CHECK(!f.on_dev[page0]);
+	CHECK_EQ(gpusvm_pagemap_migrate_to_ram(NULL, svm, BASE, 0, NULL), -EINVAL);
+	CHECK_EQ(gpusvm_pagemap_page_free(NULL, 0), -EINVAL);
+
+	/* Teardown: destroy the SVM, then the last pagemap reference. */
+	CHECK_EQ(gpusvm_range_put(r), 0);
+	CHECK_EQ(gpusvm_destroy(svm), 0);
+	CHECK_EQ(gpusvm_pagemap_put(f.pm), 0);
+	CHECK_EQ(f.maps, f.unmaps);
+	printf("migration: %ld device allocations, %ld released, %ld copy calls, %ld pages copied\n", f.dev_allocs,
+	       f.dev_releases, f.copies, f.copied_pages);
+}
+
 /* One scenario: create, fault a 2 MiB range, bind, close, destroy. 0 or the first error. */
 static int scenario(struct fake *f)
 {
@@ -615,6 +868,7 @@ int main(void)
 	CHECK(gpusvm_host_ready());
 	test_bad_input();
 	test_fault_bind_invalidate();
+	test_migration();
 	test_alloc_failure();
 
 	CHECK_EQ(H.live, 0);
