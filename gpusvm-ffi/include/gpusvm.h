@@ -127,6 +127,37 @@
 #define GPUSVM_DMA_BIDIRECTIONAL 2
 
 /*
+ `gpusvm_attr::kind`: preferred location; value 0 device default, 1 system memory, `2 + id`
+ the pagemap `id`.
+ */
+#define GPUSVM_ATTR_PREFERRED_LOC 0
+
+/*
+ `gpusvm_attr::kind`: migration policy; value 0 all pages, 1 system pages only.
+ */
+#define GPUSVM_ATTR_MIGRATION 1
+
+/*
+ `gpusvm_attr::kind`: atomic access; value 0 undefined, 1 device, 2 global, 3 CPU.
+ */
+#define GPUSVM_ATTR_ATOMIC 2
+
+/*
+ `loc` of [`gpusvm_prefetch`]: system memory.
+ */
+#define GPUSVM_PREFETCH_SYSTEM 0
+
+/*
+ `loc`: the device's own memory.
+ */
+#define GPUSVM_PREFETCH_DEVICE 1
+
+/*
+ `loc`: the pagemap `pagemap` (of the device's owner).
+ */
+#define GPUSVM_PREFETCH_PAGEMAP 2
+
+/*
  `access` of [`gpusvm_handle_fault`]: a read.
  */
 #define GPUSVM_ACCESS_READ 0
@@ -183,6 +214,12 @@ struct gpusvm_pagemap;
  released with [`gpusvm_range_put`]. Opaque.
  */
 struct gpusvm_range;
+
+/*
+ A userptr: the page state of one interval of user memory. Opaque; made by
+ [`gpusvm_userptr_create`], freed by [`gpusvm_userptr_destroy`].
+ */
+struct gpusvm_userptr;
 
 /*
  The static description of one of the crate's locks, passed to `mutex_create` and
@@ -401,6 +438,42 @@ struct gpusvm_migrate_report {
    Every page already was in the target: nothing was done.
    */
   bool already_there;
+};
+
+/*
+ One attribute change (as an ioctl would carry it).
+ */
+struct gpusvm_attr {
+  /*
+   `GPUSVM_ATTR_*`.
+   */
+  uint32_t kind;
+  /*
+   The new value (see the kind).
+   */
+  uint64_t value;
+  /*
+   Must be zero.
+   */
+  uint64_t reserved;
+};
+
+/*
+ The attributes in force at one address, in the raw encoding of [`gpusvm_attr`] values.
+ */
+struct gpusvm_attrs {
+  /*
+   Preferred location (0 device default, 1 system, `2 + id` a pagemap).
+   */
+  uint64_t preferred_loc;
+  /*
+   Migration policy (0 all pages, 1 system pages only).
+   */
+  uint64_t migration;
+  /*
+   Atomic access (0 undefined, 1 device, 2 global, 3 CPU).
+   */
+  uint64_t atomic;
 };
 
 /*
@@ -1026,6 +1099,57 @@ int gpusvm_pagemap_migrate_to_ram(const struct gpusvm_pagemap *pm,
 int gpusvm_pagemap_counts(const struct gpusvm_pagemap *pm, uint64_t *live, uint64_t *released);
 
 /*
+ Set attributes of `[start, start + len)` from `n` raw changes (decoded all first, later
+ entries of the same kind win; one bad entry and nothing changes). Ranges straddling the
+ interval's edges are evicted and removed, inner ones lose their device mappings.
+
+ Returns 0; `-EINVAL` (bad handle, pointer, interval, entry or an empty change; unknown
+ pagemap), `-ENOLINK` (pagemap of another owner), `-ENODEV`, `-ENOMEM`; on error nothing
+ changes.
+
+ Context: may sleep; allocates the new attribute array with no lock held.
+
+ # Safety
+ `svm` NULL or live; `attrs` NULL or readable for `n` entries.
+ */
+int gpusvm_set_attrs(struct gpusvm *svm,
+                     uint64_t start,
+                     uint64_t len,
+                     const struct gpusvm_attr *attrs,
+                     size_t n);
+
+/*
+ The attributes in force at `addr`, in `*out`.
+
+ Returns 0 or `-EINVAL`.
+
+ Context: takes the attribute lock shared; allocates nothing.
+
+ # Safety
+ `svm` NULL or live; `out` NULL or writable.
+ */
+int gpusvm_attrs_at(struct gpusvm *svm, uint64_t addr, struct gpusvm_attrs *out);
+
+/*
+ Move `[start, start + len)` to `loc` (`GPUSVM_PREFETCH_*`; `pagemap` for
+ `GPUSVM_PREFETCH_PAGEMAP`) without a fault: ranges are created, migrated (or evicted) and
+ collected as a fault would, so later device faults only bind.
+
+ Returns 0; `-EINVAL` (bad handle, interval, location or pagemap), `-ENOLINK`, `-EFAULT` (no
+ VMA), `-ENODEV`, migration and collection errors; ranges already processed stay moved.
+
+ Context: may sleep; as [`gpusvm_handle_fault`](crate::svm::gpusvm_handle_fault) per range.
+
+ # Safety
+ `svm` NULL or live.
+ */
+int gpusvm_prefetch(struct gpusvm *svm,
+                    uint64_t start,
+                    uint64_t len,
+                    uint32_t loc,
+                    uint32_t pagemap);
+
+/*
  Create an SVM over the platform `ops` (copied; `ops->ctx` must outlive the SVM) with the
  configuration `config`; the handle goes to `*out`.
 
@@ -1345,6 +1469,101 @@ int gpusvm_range_get(const struct gpusvm_range *range);
  `range` NULL or a live reference, not used after this call.
  */
 int gpusvm_range_put(struct gpusvm_range *range);
+
+/*
+ Create a userptr over `[start, end)` (page aligned, non-empty); the handle goes to `*out`.
+
+ Returns 0, `-EINVAL` or `-ENOMEM`.
+
+ Context: may sleep (allocates the userptr and its lock).
+
+ # Safety
+ `out` NULL or writable.
+ */
+int gpusvm_userptr_create(uint64_t start, uint64_t end, struct gpusvm_userptr **out);
+
+/*
+ Unmap and free the userptr's pages through the DMA mapper of `svm`, then free it.
+
+ Returns 0 or `-EINVAL`.
+
+ Context: may sleep; takes the userptr's lock.
+
+ # Safety
+ `up` NULL or live, not used after; `svm` NULL or live (the SVM whose device mapped it).
+ */
+int gpusvm_userptr_destroy(struct gpusvm_userptr *up, struct gpusvm *svm);
+
+/*
+ Collect and DMA-map the userptr's pages through the platform of `svm` (`ctx` may be NULL),
+ retrying within the SVM's retry budget while invalidations race.
+
+ Returns 0 or the errors of [`gpusvm_get_pages`](crate::svm::gpusvm_get_pages).
+
+ Context: may sleep (collects with no lock held); takes the userptr's lock.
+
+ # Safety
+ `up`, `svm` NULL or live; `ctx` NULL or readable.
+ */
+int gpusvm_userptr_get_pages(struct gpusvm_userptr *up,
+                             struct gpusvm *svm,
+                             const struct gpusvm_pages_ctx *ctx);
+
+/*
+ Hand the userptr's page entries to `bind` (its range argument is NULL) under the userptr's
+ lock (shared): must not sleep.
+
+ Returns 0, the first negative value of `bind`, `-EAGAIN` (not valid: collect again) or
+ `-EINVAL`.
+
+ Context: `bind` runs under the userptr's lock.
+
+ # Safety
+ `up` NULL or live; `bind` honours [`gpusvm_bind_fn`].
+ */
+int gpusvm_userptr_bind(struct gpusvm_userptr *up, gpusvm_bind_fn bind, void *bind_ctx);
+
+/*
+ The driver's notifier for the userptr fired: DMA-unmap (through `svm`'s mapper) if
+ `[start, end)` overlaps it; `nonblock`: only try the lock (`-EAGAIN` if taken, nothing
+ changed). Follow with [`gpusvm_userptr_invalidate_end`].
+
+ Returns 0, `-EAGAIN` (nonblock) or `-EINVAL`.
+
+ Context: allocates nothing; takes the userptr's lock (or tries it).
+
+ # Safety
+ `up`, `svm` NULL or live.
+ */
+int gpusvm_userptr_invalidate_begin(struct gpusvm_userptr *up,
+                                    struct gpusvm *svm,
+                                    uint64_t start,
+                                    uint64_t end,
+                                    bool nonblock);
+
+/*
+ End of a userptr invalidation.
+
+ Returns 0 or `-EINVAL`.
+
+ Context: takes the userptr's lock.
+
+ # Safety
+ `up` NULL or live.
+ */
+int gpusvm_userptr_invalidate_end(struct gpusvm_userptr *up);
+
+/*
+ Whether the userptr's pages are valid right now, in `*out`.
+
+ Returns 0 or `-EINVAL`.
+
+ Context: takes the userptr's lock shared.
+
+ # Safety
+ `up` NULL or live; `out` NULL or writable.
+ */
+int gpusvm_userptr_pages_valid(struct gpusvm_userptr *up, bool *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -55,7 +55,9 @@ extern crate std;
 pub mod host;
 pub mod pagemap;
 pub mod platform;
+pub mod policy;
 pub mod svm;
+pub mod userptr;
 
 use core::ffi::c_int;
 use gpusvm::{Error, Result};

@@ -272,7 +272,7 @@ fn config_from_c(c: &gpusvm_config) -> Result<SvmConfig> {
     Ok(cfg)
 }
 
-fn pages_ctx(p: *const gpusvm_pages_ctx) -> Result<PagesCtx> {
+pub(crate) fn pages_ctx(p: *const gpusvm_pages_ctx) -> Result<PagesCtx> {
     if p.is_null() {
         return Ok(PagesCtx::default());
     }
@@ -333,20 +333,40 @@ fn entry_to_c(va: u64, e: PageEntry) -> gpusvm_page_entry {
 
 /// Hand `entries` of `range` to the C callback in batches; the first non-zero return stops.
 fn walk_entries(
-    f: unsafe extern "C" fn(
-        *mut c_void,
-        *const gpusvm_range,
-        *const gpusvm_page_entry,
-        usize,
-        usize,
-    ) -> c_int,
+    f: BindFn,
     ctx: *mut c_void,
     range: &Range<FfiHost>,
     entries: &[PageEntry],
 ) -> c_int {
-    let handle: *const gpusvm_range = core::ptr::from_ref(range).cast();
+    walk_entries_at(
+        f,
+        ctx,
+        core::ptr::from_ref(range).cast(),
+        range.start(),
+        entries,
+    )
+}
+
+/// The function type behind [`gpusvm_bind_fn`].
+pub(crate) type BindFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const gpusvm_range,
+    *const gpusvm_page_entry,
+    usize,
+    usize,
+) -> c_int;
+
+/// Hand `entries`, the first at virtual address `start`, to the C callback in batches, with
+/// `handle` as its range argument; the first non-zero return stops.
+pub(crate) fn walk_entries_at(
+    f: BindFn,
+    ctx: *mut c_void,
+    handle: *const gpusvm_range,
+    start: u64,
+    entries: &[PageEntry],
+) -> c_int {
     let mut buf = [gpusvm_page_entry::default(); BIND_BATCH];
-    let mut va = range.start();
+    let mut va = start;
     let mut first = 0usize;
     for chunk in entries.chunks(BIND_BATCH) {
         let n = chunk.len();
