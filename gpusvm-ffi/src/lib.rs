@@ -33,7 +33,9 @@
 //! - **No panic crosses the boundary**: the crate has no reachable panic and this crate adds
 //!   none (no `unwrap`, no indexing, no unchecked arithmetic: the lints below). A final binary
 //!   still needs a `#[panic_handler]`: feature `panic-abort` (hosted C programs: `abort()`) or
-//!   `panic-kernel` (Linux: the kernel's `panic()`).
+//!   `panic-kernel` (Linux: the kernel's `panic()`). Feature `panic-proof` (a handler that
+//!   calls an undefined symbol) is the link-time proof: `run-c-test` links the LTO-built
+//!   library with every exported function as a root.
 #![no_std]
 #![deny(missing_docs)]
 #![allow(non_camel_case_types)]
@@ -75,8 +77,12 @@ pub(crate) fn ret(r: Result<()>) -> c_int {
     }
 }
 
-#[cfg(all(feature = "panic-abort", feature = "panic-kernel"))]
-compile_error!("features `panic-abort` and `panic-kernel` are exclusive");
+#[cfg(any(
+    all(feature = "panic-abort", feature = "panic-kernel"),
+    all(feature = "panic-abort", feature = "panic-proof"),
+    all(feature = "panic-kernel", feature = "panic-proof"),
+))]
+compile_error!("features `panic-abort`, `panic-kernel` and `panic-proof` are exclusive");
 
 #[cfg(all(feature = "panic-abort", not(feature = "panic-kernel"), not(test)))]
 #[panic_handler]
@@ -97,4 +103,28 @@ fn on_panic(_: &core::panic::PanicInfo) -> ! {
     // SAFETY: the kernel's `panic` takes a printf format (no conversions here) and does not
     // return.
     unsafe { panic(c"gpusvm: Rust panic\n".as_ptr()) }
+}
+
+#[cfg(all(feature = "panic-proof", not(test)))]
+#[panic_handler]
+fn on_panic(_: &core::panic::PanicInfo) -> ! {
+    extern "C" {
+        /// Defined nowhere: a reachable panic makes the final link fail with its name.
+        fn gpusvm_ffi_panic_is_reachable() -> !;
+    }
+    // SAFETY: never called in a program that links; see the feature `panic-proof`.
+    unsafe { gpusvm_ffi_panic_is_reachable() }
+}
+
+/// The self-test of the link-time proof: a panic reachable from a C entry point.
+///
+/// Returns never normally for `n > 3` (indexes out of bounds).
+///
+/// Context: any.
+#[cfg(feature = "panic-proof-self-test")]
+#[no_mangle]
+#[allow(clippy::indexing_slicing)]
+pub extern "C" fn gpusvm_ffi_panic_self_test(n: usize) -> u8 {
+    let a = [1u8, 2, 3, 4];
+    a[n]
 }
