@@ -507,7 +507,19 @@ impl<P: Platform> Svm<P> {
         if let Some(e) = no_mem.get() {
             return Err(e);
         }
-        let (start, end) = chosen?;
+        let (start, end) = match chosen {
+            Ok(c) => c,
+            // Every candidate overlaps a range: the one at `addr`, inserted by a concurrent
+            // fault since `find_or_insert` looked (addr lies in the window and the VMA, so even
+            // the page at `addr` fits unless a range holds it). Return that range.
+            Err(Error::Invalid) => {
+                return match self.find(addr) {
+                    Some(r) => Ok(Some(r)),
+                    None => Err(Error::Invalid),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let range = Range::with_host(start, end)?;
 
         let created = self.ensure_notifier(notifier)?;
