@@ -764,6 +764,20 @@ struct gpusvm_config {
    The owner, if `has_owner`.
    */
   uint32_t owner;
+  /*
+   Minimum residency in device memory after a migration caused by an atomic fault, before
+   a CPU fault may pull the pages back (0: default, 5 ms).
+   */
+  uint64_t atomic_timeslice_ns;
+  /*
+   In device-to-device migrations the source's copy engine copies (else the target's).
+   */
+  bool source_peer_migrates;
+  /*
+   Pages already in the target pagemap may be migrated again instead of making a
+   partly-resident range fail with `-EBUSY`.
+   */
+  bool can_migrate_same_pagemap;
 };
 
 /*

@@ -58,6 +58,14 @@ pub struct gpusvm_config {
     pub has_owner: bool,
     /// The owner, if `has_owner`.
     pub owner: u32,
+    /// Minimum residency in device memory after a migration caused by an atomic fault, before
+    /// a CPU fault may pull the pages back (0: default, 5 ms).
+    pub atomic_timeslice_ns: u64,
+    /// In device-to-device migrations the source's copy engine copies (else the target's).
+    pub source_peer_migrates: bool,
+    /// Pages already in the target pagemap may be migrated again instead of making a
+    /// partly-resident range fail with `-EBUSY`.
+    pub can_migrate_same_pagemap: bool,
 }
 
 /// What a page collection wants.
@@ -266,7 +274,12 @@ fn config_from_c(c: &gpusvm_config) -> Result<SvmConfig> {
     if c.retry_max_attempts != 0 {
         cfg.retry.max_attempts = c.retry_max_attempts;
     }
+    if c.atomic_timeslice_ns != 0 {
+        cfg.atomic_timeslice_ns = c.atomic_timeslice_ns;
+    }
     cfg.prefer_devmem = c.prefer_devmem;
+    cfg.source_peer_migrates = c.source_peer_migrates;
+    cfg.can_migrate_same_pagemap = c.can_migrate_same_pagemap;
     cfg.owner = owner(c.has_owner, c.owner);
     cfg.validate()?;
     Ok(cfg)
