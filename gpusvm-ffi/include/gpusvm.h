@@ -441,6 +441,18 @@ struct gpusvm_migrate_report {
 };
 
 /*
+ Receives one live device-memory allocation of a pagemap: the virtual interval
+ `[va_start, va_end)` it was made for, its number of live pages and its first device frame.
+ Called with no library lock held (it may call into the library, for example to evict the
+ interval). Returning non-zero stops the walk; a negative value is returned by the caller.
+ */
+typedef int (*gpusvm_allocation_fn)(void *ctx,
+                                    uint64_t va_start,
+                                    uint64_t va_end,
+                                    uint64_t live_pages,
+                                    uint64_t first_dpfn);
+
+/*
  One attribute change (as an ioctl would carry it).
  */
 struct gpusvm_attr {
@@ -1111,6 +1123,20 @@ int gpusvm_pagemap_migrate_to_ram(const struct gpusvm_pagemap *pm,
  `pm` NULL or a live reference; the out-pointers NULL or writable.
  */
 int gpusvm_pagemap_counts(const struct gpusvm_pagemap *pm, uint64_t *live, uint64_t *released);
+
+/*
+ Walk the live allocations of `pm` (a snapshot, in the order of their lowest frame): what a
+ host evicts, by address, before it tears the device memory down.
+
+ Returns 0, the first negative value of `f`, `-EINVAL` or `-ENOMEM` (the snapshot).
+
+ Context: may sleep; allocates the snapshot with no lock held; `f` runs with no library
+ lock held.
+
+ # Safety
+ `pm` NULL or a live reference; `f` honours [`gpusvm_allocation_fn`].
+ */
+int gpusvm_pagemap_allocations(const struct gpusvm_pagemap *pm, gpusvm_allocation_fn f, void *ctx);
 
 /*
  Set attributes of `[start, start + len)` from `n` raw changes (decoded all first, later

@@ -12,7 +12,7 @@ use ::gpusvm::pagemap::Pagemap;
 use ::gpusvm::platform::{OwnerId, PagemapId};
 use ::gpusvm::range::Range;
 use ::gpusvm::{Error, Result};
-use core::ffi::c_int;
+use core::ffi::{c_int, c_void};
 
 /// A pagemap: the device memory of one device (or tile). A counted reference, released with
 /// [`gpusvm_pagemap_put`]. Opaque.
@@ -362,4 +362,57 @@ pub unsafe extern "C" fn gpusvm_pagemap_counts(
         Ok(())
     })();
     ret(r)
+}
+
+/// Receives one live device-memory allocation of a pagemap: the virtual interval
+/// `[va_start, va_end)` it was made for, its number of live pages and its first device frame.
+/// Called with no library lock held (it may call into the library, for example to evict the
+/// interval). Returning non-zero stops the walk; a negative value is returned by the caller.
+pub type gpusvm_allocation_fn = Option<
+    unsafe extern "C" fn(
+        ctx: *mut c_void,
+        va_start: u64,
+        va_end: u64,
+        live_pages: u64,
+        first_dpfn: u64,
+    ) -> c_int,
+>;
+
+/// Walk the live allocations of `pm` (a snapshot, in the order of their lowest frame): what a
+/// host evicts, by address, before it tears the device memory down.
+///
+/// Returns 0, the first negative value of `f`, `-EINVAL` or `-ENOMEM` (the snapshot).
+///
+/// Context: may sleep; allocates the snapshot with no lock held; `f` runs with no library
+/// lock held.
+///
+/// # Safety
+/// `pm` NULL or a live reference; `f` honours [`gpusvm_allocation_fn`].
+#[no_mangle]
+pub unsafe extern "C" fn gpusvm_pagemap_allocations(
+    pm: *const gpusvm_pagemap,
+    f: gpusvm_allocation_fn,
+    ctx: *mut c_void,
+) -> c_int {
+    let r = (|| -> Result<c_int> {
+        // SAFETY: forwarded from the caller.
+        let p = unsafe { pm_ref(pm) }?;
+        let f = f.ok_or(Error::Invalid)?;
+        let all = p.allocations()?;
+        for a in all.as_slice() {
+            let (s, e) = a.va();
+            let live = u64::try_from(a.live_pages()).unwrap_or(u64::MAX);
+            let first = a.dpfns().first().copied().unwrap_or(0);
+            // SAFETY: the callback honours `gpusvm_allocation_fn`; no lock is held.
+            let rc = unsafe { f(ctx, s, e, live, first) };
+            if rc != 0 {
+                return Ok(rc.min(0));
+            }
+        }
+        Ok(0)
+    })();
+    match r {
+        Ok(rc) => rc,
+        Err(e) => e.errno(),
+    }
 }

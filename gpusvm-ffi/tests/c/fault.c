@@ -706,8 +706,26 @@ static void test_fault_bind_invalidate(void)
 	CHECK_EQ(f.maps, f.unmaps);
 }
 
+struct alloc_walk {
+	long n;
+	uint64_t start, end, live;
+};
+
+static int alloc_cb(void *ctx, uint64_t va_start, uint64_t va_end, uint64_t live, uint64_t first_dpfn)
+{
+	struct alloc_walk *w = ctx;
+
+	(void)first_dpfn;
+	w->n++;
+	w->start = va_start;
+	w->end = va_end;
+	w->live = live;
+	return 0;
+}
+
 static void test_migration(void)
 {
+	struct alloc_walk walk;
 	struct fake f;
 	struct gpusvm_platform_ops o;
 	struct gpusvm_devmem_ops d;
@@ -773,6 +791,17 @@ static void test_migration(void)
 	CHECK_EQ(gpusvm_pagemap_counts(f.pm, &live, &released), 0);
 	CHECK_EQ(live, 0);
 	CHECK_EQ(released, 1);
+
+	/* Into device memory again: one live allocation, for the whole range. */
+	CHECK_EQ(gpusvm_migrate_to_devmem(svm, r, NULL), 0);
+	memset(&walk, 0, sizeof(walk));
+	CHECK_EQ(gpusvm_pagemap_allocations(f.pm, alloc_cb, &walk), 0);
+	CHECK_EQ(walk.n, 1);
+	CHECK_EQ(walk.start, BASE);
+	CHECK_EQ(walk.end, BASE + SZ_2M);
+	CHECK_EQ(walk.live, 512);
+	CHECK_EQ(gpusvm_pagemap_allocations(f.pm, NULL, NULL), -EINVAL);
+	CHECK_EQ(gpusvm_evict(svm, r, NULL), 0);
 
 	/* Into device memory again, then a CPU fault on one of its pages (migrate_to_ram). */
 	CHECK_EQ(gpusvm_migrate_to_devmem(svm, r, NULL), 0);
