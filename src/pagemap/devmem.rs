@@ -72,7 +72,9 @@ impl<L: Host> DevmemAlloc<L> {
     ///
     /// Errors: [`Error::Invalid`] if `dpfns` is empty or has duplicates, or if
     /// `va_start >= va_end`; [`Error::NoMem`] when the run and bitmap arrays cannot be
-    /// allocated. On error `dpfns` is dropped (freed).
+    /// allocated (duplicates are found in the run array, so with no memory for it a list with
+    /// duplicates gets `NoMem`; the other checks come first). On error `dpfns` is dropped
+    /// (freed).
     ///
     /// Context: may sleep; allocates two arrays (runs, one bit per page) with
     /// [`AllocCtx::MaySleep`]; takes no lock.

@@ -2019,7 +2019,9 @@ impl Harness {
                 let a = match DevmemAlloc::<SimHost>::new(PagemapId(0), vs, ve, owned) {
                     Ok(a) if valid => a,
                     Err(Error::Invalid) if !valid => return Ok(()),
-                    Err(Error::NoMem) if valid => return Ok(()),
+                    // Duplicates are found in the run array: with no memory for it, `NoMem`
+                    // (documented); the cheap checks come first.
+                    Err(Error::NoMem) if vs < ve && !frames.is_empty() => return Ok(()),
                     other => {
                         return Err(format!(
                             "DevmemAlloc::new({vs:#x}, {ve:#x}, {frames:x?}) = {other:?}"
