@@ -947,6 +947,34 @@ fn prefetch_large_interval_then_faults_hit() {
     }
 }
 
+/// A prefetch over memory re-mapped at the address of a range that was unmapped since the last
+/// GC run (no fault ran it in between) removes that range first and migrates the new pages
+/// (found by the crate-backed Linux module: hmm-tests `migrate_multiple` maps, migrates and
+/// unmaps the same address ten times; the stale range made the prefetch fail with `Again`).
+#[test]
+fn prefetch_after_munmap_and_remap_at_the_same_address() {
+    let mut r = one_device(4096);
+    let buf = r.mmap(M2);
+    r.fill(buf, M2, 0xc1);
+    r.g(0)
+        .svm
+        .prefetch(buf, M2, PrefetchLoc::Device)
+        .expect("prefetch");
+    r.mm.munmap(buf, M2).expect("munmap");
+    r.model.retain(|&a, _| a < buf || a >= buf + M2);
+    let again = r.mm.mmap_fixed(buf, M2, RW, false).expect("mmap_fixed");
+    assert_eq!(again, buf);
+    r.fill(buf, M2, 0xc2);
+    r.g(0)
+        .svm
+        .prefetch(buf, M2, PrefetchLoc::Device)
+        .expect("prefetch after the re-map");
+    r.check("prefetch after the re-map");
+    for i in 0..(M2 / K64) {
+        assert_eq!(r.loc(buf + i * K64), Some(PagemapId(0)));
+    }
+}
+
 /// Prefetch into a peer's pagemap over the link.
 #[test]
 fn prefetch_to_peer_pagemap() {

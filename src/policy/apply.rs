@@ -180,6 +180,9 @@ impl<P: Platform> Svm<P> {
         if let PrefetchLoc::Pagemap(id) = loc {
             self.check_pagemap(id)?;
         }
+        // As a fault does: ranges unmapped since the last run (an address space re-mapped at
+        // the same address) are removed first, so they are not found and placed again.
+        self.gc_run();
         let mut addr = start;
         let mut retries = 0u32;
         while addr < end {
@@ -190,15 +193,16 @@ impl<P: Platform> Svm<P> {
                 ..PagesCtx::default()
             };
             let range = self.find_or_insert(addr, Window::ALL, &ctx)?;
-            match loc {
+            let placed = match loc {
                 PrefetchLoc::System => {
-                    self.evict(&range)?;
                     ctx.owner = None;
+                    self.evict(&range).map(|_| ())
                 }
-                PrefetchLoc::Device => self.place_in(&range, DeviceTarget::Local, 0)?,
-                PrefetchLoc::Pagemap(id) => self.place_in(&range, DeviceTarget::Pagemap(id), 0)?,
-            }
-            match self.get_pages(&range, &ctx) {
+                PrefetchLoc::Device => self.place_in(&range, DeviceTarget::Local, 0),
+                PrefetchLoc::Pagemap(id) => self.place_in(&range, DeviceTarget::Pagemap(id), 0),
+            };
+            // A range unmapped meanwhile is `Again` from the placement as from the collection.
+            match placed.and_then(|()| self.get_pages(&range, &ctx)) {
                 Ok(()) => addr = range.end(),
                 Err(Error::Again) if retries < PREFETCH_RETRIES => {
                     retries = retries.saturating_add(1);
