@@ -18,6 +18,8 @@
 #include <linux/hmm.h>
 #include <linux/kernel.h>
 #include <linux/mm.h>
+#include <linux/memremap.h>
+#include <linux/migrate.h>
 #include <linux/mmu_notifier.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -225,10 +227,27 @@ static const struct gpusvm_host_ops dm_host_ops = {
 /* Devices and mirrors                                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
+/* A piece of device memory: device-private struct pages over an unused physical range. */
+struct dm_chunk {
+	struct dev_pagemap pgmap;
+	struct resource *res;
+	struct dm_device *dev;
+};
+
+#define DM_CHUNK_SIZE (256UL << 20)
+#define DM_MAX_CHUNKS 8
+
 struct dm_device {
 	struct cdev cdev;
 	unsigned int minor;
 	u32 owner_id; /* the crate's owner id (minor + 1); the kernel's owner is this struct */
+	struct gpusvm_pagemap *pm;
+	struct mutex chunk_lock; /* adding chunks */
+	struct dm_chunk *chunks[DM_MAX_CHUNKS];
+	unsigned int nchunks;
+	spinlock_t free_lock;
+	struct page *free_pages; /* linked through zone_device_data */
+	unsigned long nfree;
 };
 
 /* One per open file: an SVM over the opener's address space and its device page table. */
@@ -245,6 +264,20 @@ struct dm_mirror {
 	struct mmu_interval_notifier seq_notifier;
 	/* The task that holds this mm's mmap lock while it calls into the crate (CPU fault path). */
 	struct task_struct *mmap_holder;
+	/* With mmap_holder: the device page a CPU fault is migrating (migrate_vma fault_page). */
+	struct page *fault_page;
+	/* Migrations between migrate_isolate and the last migrate_finalize slice. */
+	spinlock_t mig_lock;
+	struct list_head migrations;
+};
+
+/* One migrate_vma in flight. */
+struct dm_migration {
+	struct list_head link;
+	struct migrate_vma args;
+	struct task_struct *task;
+	struct task_struct *prev_holder;
+	bool locked; /* took the mmap lock in migrate_isolate */
 };
 
 #define DM_PTE_WRITE 1UL
@@ -335,39 +368,25 @@ static void dm_fill_cpu_page(struct gpusvm_cpu_page *out, unsigned long hpfn)
 	out->writable = !!(hpfn & HMM_PFN_WRITE);
 }
 
-static int p_collect(void *ctx, const struct gpusvm_collect_request *req,
-		     struct gpusvm_cpu_page *out, size_t n)
+/* hmm_range_fault over [start, end) with the sequence retry loop; the mm is held by the caller. */
+static int dm_hmm_walk(struct dm_mirror *m, u64 start, u64 end, unsigned long flags,
+		       void *owner, unsigned long *pfns)
 {
-	struct dm_mirror *m = ctx;
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	bool lock = !dm_mmap_held(m);
 	struct hmm_range range = {
 		.notifier = &m->seq_notifier,
-		.start = req->start,
-		.end = req->end,
-		.default_flags = req->fault ?
-			(HMM_PFN_REQ_FAULT | (req->write ? HMM_PFN_REQ_WRITE : 0)) : 0,
-		.dev_private_owner = req->has_owner ? dm_owner_ptr(req->owner) : NULL,
+		.start = start,
+		.end = end,
+		.hmm_pfns = pfns,
+		.default_flags = flags,
+		.dev_private_owner = owner,
 	};
-	unsigned long *pfns;
-	size_t i;
 	int ret;
 
-	if (req->end <= req->start || (req->end - req->start) >> PAGE_SHIFT != n)
-		return -EINVAL;
-	pfns = kvcalloc(n, sizeof(*pfns), GFP_KERNEL);
-	if (!pfns)
-		return -ENOMEM;
-	range.hmm_pfns = pfns;
-	if (!mmget_not_zero(m->mm)) {
-		kvfree(pfns);
-		return -EFAULT;
-	}
 	for (;;) {
-		if (time_after(jiffies, timeout)) {
-			ret = -EBUSY;
-			break;
-		}
+		if (time_after(jiffies, timeout))
+			return -EBUSY;
 		range.notifier_seq = mmu_interval_read_begin(&m->seq_notifier);
 		if (lock)
 			mmap_read_lock(m->mm);
@@ -377,11 +396,33 @@ static int p_collect(void *ctx, const struct gpusvm_collect_request *req,
 		if (ret == -EBUSY)
 			continue;
 		if (ret)
-			break;
-		if (mmu_interval_check_retry(&m->seq_notifier, range.notifier_seq))
-			continue;
-		break;
+			return ret;
+		if (!mmu_interval_check_retry(&m->seq_notifier, range.notifier_seq))
+			return 0;
 	}
+}
+
+static int p_collect(void *ctx, const struct gpusvm_collect_request *req,
+		     struct gpusvm_cpu_page *out, size_t n)
+{
+	struct dm_mirror *m = ctx;
+	unsigned long flags = req->fault ?
+		(HMM_PFN_REQ_FAULT | (req->write ? HMM_PFN_REQ_WRITE : 0)) : 0;
+	unsigned long *pfns;
+	size_t i;
+	int ret;
+
+	if (req->end <= req->start || (req->end - req->start) >> PAGE_SHIFT != n)
+		return -EINVAL;
+	pfns = kvcalloc(n, sizeof(*pfns), GFP_KERNEL);
+	if (!pfns)
+		return -ENOMEM;
+	if (!mmget_not_zero(m->mm)) {
+		kvfree(pfns);
+		return -EFAULT;
+	}
+	ret = dm_hmm_walk(m, req->start, req->end, flags,
+			  req->has_owner ? dm_owner_ptr(req->owner) : NULL, pfns);
 	mmput(m->mm);
 	if (!ret)
 		for (i = 0; i < n; i++)
@@ -508,6 +549,419 @@ static void p_zap(void *ctx, uint64_t start, uint64_t end)
 static uint64_t p_now(void *ctx)
 {
 	return ktime_get_ns();
+}
+
+/* ---- migration: migrate_vma_setup in isolate, migrate_vma_pages/finalize in the last slice ---- */
+
+static struct dm_device *dm_device_of_page(struct page *page)
+{
+	return container_of(page->pgmap, struct dm_chunk, pgmap)->dev;
+}
+
+static int p_isolate(void *ctx, const struct gpusvm_migrate_request *req,
+		     struct gpusvm_migrate_src *src, size_t n)
+{
+	struct dm_mirror *m = ctx;
+	struct dm_migration *mig;
+	struct vm_area_struct *vma;
+	unsigned long mpfn;
+	struct page *page;
+	size_t i;
+	int ret;
+
+	if (req->end <= req->start || (req->end - req->start) >> PAGE_SHIFT != n)
+		return -EINVAL;
+	mig = kzalloc(sizeof(*mig), GFP_KERNEL);
+	if (!mig)
+		return -ENOMEM;
+	mig->args.src = kvcalloc(n, sizeof(unsigned long), GFP_KERNEL);
+	mig->args.dst = kvcalloc(n, sizeof(unsigned long), GFP_KERNEL);
+	if (!mig->args.src || !mig->args.dst) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
+	mig->task = current;
+	mig->prev_holder = m->mmap_holder;
+	if (!dm_mmap_held(m)) {
+		if (!mmget_not_zero(m->mm)) {
+			ret = -EFAULT;
+			goto err_free;
+		}
+		mmap_read_lock(m->mm);
+		mig->locked = true;
+		WRITE_ONCE(m->mmap_holder, current);
+	}
+	vma = vma_lookup(m->mm, req->start);
+	if (!vma || req->end > vma->vm_end) {
+		ret = -EFAULT;
+		goto err_unlock;
+	}
+	mig->args.vma = vma;
+	mig->args.start = req->start;
+	mig->args.end = req->end;
+	mig->args.pgmap_owner = req->has_owner ? dm_owner_ptr(req->owner) : NULL;
+	mig->args.flags = ((req->select & GPUSVM_MIGRATE_SYSTEM) ? MIGRATE_VMA_SELECT_SYSTEM : 0) |
+		((req->select & GPUSVM_MIGRATE_DEVICE_PRIVATE) ? MIGRATE_VMA_SELECT_DEVICE_PRIVATE : 0);
+	if (!mig->locked)
+		mig->args.fault_page = m->fault_page;
+	ret = migrate_vma_setup(&mig->args);
+	if (ret)
+		goto err_unlock;
+	for (i = 0; i < n; i++) {
+		mpfn = mig->args.src[i];
+		memset(&src[i], 0, sizeof(src[i]));
+		if (!(mpfn & MIGRATE_PFN_MIGRATE)) {
+			src[i].kind = (mpfn & MIGRATE_PFN_VALID) ? GPUSVM_SRC_BUSY : GPUSVM_SRC_SKIP;
+			continue;
+		}
+		page = migrate_pfn_to_page(mpfn);
+		if (!page) {
+			src[i].kind = GPUSVM_SRC_ABSENT;
+		} else if (is_device_private_page(page)) {
+			src[i].kind = GPUSVM_SRC_DEVICE;
+			src[i].pagemap = dm_device_of_page(page)->owner_id;
+			src[i].pfn = page_to_pfn(page);
+		} else {
+			src[i].kind = GPUSVM_SRC_SYSTEM;
+			src[i].pfn = page_to_pfn(page);
+		}
+	}
+	spin_lock(&m->mig_lock);
+	list_add(&mig->link, &m->migrations);
+	spin_unlock(&m->mig_lock);
+	return 0;
+
+err_unlock:
+	if (mig->locked) {
+		WRITE_ONCE(m->mmap_holder, mig->prev_holder);
+		mmap_read_unlock(m->mm);
+		mmput(m->mm);
+	}
+err_free:
+	kvfree(mig->args.src);
+	kvfree(mig->args.dst);
+	kfree(mig);
+	return ret;
+}
+
+static void p_finalize(void *ctx, const struct gpusvm_migrate_request *req,
+		       const struct gpusvm_migrate_src *src, const struct gpusvm_migrate_dst *dst,
+		       size_t n, size_t offset, size_t total)
+{
+	struct dm_mirror *m = ctx;
+	struct dm_migration *mig = NULL, *it;
+	struct page *page;
+	size_t i;
+
+	spin_lock(&m->mig_lock);
+	list_for_each_entry(it, &m->migrations, link) {
+		if (it->task == current && it->args.start == req->start && it->args.end == req->end) {
+			mig = it;
+			break;
+		}
+	}
+	spin_unlock(&m->mig_lock);
+	if (WARN_ON_ONCE(!mig))
+		return;
+	for (i = 0; i < n && offset + i < total; i++) {
+		unsigned long *d = &mig->args.dst[offset + i];
+		unsigned long s = mig->args.src[offset + i];
+
+		*d = 0;
+		if (!(s & MIGRATE_PFN_MIGRATE))
+			continue;
+		switch (dst[i].kind) {
+		case GPUSVM_DST_SYSTEM:
+			page = pfn_to_page(dst[i].pfn);
+			lock_page(page);
+			*d = migrate_pfn(dst[i].pfn);
+			break;
+		case GPUSVM_DST_DEVICE:
+			page = pfn_to_page(dst[i].pfn);
+			zone_device_page_init(page);
+			/* The backing page remembers the mirror, for the CPU fault path. */
+			set_page_private((struct page *)page->zone_device_data, (unsigned long)m);
+			*d = migrate_pfn(dst[i].pfn) | (s & MIGRATE_PFN_WRITE);
+			break;
+		default:
+			break;
+		}
+	}
+	if (offset + n < total)
+		return;
+	migrate_vma_pages(&mig->args);
+	migrate_vma_finalize(&mig->args);
+	spin_lock(&m->mig_lock);
+	list_del(&mig->link);
+	spin_unlock(&m->mig_lock);
+	if (mig->locked) {
+		WRITE_ONCE(m->mmap_holder, mig->prev_holder);
+		mmap_read_unlock(m->mm);
+		mmput(m->mm);
+	}
+	kvfree(mig->args.src);
+	kvfree(mig->args.dst);
+	kfree(mig);
+}
+
+static int p_alloc_sys(void *ctx, uint64_t *out, size_t n)
+{
+	struct page *page;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		page = alloc_page(GFP_HIGHUSER);
+		if (!page) {
+			while (i--)
+				__free_page(pfn_to_page(out[i]));
+			return -ENOMEM;
+		}
+		out[i] = page_to_pfn(page);
+	}
+	return 0;
+}
+
+static void p_free_sys(void *ctx, const uint64_t *pfns, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		__free_page(pfn_to_page(pfns[i]));
+}
+
+/* ---- device memory: memremap_pages chunks, each device page paired with a backing page ---- */
+
+static void dm_devmem_page_free(struct page *page)
+{
+	struct dm_device *d = dm_device_of_page(page);
+
+	gpusvm_pagemap_page_free(d->pm, page_to_pfn(page));
+}
+
+static vm_fault_t dm_devmem_migrate_to_ram(struct vm_fault *vmf)
+{
+	struct page *page = vmf->page, *backing = page->zone_device_data;
+	struct dm_device *d = dm_device_of_page(page);
+	struct dm_mirror *m = backing ? (struct dm_mirror *)page_private(backing) : NULL;
+	struct task_struct *prev_holder;
+	struct page *prev_fault_page;
+	int ret;
+
+	/* Only the address space the page was migrated from (a forked child's is not served). */
+	if (!m || m->mm != vmf->vma->vm_mm)
+		return VM_FAULT_SIGBUS;
+	prev_holder = m->mmap_holder;
+	prev_fault_page = m->fault_page;
+	m->fault_page = page;
+	WRITE_ONCE(m->mmap_holder, current);
+	ret = gpusvm_pagemap_migrate_to_ram(d->pm, m->svm, vmf->address, page_to_pfn(page), NULL);
+	WRITE_ONCE(m->mmap_holder, prev_holder);
+	m->fault_page = prev_fault_page;
+	if (ret == -EAGAIN)
+		return 0; /* the CPU faults again */
+	return ret ? VM_FAULT_SIGBUS : 0;
+}
+
+static const struct dev_pagemap_ops dm_devmem_pgops = {
+	.page_free = dm_devmem_page_free,
+	.migrate_to_ram = dm_devmem_migrate_to_ram,
+};
+
+static int dm_add_chunk(struct dm_device *d)
+{
+	struct dm_chunk *c;
+	unsigned long pfn, first, last;
+	struct page *head = NULL, *tail = NULL, *page;
+	void *ptr;
+	int ret;
+
+	if (d->nchunks >= DM_MAX_CHUNKS)
+		return -ENOMEM;
+	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	if (!c)
+		return -ENOMEM;
+	c->dev = d;
+	c->res = request_free_mem_region(&iomem_resource, DM_CHUNK_SIZE, "gpusvm_dmirror");
+	if (IS_ERR(c->res)) {
+		ret = PTR_ERR(c->res);
+		goto err_free;
+	}
+	c->pgmap.type = MEMORY_DEVICE_PRIVATE;
+	c->pgmap.range.start = c->res->start;
+	c->pgmap.range.end = c->res->end;
+	c->pgmap.nr_range = 1;
+	c->pgmap.ops = &dm_devmem_pgops;
+	c->pgmap.owner = d;
+	ptr = memremap_pages(&c->pgmap, numa_node_id());
+	if (IS_ERR(ptr)) {
+		ret = PTR_ERR(ptr);
+		goto err_region;
+	}
+	first = c->res->start >> PAGE_SHIFT;
+	last = first + (DM_CHUNK_SIZE >> PAGE_SHIFT);
+	for (pfn = first; pfn < last; pfn++) {
+		page = pfn_to_page(pfn);
+		page->zone_device_data = NULL;
+		if (tail)
+			tail->zone_device_data = page;
+		else
+			head = page;
+		tail = page;
+	}
+	spin_lock(&d->free_lock);
+	tail->zone_device_data = d->free_pages;
+	d->free_pages = head;
+	d->nfree += last - first;
+	spin_unlock(&d->free_lock);
+	d->chunks[d->nchunks++] = c;
+	return 0;
+
+err_region:
+	release_mem_region(c->res->start, resource_size(c->res));
+err_free:
+	kfree(c);
+	return ret;
+}
+
+static void dm_remove_chunks(struct dm_device *d)
+{
+	while (d->nchunks) {
+		struct dm_chunk *c = d->chunks[--d->nchunks];
+
+		memunmap_pages(&c->pgmap);
+		release_mem_region(c->res->start, resource_size(c->res));
+		kfree(c);
+	}
+	d->free_pages = NULL;
+	d->nfree = 0;
+}
+
+/* Give device pages back to the free list, with their backing pages. */
+static void dm_devmem_release(void *ctx, const uint64_t *dpfns, size_t n)
+{
+	struct dm_device *d = ctx;
+	struct page *page, *backing;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		page = pfn_to_page(dpfns[i]);
+		backing = page->zone_device_data;
+		if (backing) {
+			set_page_private(backing, 0);
+			__free_page(backing);
+		}
+		spin_lock(&d->free_lock);
+		page->zone_device_data = d->free_pages;
+		d->free_pages = page;
+		d->nfree++;
+		spin_unlock(&d->free_lock);
+	}
+}
+
+static int dm_devmem_alloc(void *ctx, uint64_t *out, size_t n)
+{
+	struct dm_device *d = ctx;
+	struct page *page, *backing;
+	size_t i;
+	int ret;
+
+	for (;;) {
+		spin_lock(&d->free_lock);
+		if (d->nfree >= n)
+			break;
+		spin_unlock(&d->free_lock);
+		mutex_lock(&d->chunk_lock);
+		ret = d->nfree >= n ? 0 : dm_add_chunk(d);
+		mutex_unlock(&d->chunk_lock);
+		if (ret)
+			return ret;
+	}
+	for (i = 0; i < n; i++) {
+		page = d->free_pages;
+		d->free_pages = page->zone_device_data;
+		page->zone_device_data = NULL;
+		d->nfree--;
+		out[i] = page_to_pfn(page);
+	}
+	spin_unlock(&d->free_lock);
+	for (i = 0; i < n; i++) {
+		backing = alloc_page(GFP_HIGHUSER);
+		if (!backing) {
+			dm_devmem_release(d, out, n);
+			return -ENOMEM;
+		}
+		set_page_private(backing, 0);
+		pfn_to_page(out[i])->zone_device_data = backing;
+	}
+	return 0;
+}
+
+static struct page *dm_data_page(u64 addr, bool device)
+{
+	struct page *page = pfn_to_page(addr >> PAGE_SHIFT);
+
+	return device ? page->zone_device_data : page;
+}
+
+static int dm_devmem_copy(void *ctx, const struct gpusvm_copy_run *runs, size_t n, size_t *completed)
+{
+	struct page *s, *t;
+	size_t i;
+	u64 j;
+
+	for (i = 0; i < n; i++) {
+		const struct gpusvm_copy_run *r = &runs[i];
+
+		for (j = 0; j < r->npages; j++) {
+			u64 off = j << PAGE_SHIFT;
+
+			switch (r->kind) {
+			case GPUSVM_COPY_RAM_TO_DEVICE:
+				s = dm_data_page(r->src + off, false);
+				t = dm_data_page(r->dst + off, true);
+				break;
+			case GPUSVM_COPY_DEVICE_TO_RAM:
+				s = dm_data_page(r->src + off, true);
+				t = dm_data_page(r->dst + off, false);
+				break;
+			case GPUSVM_COPY_DEVICE_TO_DEVICE:
+				s = dm_data_page(r->src + off, true);
+				t = dm_data_page(r->dst + off, true);
+				break;
+			case GPUSVM_COPY_ZERO_DEVICE:
+				s = NULL;
+				t = dm_data_page(r->dst + off, true);
+				break;
+			default:
+				*completed = i;
+				return -EINVAL;
+			}
+			if (!t || (r->kind != GPUSVM_COPY_ZERO_DEVICE && !s)) {
+				*completed = i;
+				return -EFAULT;
+			}
+			if (s)
+				copy_highpage(t, s);
+			else
+				clear_highpage(t);
+		}
+	}
+	*completed = n;
+	return 0;
+}
+
+static int dm_pagemap_create(struct dm_device *d)
+{
+	struct gpusvm_devmem_ops ops = {
+		.ctx = d,
+		.alloc = dm_devmem_alloc,
+		.release = dm_devmem_release,
+		.copy = dm_devmem_copy,
+		.now_ns = p_now,
+		.dma = { .map_page = p_map_page, .unmap_page = p_unmap_page },
+	};
+
+	return gpusvm_pagemap_create(&ops, d->owner_id, d->owner_id, &d->pm);
 }
 
 /* The bind callback: write the device page table (under the crate's locks: no sleeping). */
@@ -651,6 +1105,179 @@ out:
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* MIGRATE_TO_DEV, SNAPSHOT, RELEASE                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Each allocation of this mirror's device: evict its address window (by address). */
+static int dm_evict_allocation(void *ctx, uint64_t va_start, uint64_t va_end,
+			       uint64_t live_pages, uint64_t first_dpfn)
+{
+	struct dm_mirror *m = ctx;
+	struct page *backing = pfn_to_page(first_dpfn)->zone_device_data;
+	struct gpusvm_range *r = NULL;
+	uint64_t a, rs, re;
+
+	if (!backing || page_private(backing) != (unsigned long)m)
+		return 0;
+	for (a = va_start; a < va_end; a = re) {
+		re = a + PAGE_SIZE;
+		if (gpusvm_find(m->svm, a, &r) || !r)
+			continue;
+		if (!gpusvm_range_bounds(r, &rs, &re) && re > a)
+			gpusvm_evict(m->svm, r, NULL);
+		else
+			re = a + PAGE_SIZE;
+		gpusvm_range_put(r);
+		r = NULL;
+	}
+	return 0;
+}
+
+static int dm_evict_all(struct dm_mirror *m)
+{
+	return gpusvm_pagemap_allocations(m->dev->pm, dm_evict_allocation, m);
+}
+
+/* Whether every page of [start, end) is in a readable VMA. */
+static int dm_check_vmas(struct dm_mirror *m, u64 start, u64 end)
+{
+	struct vm_area_struct *vma;
+	u64 a = start;
+	int ret = 0;
+
+	mmap_read_lock(m->mm);
+	while (a < end) {
+		vma = vma_lookup(m->mm, a);
+		if (!vma || !(vma->vm_flags & VM_READ)) {
+			ret = -EINVAL;
+			break;
+		}
+		a = vma->vm_end;
+	}
+	mmap_read_unlock(m->mm);
+	return ret;
+}
+
+static int dm_migrate_to_dev(struct dm_mirror *m, struct hmm_dmirror_cmd *cmd)
+{
+	u64 start = cmd->addr, size = cmd->npages << PAGE_SHIFT, end = start + size, a;
+	struct gpusvm_range *r;
+	struct page *page, *ref;
+	char *buf;
+	void *e;
+	int ret;
+
+	if (!mmget_not_zero(m->mm))
+		return -EINVAL;
+	ret = dm_check_vmas(m, start, end);
+	if (ret)
+		goto out_mm;
+	/* Moves what can move; what stayed behind shows in the read-back below. */
+	ret = gpusvm_prefetch(m->svm, start, size, GPUSVM_PREFETCH_DEVICE, 0);
+	if (ret == -ENOMEM || ret == -EINVAL)
+		goto out_mm;
+	/* Map the migrated ranges in the device table, without faulting. */
+	for (a = start; a < end; a += PAGE_SIZE) {
+		if (xa_load(&m->pt, a >> PAGE_SHIFT))
+			continue;
+		r = NULL;
+		if (gpusvm_find(m->svm, a, &r) || !r)
+			continue;
+		gpusvm_bind(m->svm, r, dm_bind, m);
+		gpusvm_range_put(r);
+	}
+	buf = kvmalloc(size, GFP_KERNEL);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out_mm;
+	}
+	ret = 0;
+	for (a = start; a < end && !ret; a += PAGE_SIZE) {
+		e = xa_load(&m->pt, a >> PAGE_SHIFT);
+		if (!e || !(xa_to_value(e) & DM_PTE_DEVICE)) {
+			ret = -ENOENT;
+			break;
+		}
+		page = dm_entry_get_page(m, a, false, &ref);
+		if (!page || !is_device_private_page(ref) || dm_device_of_page(ref) != m->dev) {
+			if (page)
+				put_page(ref);
+			ret = -ENOENT;
+			break;
+		}
+		memcpy_from_page(buf + (a - start), page, 0, PAGE_SIZE);
+		put_page(ref);
+	}
+	if (!ret && copy_to_user(u64_to_user_ptr(cmd->ptr), buf, size))
+		ret = -EFAULT;
+	if (!ret)
+		cmd->cpages = cmd->npages;
+	kvfree(buf);
+out_mm:
+	mmput(m->mm);
+	return ret;
+}
+
+static u8 dm_snapshot_byte(struct dm_mirror *m, unsigned long hpfn)
+{
+	struct page *page;
+	unsigned int order;
+	u8 prot;
+
+	if (hpfn & HMM_PFN_ERROR)
+		return HMM_DMIRROR_PROT_ERROR;
+	if (!(hpfn & HMM_PFN_VALID))
+		return HMM_DMIRROR_PROT_NONE;
+	page = hmm_pfn_to_page(hpfn);
+	prot = (hpfn & HMM_PFN_WRITE) ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+	if (is_device_private_page(page))
+		return prot | (page->pgmap->owner == m->dev ? HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL :
+							      HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE);
+	if (is_zero_pfn(page_to_pfn(page)))
+		prot |= HMM_DMIRROR_PROT_ZERO;
+	order = hmm_pfn_to_map_order(hpfn);
+	if (order == PUD_SHIFT - PAGE_SHIFT)
+		prot |= HMM_DMIRROR_PROT_PUD;
+	else if (order == PMD_SHIFT - PAGE_SHIFT)
+		prot |= HMM_DMIRROR_PROT_PMD;
+	return prot;
+}
+
+/* What the CPU page table holds, one byte per page, without faulting (module-side walk). */
+static int dm_snapshot(struct dm_mirror *m, struct hmm_dmirror_cmd *cmd)
+{
+	u64 start = cmd->addr, end = start + (cmd->npages << PAGE_SHIFT), i;
+	unsigned long *pfns;
+	u8 *bytes;
+	int ret;
+
+	pfns = kvcalloc(cmd->npages, sizeof(*pfns), GFP_KERNEL);
+	bytes = kvmalloc(cmd->npages, GFP_KERNEL);
+	if (!pfns || !bytes) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (!mmget_not_zero(m->mm)) {
+		ret = -EINVAL;
+		goto out;
+	}
+	ret = dm_hmm_walk(m, start, end, 0, m->dev, pfns);
+	mmput(m->mm);
+	if (ret)
+		goto out;
+	for (i = 0; i < cmd->npages; i++)
+		bytes[i] = dm_snapshot_byte(m, pfns[i]);
+	if (copy_to_user(u64_to_user_ptr(cmd->ptr), bytes, cmd->npages))
+		ret = -EFAULT;
+	else
+		cmd->cpages = cmd->npages;
+out:
+	kvfree(pfns);
+	kvfree(bytes);
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* File operations                                                                            */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -662,6 +1289,10 @@ static int dm_open(struct inode *inode, struct file *filp)
 		.collect_pages = p_collect,
 		.register_notifier = p_register,
 		.unregister_notifier = p_unregister,
+		.migrate_isolate = p_isolate,
+		.migrate_finalize = p_finalize,
+		.alloc_system_pages = p_alloc_sys,
+		.free_system_pages = p_free_sys,
 		.dma = { .map_page = p_map_page, .unmap_page = p_unmap_page },
 		.zap = p_zap,
 		.now_ns = p_now,
@@ -684,6 +1315,8 @@ static int dm_open(struct inode *inode, struct file *filp)
 	m->mm = current->mm;
 	mmgrab(m->mm);
 	xa_init(&m->pt);
+	spin_lock_init(&m->mig_lock);
+	INIT_LIST_HEAD(&m->migrations);
 	ret = mmu_interval_notifier_insert(&m->seq_notifier, m->mm, 0, TASK_SIZE_MAX,
 					   &dm_seq_ops);
 	if (ret)
@@ -692,6 +1325,11 @@ static int dm_open(struct inode *inode, struct file *filp)
 	ret = gpusvm_create(&ops, &cfg, &m->svm);
 	if (ret)
 		goto err_notifier;
+	ret = gpusvm_set_pagemap(m->svm, d->pm);
+	if (ret) {
+		gpusvm_destroy(m->svm);
+		goto err_notifier;
+	}
 	filp->private_data = m;
 	return 0;
 
@@ -707,6 +1345,11 @@ static int dm_release(struct inode *inode, struct file *filp)
 {
 	struct dm_mirror *m = filp->private_data;
 
+	/* Nothing of this mirror stays in device memory once its file is closed. */
+	if (mmget_not_zero(m->mm)) {
+		dm_evict_all(m);
+		mmput(m->mm);
+	}
 	gpusvm_destroy(m->svm);
 	mmu_interval_notifier_remove(&m->seq_notifier);
 	xa_destroy(&m->pt);
@@ -737,6 +1380,20 @@ static long dm_ioctl(struct file *filp, unsigned int command, unsigned long arg)
 		break;
 	case HMM_DMIRROR_WRITE:
 		ret = dm_read_write(m, &cmd, true);
+		break;
+	case HMM_DMIRROR_MIGRATE_TO_DEV:
+		ret = dm_migrate_to_dev(m, &cmd);
+		break;
+	case HMM_DMIRROR_SNAPSHOT:
+		ret = dm_snapshot(m, &cmd);
+		break;
+	case HMM_DMIRROR_RELEASE:
+		if (mmget_not_zero(m->mm)) {
+			ret = dm_evict_all(m);
+			mmput(m->mm);
+		} else {
+			ret = -EINVAL;
+		}
 		break;
 	default:
 		ret = -EINVAL;
@@ -785,6 +1442,8 @@ static void dm_remove_devices(int n)
 	while (n-- > 0) {
 		device_destroy(dm_class, MKDEV(MAJOR(dm_devt), n));
 		cdev_del(&dm_devices[n].cdev);
+		gpusvm_pagemap_put(dm_devices[n].pm);
+		dm_remove_chunks(&dm_devices[n]);
 	}
 }
 
@@ -809,16 +1468,24 @@ static int __init dm_init(void)
 
 		d->minor = i;
 		d->owner_id = i + 1;
+		mutex_init(&d->chunk_lock);
+		spin_lock_init(&d->free_lock);
+		ret = dm_pagemap_create(d);
+		if (ret)
+			goto err_devices;
 		cdev_init(&d->cdev, &dm_fops);
 		d->cdev.owner = THIS_MODULE;
 		ret = cdev_add(&d->cdev, MKDEV(MAJOR(dm_devt), i), 1);
-		if (ret)
+		if (ret) {
+			gpusvm_pagemap_put(d->pm);
 			goto err_devices;
+		}
 		dev = device_create(dm_class, NULL, MKDEV(MAJOR(dm_devt), i), NULL,
 				    "hmm_dmirror%d", i);
 		if (IS_ERR(dev)) {
 			ret = PTR_ERR(dev);
 			cdev_del(&d->cdev);
+			gpusvm_pagemap_put(d->pm);
 			goto err_devices;
 		}
 	}
