@@ -16,6 +16,7 @@
 #include <linux/fs.h>
 #include <linux/highmem.h>
 #include <linux/hmm.h>
+#include <linux/kref.h>
 #include <linux/kernel.h>
 #include <linux/mm.h>
 #include <linux/memremap.h>
@@ -269,6 +270,13 @@ struct dm_mirror {
 	/* Migrations between migrate_isolate and the last migrate_finalize slice. */
 	spinlock_t mig_lock;
 	struct list_head migrations;
+	/*
+	 * References: the open file, and each device page migrated for this mirror (its backing
+	 * page points back here, for the CPU-fault path). The SVM goes with the file (svm_lock,
+	 * svm NULL afterwards); the structure with the last reference.
+	 */
+	struct kref ref;
+	struct rw_semaphore svm_lock;
 };
 
 /* One migrate_vma in flight. */
@@ -553,6 +561,8 @@ static uint64_t p_now(void *ctx)
 
 /* ---- migration: migrate_vma_setup in isolate, migrate_vma_pages/finalize in the last slice ---- */
 
+static void dm_mirror_put(struct dm_mirror *m);
+
 static struct dm_device *dm_device_of_page(struct page *page)
 {
 	return container_of(page->pgmap, struct dm_chunk, pgmap)->dev;
@@ -680,6 +690,7 @@ static void p_finalize(void *ctx, const struct gpusvm_migrate_request *req,
 			page = pfn_to_page(dst[i].pfn);
 			zone_device_page_init(page);
 			/* The backing page remembers the mirror, for the CPU fault path. */
+			kref_get(&m->ref);
 			set_page_private((struct page *)page->zone_device_data, (unsigned long)m);
 			*d = migrate_pfn(dst[i].pfn) | (s & MIGRATE_PFN_WRITE);
 			break;
@@ -747,9 +758,17 @@ static vm_fault_t dm_devmem_migrate_to_ram(struct vm_fault *vmf)
 	struct page *prev_fault_page;
 	int ret;
 
-	/* Only the address space the page was migrated from (a forked child's is not served). */
+	/*
+	 * Only the address space the page was migrated from (a forked child's is not served). The
+	 * faulting page holds a reference to the mirror; its SVM is gone once the file is closed.
+	 */
 	if (!m || m->mm != vmf->vma->vm_mm)
 		return VM_FAULT_SIGBUS;
+	down_read(&m->svm_lock);
+	if (!m->svm) {
+		up_read(&m->svm_lock);
+		return VM_FAULT_SIGBUS;
+	}
 	prev_holder = m->mmap_holder;
 	prev_fault_page = m->fault_page;
 	m->fault_page = page;
@@ -757,6 +776,7 @@ static vm_fault_t dm_devmem_migrate_to_ram(struct vm_fault *vmf)
 	ret = gpusvm_pagemap_migrate_to_ram(d->pm, m->svm, vmf->address, page_to_pfn(page), NULL);
 	WRITE_ONCE(m->mmap_holder, prev_holder);
 	m->fault_page = prev_fault_page;
+	up_read(&m->svm_lock);
 	if (ret == -EAGAIN)
 		return 0; /* the CPU faults again */
 	return ret ? VM_FAULT_SIGBUS : 0;
@@ -847,8 +867,12 @@ static void dm_devmem_release(void *ctx, const uint64_t *dpfns, size_t n)
 		page = pfn_to_page(dpfns[i]);
 		backing = page->zone_device_data;
 		if (backing) {
+			struct dm_mirror *m = (struct dm_mirror *)page_private(backing);
+
 			set_page_private(backing, 0);
 			__free_page(backing);
+			if (m)
+				dm_mirror_put(m);
 		}
 		spin_lock(&d->free_lock);
 		page->zone_device_data = d->free_pages;
@@ -1317,6 +1341,8 @@ static int dm_open(struct inode *inode, struct file *filp)
 	xa_init(&m->pt);
 	spin_lock_init(&m->mig_lock);
 	INIT_LIST_HEAD(&m->migrations);
+	kref_init(&m->ref);
+	init_rwsem(&m->svm_lock);
 	ret = mmu_interval_notifier_insert(&m->seq_notifier, m->mm, 0, TASK_SIZE_MAX,
 					   &dm_seq_ops);
 	if (ret)
@@ -1341,20 +1367,37 @@ err_mm:
 	return ret;
 }
 
+static void dm_mirror_free(struct kref *ref)
+{
+	struct dm_mirror *m = container_of(ref, struct dm_mirror, ref);
+
+	xa_destroy(&m->pt);
+	mmdrop(m->mm);
+	kfree(m);
+}
+
+static void dm_mirror_put(struct dm_mirror *m)
+{
+	kref_put(&m->ref, dm_mirror_free);
+}
+
 static int dm_release(struct inode *inode, struct file *filp)
 {
 	struct dm_mirror *m = filp->private_data;
+	struct gpusvm *svm;
 
 	/* Nothing of this mirror stays in device memory once its file is closed. */
 	if (mmget_not_zero(m->mm)) {
 		dm_evict_all(m);
 		mmput(m->mm);
 	}
-	gpusvm_destroy(m->svm);
+	down_write(&m->svm_lock);
+	svm = m->svm;
+	m->svm = NULL;
+	up_write(&m->svm_lock);
+	gpusvm_destroy(svm);
 	mmu_interval_notifier_remove(&m->seq_notifier);
-	xa_destroy(&m->pt);
-	mmdrop(m->mm);
-	kfree(m);
+	dm_mirror_put(m);
 	return 0;
 }
 
