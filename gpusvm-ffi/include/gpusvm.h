@@ -445,54 +445,6 @@ struct gpusvm_migrate_report {
 };
 
 /*
- Receives one live device-memory allocation of a pagemap: the virtual interval
- `[va_start, va_end)` it was made for, its number of live pages and its first device frame.
- Called with no library lock held (it may call into the library, for example to evict the
- interval). Returning non-zero stops the walk; a negative value is returned by the caller.
- */
-typedef int (*gpusvm_allocation_fn)(void *ctx,
-                                    uint64_t va_start,
-                                    uint64_t va_end,
-                                    uint64_t live_pages,
-                                    uint64_t first_dpfn);
-
-/*
- One attribute change (as an ioctl would carry it).
- */
-struct gpusvm_attr {
-  /*
-   `GPUSVM_ATTR_*`.
-   */
-  uint32_t kind;
-  /*
-   The new value (see the kind).
-   */
-  uint64_t value;
-  /*
-   Must be zero.
-   */
-  uint64_t reserved;
-};
-
-/*
- The attributes in force at one address, in the raw encoding of [`gpusvm_attr`] values.
- */
-struct gpusvm_attrs {
-  /*
-   Preferred location (0 device default, 1 system, `2 + id` a pagemap).
-   */
-  uint64_t preferred_loc;
-  /*
-   Migration policy (0 all pages, 1 system pages only).
-   */
-  uint64_t migration;
-  /*
-   Atomic access (0 undefined, 1 device, 2 global, 3 CPU).
-   */
-  uint64_t atomic;
-};
-
-/*
  A CPU virtual memory area `[start, end)` (page aligned).
  */
 struct gpusvm_vma {
@@ -728,6 +680,54 @@ struct gpusvm_platform_ops {
    A monotonic clock in nanoseconds. Required.
    */
   uint64_t (*now_ns)(void *ctx);
+};
+
+/*
+ Receives one live device-memory allocation of a pagemap: the virtual interval
+ `[va_start, va_end)` it was made for, its number of live pages and its first device frame.
+ Called with no library lock held (it may call into the library, for example to evict the
+ interval). Returning non-zero stops the walk; a negative value is returned by the caller.
+ */
+typedef int (*gpusvm_allocation_fn)(void *ctx,
+                                    uint64_t va_start,
+                                    uint64_t va_end,
+                                    uint64_t live_pages,
+                                    uint64_t first_dpfn);
+
+/*
+ One attribute change (as an ioctl would carry it).
+ */
+struct gpusvm_attr {
+  /*
+   `GPUSVM_ATTR_*`.
+   */
+  uint32_t kind;
+  /*
+   The new value (see the kind).
+   */
+  uint64_t value;
+  /*
+   Must be zero.
+   */
+  uint64_t reserved;
+};
+
+/*
+ The attributes in force at one address, in the raw encoding of [`gpusvm_attr`] values.
+ */
+struct gpusvm_attrs {
+  /*
+   Preferred location (0 device default, 1 system, `2 + id` a pagemap).
+   */
+  uint64_t preferred_loc;
+  /*
+   Migration policy (0 all pages, 1 system pages only).
+   */
+  uint64_t migration;
+  /*
+   Atomic access (0 undefined, 1 device, 2 global, 3 CPU).
+   */
+  uint64_t atomic;
 };
 
 /*
@@ -1115,6 +1115,27 @@ int gpusvm_pagemap_migrate_to_ram(const struct gpusvm_pagemap *pm,
                                   uint64_t fault_addr,
                                   uint64_t dpfn,
                                   struct gpusvm_migrate_report *out);
+
+/*
+ [`gpusvm_pagemap_migrate_to_ram`] in an address space given by a platform table `ops` (its
+ address-space functions; copied for the call) instead of an SVM's: the CPU that faults on
+ a device page may run in an address space no SVM mirrors (Linux: a forked child touching a
+ device-private page it inherited; its `migrate_to_ram` gets the child's `vm_area_struct`).
+
+ Returns as [`gpusvm_pagemap_migrate_to_ram`]; `-EINVAL` also for a NULL or misaligned `ops`
+ or a missing required function.
+
+ Context: as [`gpusvm_pagemap_migrate_to_ram`]; `ops` is used only during the call.
+
+ # Safety
+ `pm` NULL or a live reference; `ops` NULL or readable, its functions honouring
+ `gpusvm_platform_ops`; `out` NULL or writable.
+ */
+int gpusvm_pagemap_migrate_to_ram_in(const struct gpusvm_pagemap *pm,
+                                     const struct gpusvm_platform_ops *ops,
+                                     uint64_t fault_addr,
+                                     uint64_t dpfn,
+                                     struct gpusvm_migrate_report *out);
 
 /*
  The pagemap's counters: live allocations and allocations released (either may be NULL).

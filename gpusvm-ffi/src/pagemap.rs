@@ -3,7 +3,7 @@
 //! `page_free`).
 
 use crate::host::{FfiAlloc, FfiHost};
-use crate::platform::{gpusvm_devmem_ops, FfiDevmem};
+use crate::platform::{gpusvm_devmem_ops, gpusvm_platform_ops, FfiDevmem, FfiPlatform};
 use crate::ret;
 use crate::svm::{gpusvm, gpusvm_range, put, svm_ref};
 use ::gpusvm::heap::Arc as HeapArc;
@@ -322,6 +322,47 @@ pub unsafe extern "C" fn gpusvm_pagemap_migrate_to_ram(
         check_opt_out(out)?;
         let rep = p.migrate_to_ram(
             ::gpusvm::platform::Platform::mm(s.svm.platform()),
+            fault_addr,
+            dpfn,
+        )?;
+        // SAFETY: checked above.
+        unsafe { report(out, &rep) }
+    })();
+    ret(r)
+}
+
+/// [`gpusvm_pagemap_migrate_to_ram`] in an address space given by a platform table `ops` (its
+/// address-space functions; copied for the call) instead of an SVM's: the CPU that faults on
+/// a device page may run in an address space no SVM mirrors (Linux: a forked child touching a
+/// device-private page it inherited; its `migrate_to_ram` gets the child's `vm_area_struct`).
+///
+/// Returns as [`gpusvm_pagemap_migrate_to_ram`]; `-EINVAL` also for a NULL or misaligned `ops`
+/// or a missing required function.
+///
+/// Context: as [`gpusvm_pagemap_migrate_to_ram`]; `ops` is used only during the call.
+///
+/// # Safety
+/// `pm` NULL or a live reference; `ops` NULL or readable, its functions honouring
+/// `gpusvm_platform_ops`; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn gpusvm_pagemap_migrate_to_ram_in(
+    pm: *const gpusvm_pagemap,
+    ops: *const gpusvm_platform_ops,
+    fault_addr: u64,
+    dpfn: u64,
+    out: *mut gpusvm_migrate_report,
+) -> c_int {
+    let r = (|| -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        let p = unsafe { pm_ref(pm) }?;
+        check_opt_out(out)?;
+        if ops.is_null() || !ops.is_aligned() {
+            return Err(Error::Invalid);
+        }
+        // SAFETY: checked non-null and aligned; readable by the caller's contract.
+        let platform = FfiPlatform::new(unsafe { &*ops }).ok_or(Error::Invalid)?;
+        let rep = p.migrate_to_ram(
+            ::gpusvm::platform::Platform::mm(&platform),
             fault_addr,
             dpfn,
         )?;

@@ -812,6 +812,17 @@ static void test_migration(void)
 	CHECK(rep.pages >= 1);
 	CHECK(!f.on_dev[page0]);
 	CHECK_EQ(gpusvm_pagemap_migrate_to_ram(NULL, svm, BASE, 0, NULL), -EINVAL);
+	/* The same CPU fault served in an address space given by a platform table (no SVM). */
+	CHECK_EQ(gpusvm_migrate_to_devmem(svm, r, NULL), 0);
+	CHECK(f.on_dev[9]);
+	memset(&rep, 0, sizeof(rep));
+	CHECK_EQ(gpusvm_pagemap_migrate_to_ram_in(f.pm, &o, BASE + 9 * PAGE, f.dev[9], &rep), 0);
+	CHECK(rep.pages >= 1);
+	CHECK(!f.on_dev[9]);
+	CHECK_EQ(gpusvm_pagemap_migrate_to_ram_in(f.pm, NULL, BASE, 0, NULL), -EINVAL);
+	o.find_vma = NULL; /* required */
+	CHECK_EQ(gpusvm_pagemap_migrate_to_ram_in(f.pm, &o, BASE, 0, NULL), -EINVAL);
+	o = platform_ops(&f);
 	CHECK_EQ(gpusvm_pagemap_page_free(NULL, 0), -EINVAL);
 
 	/* Teardown: destroy the SVM, then the last pagemap reference. */
