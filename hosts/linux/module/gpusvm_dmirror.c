@@ -277,6 +277,8 @@ struct dm_mirror {
 	 */
 	struct kref ref;
 	struct rw_semaphore svm_lock;
+	/* A stand-in for one CPU fault in an address space no open mirror serves (no SVM). */
+	bool temp;
 };
 
 /* One migrate_vma in flight. */
@@ -420,7 +422,7 @@ static int p_collect(void *ctx, const struct gpusvm_collect_request *req,
 	size_t i;
 	int ret;
 
-	if (req->end <= req->start || (req->end - req->start) >> PAGE_SHIFT != n)
+	if (req->end <= req->start || (req->end - req->start) >> PAGE_SHIFT != n || m->temp)
 		return -EINVAL;
 	pfns = kvcalloc(n, sizeof(*pfns), GFP_KERNEL);
 	if (!pfns)
@@ -503,7 +505,7 @@ static int p_register(void *ctx, uint64_t id, uint64_t start, uint64_t end, void
 	struct dm_notifier *dn;
 	int ret;
 
-	if (end <= start)
+	if (end <= start || m->temp)
 		return -EINVAL;
 	dn = kzalloc(sizeof(*dn), GFP_KERNEL);
 	if (!dn)
@@ -749,6 +751,38 @@ static void dm_devmem_page_free(struct page *page)
 	gpusvm_pagemap_page_free(d->pm, page_to_pfn(page));
 }
 
+static const struct gpusvm_platform_ops dm_platform_ops;
+
+/*
+ * The CPU fault in an address space that no open mirror of this device serves: a forked child
+ * touching a device page it inherited, or a page that outlived its file. The crate migrates
+ * through a platform table over the faulting mm (gpusvm_pagemap_migrate_to_ram_in).
+ */
+static int dm_migrate_to_ram_in(struct dm_device *d, struct vm_fault *vmf)
+{
+	struct gpusvm_platform_ops ops = dm_platform_ops;
+	struct dm_mirror *t;
+	int ret;
+
+	t = kzalloc(sizeof(*t), GFP_KERNEL);
+	if (!t)
+		return -ENOMEM;
+	t->temp = true;
+	t->dev = d;
+	t->mm = vmf->vma->vm_mm;
+	xa_init(&t->pt);
+	spin_lock_init(&t->mig_lock);
+	INIT_LIST_HEAD(&t->migrations);
+	t->mmap_holder = current;
+	t->fault_page = vmf->page;
+	ops.ctx = t;
+	ret = gpusvm_pagemap_migrate_to_ram_in(d->pm, &ops, vmf->address,
+					       page_to_pfn(vmf->page), NULL);
+	xa_destroy(&t->pt);
+	kfree(t);
+	return ret;
+}
+
 static vm_fault_t dm_devmem_migrate_to_ram(struct vm_fault *vmf)
 {
 	struct page *page = vmf->page, *backing = page->zone_device_data;
@@ -759,24 +793,28 @@ static vm_fault_t dm_devmem_migrate_to_ram(struct vm_fault *vmf)
 	int ret;
 
 	/*
-	 * Only the address space the page was migrated from (a forked child's is not served). The
-	 * faulting page holds a reference to the mirror; its SVM is gone once the file is closed.
+	 * The mirror the page was migrated for, if the fault is in its address space and its file
+	 * is open (the faulting page holds a reference to the mirror; its SVM goes with the file);
+	 * otherwise a stand-in platform over the faulting mm.
 	 */
-	if (!m || m->mm != vmf->vma->vm_mm)
-		return VM_FAULT_SIGBUS;
-	down_read(&m->svm_lock);
-	if (!m->svm) {
+	if (m && m->mm == vmf->vma->vm_mm) {
+		down_read(&m->svm_lock);
+		if (m->svm) {
+			prev_holder = m->mmap_holder;
+			prev_fault_page = m->fault_page;
+			m->fault_page = page;
+			WRITE_ONCE(m->mmap_holder, current);
+			ret = gpusvm_pagemap_migrate_to_ram(d->pm, m->svm, vmf->address,
+							    page_to_pfn(page), NULL);
+			WRITE_ONCE(m->mmap_holder, prev_holder);
+			m->fault_page = prev_fault_page;
+			up_read(&m->svm_lock);
+			goto out;
+		}
 		up_read(&m->svm_lock);
-		return VM_FAULT_SIGBUS;
 	}
-	prev_holder = m->mmap_holder;
-	prev_fault_page = m->fault_page;
-	m->fault_page = page;
-	WRITE_ONCE(m->mmap_holder, current);
-	ret = gpusvm_pagemap_migrate_to_ram(d->pm, m->svm, vmf->address, page_to_pfn(page), NULL);
-	WRITE_ONCE(m->mmap_holder, prev_holder);
-	m->fault_page = prev_fault_page;
-	up_read(&m->svm_lock);
+	ret = dm_migrate_to_ram_in(d, vmf);
+out:
 	if (ret == -EAGAIN)
 		return 0; /* the CPU faults again */
 	return ret ? VM_FAULT_SIGBUS : 0;
@@ -1013,6 +1051,20 @@ static int dm_bind(void *ctx, const struct gpusvm_range *range,
 	}
 	return 0;
 }
+
+static const struct gpusvm_platform_ops dm_platform_ops = {
+	.find_vma = p_find_vma,
+	.collect_pages = p_collect,
+	.register_notifier = p_register,
+	.unregister_notifier = p_unregister,
+	.migrate_isolate = p_isolate,
+	.migrate_finalize = p_finalize,
+	.alloc_system_pages = p_alloc_sys,
+	.free_system_pages = p_free_sys,
+	.dma = { .map_page = p_map_page, .unmap_page = p_unmap_page },
+	.zap = p_zap,
+	.now_ns = p_now,
+};
 
 /* ---------------------------------------------------------------------------------------- */
 /* READ / WRITE                                                                               */
@@ -1308,19 +1360,7 @@ out:
 static int dm_open(struct inode *inode, struct file *filp)
 {
 	struct dm_device *d = container_of(inode->i_cdev, struct dm_device, cdev);
-	struct gpusvm_platform_ops ops = {
-		.find_vma = p_find_vma,
-		.collect_pages = p_collect,
-		.register_notifier = p_register,
-		.unregister_notifier = p_unregister,
-		.migrate_isolate = p_isolate,
-		.migrate_finalize = p_finalize,
-		.alloc_system_pages = p_alloc_sys,
-		.free_system_pages = p_free_sys,
-		.dma = { .map_page = p_map_page, .unmap_page = p_unmap_page },
-		.zap = p_zap,
-		.now_ns = p_now,
-	};
+	struct gpusvm_platform_ops ops = dm_platform_ops;
 	struct gpusvm_config cfg = {
 		.mm_start = 0,
 		.mm_range = TASK_SIZE_MAX,
