@@ -219,6 +219,21 @@ unsafe fn range_ref<'a>(p: *const gpusvm_range) -> Result<&'a Range<FfiHost>> {
     Ok(unsafe { &*r })
 }
 
+/// Call `f` with the SVM behind `svm` and the range behind `range`; its result as a return
+/// value (`-EINVAL` for a bad handle, `f` not called).
+///
+/// # Safety
+/// `svm` NULL or live; `range` NULL or a live reference.
+unsafe fn on_range(
+    svm: *const gpusvm,
+    range: *const gpusvm_range,
+    f: impl FnOnce(&Svm<FfiPlatform>, &Range<FfiHost>) -> Result<()>,
+) -> c_int {
+    // SAFETY: forwarded from the caller.
+    let handles = unsafe { svm_ref(svm).and_then(|s| Ok((s, range_ref(range)?))) };
+    ret(handles.and_then(|(s, rg)| f(&s.svm, rg)))
+}
+
 fn range_handle(r: RangeArc) -> *mut gpusvm_range {
     RangeArc::into_raw(r).cast_mut().cast()
 }
@@ -785,10 +800,7 @@ pub unsafe extern "C" fn gpusvm_bind(
 #[no_mangle]
 pub unsafe extern "C" fn gpusvm_unmap_pages(svm: *mut gpusvm, range: *const gpusvm_range) -> c_int {
     // SAFETY: forwarded from the caller.
-    ret(
-        unsafe { svm_ref(svm).and_then(|s| Ok((s, range_ref(range)?))) }
-            .and_then(|(s, rg)| s.svm.unmap_pages(rg)),
-    )
+    unsafe { on_range(svm, range, |s, rg| s.unmap_pages(rg)) }
 }
 
 /// Unmap and free the page state of `range`.
@@ -802,10 +814,7 @@ pub unsafe extern "C" fn gpusvm_unmap_pages(svm: *mut gpusvm, range: *const gpus
 #[no_mangle]
 pub unsafe extern "C" fn gpusvm_free_pages(svm: *mut gpusvm, range: *const gpusvm_range) -> c_int {
     // SAFETY: forwarded from the caller.
-    ret(
-        unsafe { svm_ref(svm).and_then(|s| Ok((s, range_ref(range)?))) }
-            .and_then(|(s, rg)| s.svm.free_pages(rg)),
-    )
+    unsafe { on_range(svm, range, |s, rg| s.free_pages(rg)) }
 }
 
 /// Remove `range` from the SVM (unmap and free its pages, unlink it; the last range of a
@@ -820,10 +829,7 @@ pub unsafe extern "C" fn gpusvm_free_pages(svm: *mut gpusvm, range: *const gpusv
 #[no_mangle]
 pub unsafe extern "C" fn gpusvm_remove(svm: *mut gpusvm, range: *const gpusvm_range) -> c_int {
     // SAFETY: forwarded from the caller.
-    ret(
-        unsafe { svm_ref(svm).and_then(|s| Ok((s, range_ref(range)?))) }
-            .and_then(|(s, rg)| s.svm.remove(rg)),
-    )
+    unsafe { on_range(svm, range, |s, rg| s.remove(rg)) }
 }
 
 /// Run the garbage collector: remove the ranges unmapped since the last run. The number
