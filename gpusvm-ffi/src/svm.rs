@@ -481,12 +481,15 @@ pub unsafe extern "C" fn gpusvm_close(svm: *mut gpusvm) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn gpusvm_destroy(svm: *mut gpusvm) -> c_int {
     // SAFETY: forwarded from the caller.
-    let r = unsafe { svm_ref(svm) }.map(|s| {
-        s.magic.store(0, Ordering::Relaxed);
+    let r = unsafe { svm_ref(svm) }.map(|s| s.magic.store(0, Ordering::Relaxed));
+    // The SVM is freed only here, after the reference from `svm_ref` is gone: freeing it
+    // inside the closure above, while its argument `&gpusvm` (a protected reference) points
+    // into the allocation, is undefined behaviour (found by miri, tests/abi.rs).
+    if r.is_ok() {
         // SAFETY: the handle came from `SvmArc::into_raw` in `gpusvm_create` and is turned
-        // back once (the caller's contract).
+        // back once (the caller's contract); no reference to it is live.
         drop(unsafe { SvmArc::from_raw(svm.cast_const()) });
-    });
+    }
     ret(r)
 }
 
