@@ -7,20 +7,22 @@
 //! raw pointers, as C would make it.
 //!
 //! One host table is registered per process, so the tests share it and run one at a time
-//! (`serial`). Under miri the ranges are 64 KiB (16 pages) instead of 2 MiB.
+//! (`serial`). Under miri the ranges are 512 KiB (128 pages: still two bind batches and four
+//! `migrate_finalize` slices) instead of 2 MiB.
 
 use core::ffi::{c_int, c_void};
 use core::ptr::{null, null_mut};
 use std::alloc::Layout;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, MutexGuard, Once};
 use std::time::Instant;
 
 use gpusvm_ffi::host::*;
 use gpusvm_ffi::pagemap::*;
 use gpusvm_ffi::platform::*;
+use gpusvm_ffi::policy::*;
 use gpusvm_ffi::svm::*;
+use gpusvm_ffi::userptr::*;
 
 const EINVAL: c_int = -22;
 const ENOMEM: c_int = -12;
@@ -28,8 +30,8 @@ const EAGAIN: c_int = -11;
 
 const PAGE: u64 = 4096;
 const BASE: u64 = 0x4000_0000;
-/// The chunk (range) size: 2 MiB hosted, 64 KiB under miri.
-const CHUNK: u64 = if cfg!(miri) { 64 << 10 } else { 2 << 20 };
+/// The chunk (range) size: 2 MiB hosted, 512 KiB under miri.
+const CHUNK: u64 = if cfg!(miri) { 512 << 10 } else { 2 << 20 };
 /// Pages of one chunk.
 const CPAGES: usize = (CHUNK / PAGE) as usize;
 /// The address space: one VMA of two chunks.
@@ -273,11 +275,12 @@ fn serial() -> MutexGuard<'static, ()> {
         let f = Fake::new();
         let o = f.ops();
         let c = config();
-        let mut svm = 1usize as *mut gpusvm;
+        let sentinel = std::ptr::dangling_mut::<gpusvm>();
+        let mut svm = sentinel;
         if !gpusvm_host_ready() {
             // SAFETY: valid pointers to live values.
             assert_eq!(unsafe { gpusvm_create(&o, &c, &mut svm) }, ENOMEM);
-            assert_eq!(svm, 1usize as *mut gpusvm);
+            assert_eq!(svm, sentinel);
         }
         let mut h = host_ops();
         // SAFETY: NULL, or a readable table of functions honouring the contract.
@@ -311,8 +314,32 @@ fn assert_no_leak() {
 
 // ---- platform: one VMA, frames in an array, identity DMA, a device page table ----
 
-/// The fake platform. Callbacks get `&Fake` from the `ctx` pointer and re-enter one another
-/// (`migrate_isolate` invalidates, which zaps), so everything is a `Cell`.
+/// A `Cell` that may be shared between threads (a value behind a std mutex).
+#[derive(Default)]
+struct Cell<T>(Mutex<T>);
+
+impl<T: Copy> Cell<T> {
+    fn new(v: T) -> Cell<T> {
+        Cell(Mutex::new(v))
+    }
+    fn get(&self) -> T {
+        *self.0.lock().unwrap()
+    }
+    fn set(&self, v: T) {
+        *self.0.lock().unwrap() = v;
+    }
+    /// Replace the value by `f` of it, atomically; the old value.
+    fn update(&self, f: impl FnOnce(T) -> T) -> T {
+        let mut g = self.0.lock().unwrap();
+        let old = *g;
+        *g = f(old);
+        old
+    }
+}
+
+/// The fake platform. Callbacks get `&Fake` from the `ctx` pointer, re-enter one another
+/// (`migrate_isolate` invalidates, which zaps) and run on several threads (`threads`), so
+/// everything is behind shared references with interior mutability.
 struct Fake {
     pfn: Vec<Cell<u64>>,
     /// Device page table: bus address | 1, or 0.
@@ -326,8 +353,8 @@ struct Fake {
     notifiers_live: Cell<i64>,
     notifier_id: Cell<u64>,
     notifier_handle: u8,
-    svm: Cell<*mut gpusvm>,
-    pm: Cell<*mut gpusvm_pagemap>,
+    svm: AtomicPtr<gpusvm>,
+    pm: AtomicPtr<gpusvm_pagemap>,
     next_pfn: Cell<u64>,
     next_dpfn: Cell<u64>,
     dev_allocs: Cell<i64>,
@@ -343,7 +370,7 @@ fn cells<T: Copy>(n: usize, f: impl Fn(usize) -> T) -> Vec<Cell<T>> {
 }
 
 fn inc(c: &Cell<i64>) {
-    c.set(c.get() + 1);
+    c.update(|v| v + 1);
 }
 
 /// The fake behind a `ctx`.
@@ -435,7 +462,7 @@ unsafe extern "C" fn p_unregister(ctx: *mut c_void, handle: *mut c_void) {
         handle.cast_const().cast(),
         &f.notifier_handle
     ));
-    f.notifiers_live.set(f.notifiers_live.get() - 1);
+    f.notifiers_live.update(|v| v - 1);
 }
 
 unsafe extern "C" fn p_map(ctx: *mut c_void, pfn: u64, _: u8, _: u32, addr: *mut u64) -> c_int {
@@ -479,7 +506,7 @@ unsafe extern "C" fn p_isolate(
     // SAFETY: as above.
     let src = unsafe { std::slice::from_raw_parts_mut(src, n) };
     assert_eq!((req.end - req.start) / PAGE, n as u64);
-    let svm = f.svm.get();
+    let svm = f.svm.load(SeqCst);
     // As migrate_vma_setup: invalidate the interval (a migrate event) before unmapping.
     // SAFETY: the SVM is live; no library lock is held here (the `migrate_isolate` contract).
     let rc = unsafe {
@@ -555,7 +582,10 @@ unsafe extern "C" fn p_finalize(
         } else if s.kind == GPUSVM_SRC_DEVICE {
             // The source device page is freed (Linux page_free).
             // SAFETY: the pagemap is live.
-            assert_eq!(unsafe { gpusvm_pagemap_page_free(f.pm.get(), s.pfn) }, 0);
+            assert_eq!(
+                unsafe { gpusvm_pagemap_page_free(f.pm.load(SeqCst), s.pfn) },
+                0
+            );
         }
         if d.kind == GPUSVM_DST_DEVICE {
             assert_eq!((d.pagemap, d.owner), (1, 1));
@@ -575,8 +605,7 @@ unsafe extern "C" fn p_alloc_sys(ctx: *mut c_void, out: *mut u64, n: usize) -> c
     // SAFETY: the table's ctx; `out` writable for `n` entries.
     let (f, out) = unsafe { (fake(ctx), std::slice::from_raw_parts_mut(out, n)) };
     for o in out {
-        *o = f.next_pfn.get();
-        f.next_pfn.set(*o + 1);
+        *o = f.next_pfn.update(|v| v + 1);
     }
     0
 }
@@ -584,7 +613,7 @@ unsafe extern "C" fn p_alloc_sys(ctx: *mut c_void, out: *mut u64, n: usize) -> c
 unsafe extern "C" fn p_free_sys(ctx: *mut c_void, _: *const u64, n: usize) {
     // SAFETY: the table's ctx.
     let f = unsafe { fake(ctx) };
-    f.sys_frees.set(f.sys_frees.get() + n as i64);
+    f.sys_frees.update(|v| v + n as i64);
 }
 
 unsafe extern "C" fn d_alloc(ctx: *mut c_void, out: *mut u64, n: usize) -> c_int {
@@ -592,8 +621,7 @@ unsafe extern "C" fn d_alloc(ctx: *mut c_void, out: *mut u64, n: usize) -> c_int
     let (f, out) = unsafe { (fake(ctx), std::slice::from_raw_parts_mut(out, n)) };
     inc(&f.dev_allocs);
     for o in out {
-        *o = f.next_dpfn.get();
-        f.next_dpfn.set(*o + 1);
+        *o = f.next_dpfn.update(|v| v + 1);
     }
     0
 }
@@ -615,7 +643,7 @@ unsafe extern "C" fn d_copy(
     let (f, runs) = unsafe { (fake(ctx), std::slice::from_raw_parts(runs, n)) };
     for r in runs {
         assert!(r.kind <= GPUSVM_COPY_ZERO_DEVICE);
-        f.copied_pages.set(f.copied_pages.get() + r.npages);
+        f.copied_pages.update(|v| v + r.npages);
     }
     // SAFETY: as above.
     unsafe { completed.write(n) };
@@ -636,8 +664,8 @@ impl Fake {
             notifiers_live: Cell::new(0),
             notifier_id: Cell::new(0),
             notifier_handle: 0,
-            svm: Cell::new(null_mut()),
-            pm: Cell::new(null_mut()),
+            svm: AtomicPtr::new(null_mut()),
+            pm: AtomicPtr::new(null_mut()),
             next_pfn: Cell::new(0x20_0000),
             next_dpfn: Cell::new(0x90_0000),
             dev_allocs: Cell::new(0),
@@ -703,8 +731,9 @@ fn config() -> gpusvm_config {
         notifier_size: 0,
         chunk_sizes: CHUNK_SIZES.as_ptr(),
         n_chunk_sizes: CHUNK_SIZES.len(),
-        // Only base-page chunks check that every CPU page is present first, so the miri-sized
-        // chunks take the path of the 2 MiB ones (a failed check falls back to smaller chunks).
+        // Only base-page chunks check that every CPU page is present first (an allocation
+        // failure in that check falls back to a smaller chunk instead of -ENOMEM), so chunks of
+        // any size here take the path of the 2 MiB ones.
         check_pages_threshold: PAGE,
         retry_deadline_ns: 0,
         retry_max_attempts: 0,
@@ -723,7 +752,7 @@ fn create(f: &Fake, c: &gpusvm_config) -> *mut gpusvm {
     // SAFETY: valid pointers to live values; `f` outlives the SVM (each test destroys it).
     assert_eq!(unsafe { gpusvm_create(&o, c, &mut svm) }, 0);
     assert!(!svm.is_null());
-    f.svm.set(svm);
+    f.svm.store(svm, SeqCst);
     svm
 }
 
@@ -795,7 +824,7 @@ unsafe extern "C" fn bind_cb(
         // SAFETY: the SVM is live.
         s.nonblock_rc = unsafe {
             gpusvm_invalidate_begin_nonblock(
-                s.f.svm.get(),
+                s.f.svm.load(SeqCst),
                 s.f.notifier_id.get(),
                 BASE,
                 BASE + PAGE,
@@ -1056,7 +1085,7 @@ fn migrate_to_devmem_and_evict() {
         assert!(pm.is_null());
         d = f.devmem_ops();
         assert_eq!(gpusvm_pagemap_create(&d, 1, 1, &mut pm), 0);
-        f.pm.set(pm);
+        f.pm.store(pm, SeqCst);
         assert_eq!(gpusvm_set_pagemap(svm, pm), 0);
 
         // A read fault in system memory, then the range moves to device memory.
@@ -1186,7 +1215,7 @@ fn scenario(f: &Fake) -> c_int {
             assert!(svm.is_null());
             return rc;
         }
-        f.svm.set(svm);
+        f.svm.store(svm, SeqCst);
         let mut seen = Seen::new(f);
         let rc = gpusvm_handle_fault_and_bind(
             svm,
@@ -1237,4 +1266,380 @@ fn every_allocation_failure_is_enomem_without_leaks() {
         assert_eq!(f.maps.get(), f.unmaps.get(), "attempt {k}");
         assert_eq!(f.notifiers_live.get(), 0, "attempt {k}");
     }
+}
+
+#[test]
+fn ranges_by_hand_unmap_free_remove_close() {
+    let _g = serial();
+    let f = Fake::new();
+    let svm = create(&f, &config());
+    let mut r = null_mut();
+    let mut r2 = null_mut();
+    let mut valid = true;
+    // SAFETY: live handles and valid pointers throughout; the callbacks honour the contracts.
+    unsafe {
+        // The fault path by hand: find or insert, collect, bind.
+        let pctx = gpusvm_pages_ctx::default();
+        let va = BASE + CHUNK + PAGE;
+        assert_eq!(
+            gpusvm_find_or_insert(svm, va, 0, u64::MAX, &pctx, &mut r),
+            0
+        );
+        assert!(!r.is_null());
+        assert_eq!(gpusvm_pages_valid(svm, r, &mut valid), 0);
+        assert!(!valid); // nothing collected yet
+        assert_eq!(f.maps.get(), 0);
+        assert_eq!(gpusvm_get_pages(svm, r, &pctx), 0);
+        assert_eq!(f.maps.get(), CPAGES as i64);
+        let mut seen = Seen::new(&f);
+        assert_eq!(gpusvm_bind(svm, r, Some(bind_cb), seen.ctx()), 0);
+        assert_eq!(seen.entries, CPAGES);
+        assert_eq!(
+            gpusvm_find_or_insert(svm, va + PAGE, 0, u64::MAX, null(), &mut r2),
+            0
+        );
+        assert_eq!(r2, r); // the same range
+        assert_eq!(gpusvm_range_put(r2), 0);
+
+        // unmap_pages drops the DMA mappings, free_pages the page state; both leave the range.
+        assert_eq!(gpusvm_unmap_pages(svm, r), 0);
+        assert_eq!(f.unmaps.get(), CPAGES as i64);
+        assert_eq!(gpusvm_pages_valid(svm, r, &mut valid), 0);
+        assert!(!valid);
+        assert_eq!(gpusvm_get_pages(svm, r, null()), 0);
+        assert_eq!(f.maps.get(), 2 * CPAGES as i64);
+        assert_eq!(gpusvm_free_pages(svm, r), 0);
+        assert_eq!(f.unmaps.get(), 2 * CPAGES as i64);
+        assert_eq!(gpusvm_find(svm, va, &mut r2), 0);
+        assert_eq!(r2, r);
+        assert_eq!(gpusvm_range_put(r2), 0);
+
+        // remove takes it out of the SVM (and its notifier with it).
+        assert_eq!(gpusvm_get_pages(svm, r, null()), 0);
+        assert_eq!(f.notifiers_live.get(), 1);
+        assert_eq!(gpusvm_remove(svm, r), 0);
+        assert_eq!(f.maps.get(), f.unmaps.get());
+        assert_eq!(f.notifiers_live.get(), 0);
+        assert_eq!(gpusvm_find(svm, va, &mut r2), 0);
+        assert!(r2.is_null());
+        assert_eq!(gpusvm_unmap_pages(svm, null()), EINVAL);
+        assert_eq!(gpusvm_free_pages(null_mut(), r), EINVAL);
+        assert_eq!(gpusvm_range_put(r), 0);
+        r = null_mut();
+
+        // A closed SVM refuses faults; destroy still frees it.
+        assert_eq!(gpusvm_close(svm), 0);
+        let rc = gpusvm_handle_fault(svm, BASE, GPUSVM_ACCESS_READ, 0, u64::MAX, &mut r);
+        assert!(rc < 0);
+        assert!(r.is_null());
+        assert_eq!(f.maps.get(), 3 * CPAGES as i64);
+        assert_eq!(gpusvm_destroy(svm), 0);
+    }
+    assert_eq!(f.maps.get(), f.unmaps.get());
+    assert_no_leak();
+}
+
+struct UpBind<'a> {
+    seen: Seen<'a>,
+    up: *mut gpusvm_userptr,
+    svm: *mut gpusvm,
+    nonblock_rc: c_int,
+}
+
+unsafe extern "C" fn up_bind_cb(
+    ctx: *mut c_void,
+    range: *const gpusvm_range,
+    e: *const gpusvm_page_entry,
+    n: usize,
+    first: usize,
+) -> c_int {
+    // SAFETY: `ctx` is the caller's `UpBind`.
+    let b = unsafe { &mut *ctx.cast::<UpBind>() };
+    assert!(range.is_null());
+    if first == 0 {
+        // The userptr's lock is held shared: a non-blocking invalidation refuses.
+        // SAFETY: live handles.
+        b.nonblock_rc = unsafe { gpusvm_userptr_invalidate_begin(b.up, b.svm, 0, u64::MAX, true) };
+    }
+    // SAFETY: forwarded, with the `Seen` inside.
+    unsafe { bind_cb(b.seen.ctx(), range, e, n, first) }
+}
+
+#[test]
+fn attrs_prefetch_userptr() {
+    let _g = serial();
+    let f = Fake::new();
+    let mut c = config();
+    c.has_owner = true;
+    c.owner = 1;
+    let svm = create(&f, &c);
+    let d = f.devmem_ops();
+    let mut pm = null_mut();
+    let mut at = gpusvm_attrs {
+        preferred_loc: 9,
+        migration: 9,
+        atomic: 9,
+    };
+    let mut up = null_mut();
+    let mut valid = false;
+    // SAFETY: live handles and valid pointers throughout; the callbacks honour the contracts.
+    unsafe {
+        assert_eq!(gpusvm_pagemap_create(&d, 1, 1, &mut pm), 0);
+        f.pm.store(pm, SeqCst);
+        assert_eq!(gpusvm_set_pagemap(svm, pm), 0);
+
+        // The second chunk prefers system memory and global atomics.
+        let mut a = [
+            gpusvm_attr {
+                kind: GPUSVM_ATTR_PREFERRED_LOC,
+                value: 1,
+                reserved: 0,
+            },
+            gpusvm_attr {
+                kind: GPUSVM_ATTR_ATOMIC,
+                value: 2,
+                reserved: 0,
+            },
+        ];
+        let (c1, ap) = (BASE + CHUNK, a.as_ptr());
+        assert_eq!(gpusvm_set_attrs(svm, c1, CHUNK, ap, 2), 0);
+        assert_eq!(gpusvm_attrs_at(svm, c1 + PAGE, &mut at), 0);
+        assert_eq!((at.preferred_loc, at.migration, at.atomic), (1, 0, 2));
+        assert_eq!(gpusvm_attrs_at(svm, BASE, &mut at), 0);
+        assert_eq!(at.preferred_loc, 0);
+        a[1].reserved = 1; // one bad entry: nothing changes
+        a[0].value = 0;
+        assert_eq!(gpusvm_set_attrs(svm, c1, CHUNK, a.as_ptr(), 2), EINVAL);
+        assert_eq!(gpusvm_attrs_at(svm, c1, &mut at), 0);
+        assert_eq!(at.preferred_loc, 1);
+        assert_eq!(gpusvm_set_attrs(svm, c1, CHUNK, a.as_ptr(), 0), EINVAL);
+        assert_eq!(gpusvm_set_attrs(svm, c1, CHUNK, null(), 1), EINVAL);
+        assert_eq!(
+            gpusvm_set_attrs(svm, BASE + 1, CHUNK, a.as_ptr(), 1),
+            EINVAL
+        );
+        assert_eq!(gpusvm_attrs_at(svm, BASE, null_mut()), EINVAL);
+
+        // Prefetch the first chunk into device memory and back.
+        assert_eq!(
+            gpusvm_prefetch(svm, BASE, CHUNK, GPUSVM_PREFETCH_DEVICE, 0),
+            0
+        );
+        assert!(f.on_dev[0].get() && f.on_dev[CPAGES - 1].get());
+        assert_eq!(
+            gpusvm_prefetch(svm, BASE, CHUNK, GPUSVM_PREFETCH_SYSTEM, 0),
+            0
+        );
+        assert!(!f.on_dev[0].get() && !f.on_dev[CPAGES - 1].get());
+        assert_eq!(f.dev_allocs.get(), f.dev_releases.get());
+        assert_eq!(gpusvm_prefetch(svm, BASE, CHUNK, 9, 0), EINVAL);
+        assert_eq!(
+            gpusvm_prefetch(svm, BASE, CHUNK, GPUSVM_PREFETCH_PAGEMAP, 77),
+            EINVAL
+        );
+
+        // A userptr of a few pages in system memory.
+        const UP_PAGES: usize = 4;
+        let us = BASE + CHUNK + CHUNK / 2;
+        let ue = us + UP_PAGES as u64 * PAGE;
+        assert_eq!(gpusvm_userptr_create(us, us + 1, &mut up), EINVAL);
+        assert!(up.is_null());
+        assert_eq!(gpusvm_userptr_create(us, ue, &mut up), 0);
+        let mut seen = Seen::new(&f);
+        assert_eq!(gpusvm_userptr_bind(up, Some(bind_cb), seen.ctx()), EAGAIN); // not collected
+        assert_eq!(seen.entries, 0);
+        assert_eq!(gpusvm_userptr_get_pages(up, svm, null()), 0);
+        let mut b = UpBind {
+            seen: Seen::new(&f),
+            up,
+            svm,
+            nonblock_rc: 1,
+        };
+        let bp = core::ptr::from_mut(&mut b).cast();
+        assert_eq!(gpusvm_userptr_bind(up, Some(up_bind_cb), bp), 0);
+        assert_eq!(b.seen.entries, UP_PAGES);
+        assert_eq!(b.nonblock_rc, EAGAIN);
+        assert_eq!(gpusvm_userptr_pages_valid(up, &mut valid), 0);
+        assert!(valid); // the refused invalidation changed nothing
+        let unmaps = f.unmaps.get();
+        assert_eq!(
+            gpusvm_userptr_invalidate_begin(up, svm, us, us + PAGE, false),
+            0
+        );
+        assert_eq!(f.unmaps.get() - unmaps, UP_PAGES as i64);
+        assert_eq!(gpusvm_userptr_invalidate_end(up), 0);
+        assert_eq!(gpusvm_userptr_pages_valid(up, &mut valid), 0);
+        assert!(!valid);
+        assert_eq!(gpusvm_userptr_get_pages(up, svm, null()), 0);
+        assert_eq!(gpusvm_userptr_pages_valid(up, &mut valid), 0);
+        assert!(valid);
+        assert_eq!(gpusvm_userptr_destroy(up, svm), 0);
+        assert_eq!(gpusvm_userptr_destroy(null_mut(), svm), EINVAL);
+
+        assert_eq!(gpusvm_destroy(svm), 0);
+        assert_eq!(gpusvm_pagemap_put(pm), 0);
+    }
+    assert_eq!(f.maps.get(), f.unmaps.get());
+    assert_no_leak();
+}
+
+/// Writes the page table under the notifier lock (shared), as a driver would.
+unsafe extern "C" fn race_bind(
+    ctx: *mut c_void,
+    _: *const gpusvm_range,
+    e: *const gpusvm_page_entry,
+    n: usize,
+    _: usize,
+) -> c_int {
+    // SAFETY: the `Fake` given as ctx; `e` readable for `n` entries.
+    let (f, e) = unsafe { (fake(ctx), std::slice::from_raw_parts(e, n)) };
+    for e in e {
+        f.pte[page_of(e.va)].set(e.addr | 1);
+    }
+    0
+}
+
+/// A raw SVM handle shared by the racing threads (every call on it is thread-safe).
+#[derive(Clone, Copy)]
+struct Shared(*mut gpusvm);
+// SAFETY: the library's calls may run concurrently on one SVM, and the fake's state is behind
+// locks; the handles outlive the threads.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so that closures capture the whole `Shared`).
+    fn get(self) -> *mut gpusvm {
+        self.0
+    }
+}
+
+#[test]
+fn faults_race_invalidations_on_host_locks() {
+    let _g = serial();
+    let f = Fake::new();
+    let svm = Shared(create(&f, &config()));
+    let (faults, invalidations) = if cfg!(miri) { (12, 12) } else { (2000, 2000) };
+    let mut seen = Seen::new(&f);
+    // SAFETY: a live SVM; the first fault registers the notifier the invalidator targets.
+    let rc = unsafe {
+        gpusvm_handle_fault_and_bind(
+            svm.get(),
+            BASE,
+            GPUSVM_ACCESS_WRITE,
+            0,
+            u64::MAX,
+            Some(bind_cb),
+            seen.ctx(),
+            null_mut(),
+        )
+    };
+    assert_eq!(rc, 0);
+    let stop = AtomicBool::new(false);
+    let ctx = Shared(f.ctx().cast());
+    std::thread::scope(|s| {
+        let faulter = |seed: u64| {
+            let (svm, ctx) = (svm, ctx);
+            move || {
+                let (mut ok, mut again) = (0, 0);
+                for i in 0..faults {
+                    let page = (seed * 7 + i * 5) % NPAGES as u64;
+                    // SAFETY: a live SVM; `race_bind` honours the bind contract.
+                    let rc = unsafe {
+                        gpusvm_handle_fault_and_bind(
+                            svm.get(),
+                            BASE + page * PAGE,
+                            GPUSVM_ACCESS_WRITE,
+                            0,
+                            u64::MAX,
+                            Some(race_bind),
+                            ctx.get().cast(),
+                            null_mut(),
+                        )
+                    };
+                    match rc {
+                        0 => ok += 1,
+                        EAGAIN | -16 => again += 1,
+                        rc => panic!("fault: {rc}"),
+                    }
+                }
+                (ok, again)
+            }
+        };
+        let a = s.spawn(faulter(1));
+        let b = s.spawn(faulter(2));
+        let inv = s.spawn(|| {
+            let id = f.notifier_id.get();
+            let mut n = 0u64;
+            while n < invalidations || !stop.load(SeqCst) {
+                let start = BASE + (n * 3 % NPAGES as u64) * PAGE;
+                let end = (start + (1 + n % 8) * PAGE).min(END);
+                // SAFETY: a live SVM.
+                unsafe {
+                    match n % 4 {
+                        0 => {
+                            let ev = GPUSVM_EVENT_UNMAP;
+                            assert_eq!(
+                                gpusvm_invalidate_begin(svm.get(), id, start, end, ev, false, 0),
+                                0
+                            );
+                            assert_eq!(gpusvm_invalidate_end(svm.get(), id, start, end), 0);
+                            let mut removed = 0;
+                            assert_eq!(gpusvm_gc_run(svm.get(), &mut removed), 0);
+                        }
+                        1 => {
+                            let ev = GPUSVM_EVENT_CLEAR;
+                            match gpusvm_invalidate_begin_nonblock(
+                                svm.get(),
+                                id,
+                                start,
+                                end,
+                                ev,
+                                false,
+                                0,
+                            ) {
+                                0 => {
+                                    assert_eq!(gpusvm_invalidate_end(svm.get(), id, start, end), 0)
+                                }
+                                rc => assert_eq!(rc, EAGAIN),
+                            }
+                        }
+                        _ => {
+                            let ev = GPUSVM_EVENT_CLEAR;
+                            assert_eq!(
+                                gpusvm_invalidate_begin(svm.get(), id, start, end, ev, false, 0),
+                                0
+                            );
+                            assert_eq!(gpusvm_invalidate_end(svm.get(), id, start, end), 0);
+                        }
+                    }
+                }
+                n += 1;
+                if cfg!(miri) && n >= invalidations {
+                    break;
+                }
+            }
+        });
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        stop.store(true, SeqCst);
+        inv.join().unwrap();
+        assert!(a.0 + b.0 > 0, "no fault went through: {a:?} {b:?}");
+    });
+    // Everything invalidated: no device mapping is left, every DMA mapping is unmapped.
+    let id = f.notifier_id.get();
+    // SAFETY: a live SVM, then destroyed.
+    unsafe {
+        let ev = GPUSVM_EVENT_CLEAR;
+        assert_eq!(
+            gpusvm_invalidate_begin(svm.get(), id, BASE, END, ev, false, 0),
+            0
+        );
+        assert_eq!(f.mapped_ptes(), 0);
+        assert_eq!(f.maps.get(), f.unmaps.get());
+        assert_eq!(gpusvm_invalidate_end(svm.get(), id, BASE, END), 0);
+        assert_eq!(gpusvm_destroy(svm.get()), 0);
+    }
+    assert_eq!(f.notifiers_live.get(), 0);
+    assert_no_leak();
 }
