@@ -39,6 +39,10 @@ const NPAGES: usize = 2 * CPAGES;
 const END: u64 = BASE + NPAGES as u64 * PAGE;
 /// The range sizes of the SVMs: one chunk, then base pages.
 static CHUNK_SIZES: [u64; 2] = [CHUNK, PAGE];
+/// The chunk of the tests that fault many times (allocation failures, threads): 2 MiB hosted,
+/// 64 KiB under miri, to keep the miri run short.
+const SMALL: u64 = if cfg!(miri) { 64 << 10 } else { CHUNK };
+static SMALL_SIZES: [u64; 2] = [SMALL, PAGE];
 
 // ---- host: a counting allocator with failure injection, locks over std::sync ----
 
@@ -746,6 +750,14 @@ fn config() -> gpusvm_config {
     }
 }
 
+/// [`config`] with the chunk of [`SMALL_SIZES`].
+fn config_small() -> gpusvm_config {
+    gpusvm_config {
+        chunk_sizes: SMALL_SIZES.as_ptr(),
+        ..config()
+    }
+}
+
 fn create(f: &Fake, c: &gpusvm_config) -> *mut gpusvm {
     let o = f.ops();
     let mut svm = null_mut();
@@ -1205,7 +1217,7 @@ fn migrate_to_devmem_and_evict() {
 /// One scenario: create, fault a range and bind it, drop it, destroy. 0 or the first error.
 fn scenario(f: &Fake) -> c_int {
     let o = f.ops();
-    let c = config();
+    let c = config_small();
     let mut svm = null_mut();
     let mut r = null_mut();
     // SAFETY: valid pointers; `f` outlives the SVM.
@@ -1228,11 +1240,12 @@ fn scenario(f: &Fake) -> c_int {
             &mut r,
         );
         if rc == 0 {
-            // A failure may be absorbed by falling back to a smaller chunk.
+            // One chunk around the fault, every page bound.
             let (mut start, mut end) = (0, 0);
             assert_eq!(gpusvm_range_bounds(r, &mut start, &mut end), 0);
             assert!(start <= BASE + CHUNK + 0x3000 && BASE + CHUNK + 0x3000 < end);
-            assert_eq!(seen.entries as u64, (end - start) / PAGE);
+            assert_eq!(end - start, SMALL);
+            assert_eq!(seen.entries as u64, SMALL / PAGE);
             assert_eq!(gpusvm_range_put(r), 0);
         } else {
             assert!(r.is_null());
@@ -1519,7 +1532,7 @@ impl Shared {
 fn faults_race_invalidations_on_host_locks() {
     let _g = serial();
     let f = Fake::new();
-    let svm = Shared(create(&f, &config()));
+    let svm = Shared(create(&f, &config_small()));
     let (faults, invalidations) = if cfg!(miri) { (12, 12) } else { (2000, 2000) };
     let mut seen = Seen::new(&f);
     // SAFETY: a live SVM; the first fault registers the notifier the invalidator targets.
