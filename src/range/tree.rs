@@ -202,10 +202,13 @@ impl<L: Host> RangeTree<L> {
         // SAFETY: by the invariant of `hint`, `hp` points to a range linked in `self.tree`, which
         // holds a reference to it for as long as `&self` lives (no removal can run meanwhile).
         let h = unsafe { &*hp };
-        // One well-predicted branch for far addresses (a random pattern): only `addr` in the
-        // hinted range or within one range size after it (a streaming pattern) is answered here.
-        // `addr < h.start()` wraps around to a large offset.
-        if addr.wrapping_sub(h.start()) >= h.size().saturating_mul(2) {
+        // Only `addr` in the hinted range or within one range size after it (a streaming
+        // pattern) is answered here; anything before the hinted range, or far after it (a random
+        // pattern), takes the descent. (A wrapping offset would not do: for a range reaching
+        // near the top of the address space the doubled size saturates, and an address below
+        // the range would pass as "after" it.)
+        let off = addr.checked_sub(h.start())?;
+        if off >= h.size().saturating_mul(2) {
             return None;
         }
         if addr < h.end() {
@@ -540,6 +543,33 @@ mod tests {
         while t.pop_front().is_some() {}
         assert!(t.is_empty());
         assert!(t.find(0).is_none());
+    }
+
+    /// A hint on a range that reaches near the top of the address space does not answer for
+    /// an address below it (the doubled size saturates): found by the range-tree fuzz target.
+    #[test]
+    fn hint_on_a_huge_range_does_not_answer_below_it() {
+        let mut t = RangeTree::new();
+        let low = Range::new(0, 3 * P).unwrap();
+        let huge = Range::new(0x2a_0000_0000_0000, u64::MAX - 0xcfff).unwrap();
+        t.insert(low.clone()).unwrap();
+        t.insert(huge.clone()).unwrap();
+        // The hint goes to the huge range.
+        assert_eq!(
+            t.find(u64::MAX - 0x10000).map(|r| r.start()),
+            Some(huge.start())
+        );
+        assert_eq!(t.find(0).map(|r| r.start()), Some(0));
+        assert_eq!(t.find(2 * P + 5).map(|r| r.start()), Some(0));
+        assert!(t.find(3 * P).is_none());
+        assert_eq!(
+            t.find_arc(huge.start()).map(|r| r.start()),
+            Some(huge.start())
+        );
+        assert_eq!(t.find_arc(P).map(|r| r.start()), Some(0));
+        let got: Vec<u64> = t.overlapping(0, u64::MAX).map(|r| r.start()).collect();
+        assert_eq!(got, [0, huge.start()]);
+        while t.pop_front().is_some() {}
     }
 
     /// The hint never outlives its range: after a removal, lookups fall back to the descent.
