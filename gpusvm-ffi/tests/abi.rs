@@ -106,15 +106,20 @@ fn created(class: *const gpusvm_lock_class) {
     LOCKS_CREATED.fetch_add(1, SeqCst);
 }
 
-unsafe extern "C" fn h_mutex_create(
-    _: *mut c_void,
-    class: *const gpusvm_lock_class,
-) -> *mut c_void {
+/// A new lock handle of type `T` for `class` (NULL when this attempt is to fail).
+fn new_lock<T: Default>(class: *const gpusvm_lock_class) -> *mut c_void {
     if should_fail() {
         return null_mut();
     }
     created(class);
-    Box::into_raw(Box::<HMutex>::default()).cast()
+    Box::into_raw(Box::<T>::default()).cast()
+}
+
+unsafe extern "C" fn h_mutex_create(
+    _: *mut c_void,
+    class: *const gpusvm_lock_class,
+) -> *mut c_void {
+    new_lock::<HMutex>(class)
 }
 
 /// The mutex behind a handle.
@@ -162,11 +167,7 @@ unsafe extern "C" fn h_rwlock_create(
     _: *mut c_void,
     class: *const gpusvm_lock_class,
 ) -> *mut c_void {
-    if should_fail() {
-        return null_mut();
-    }
-    created(class);
-    Box::into_raw(Box::<HRwLock>::default()).cast()
+    new_lock::<HRwLock>(class)
 }
 
 /// The reader-writer lock behind a handle.
