@@ -226,6 +226,8 @@ pub mod sim;
 pub mod stats;
 mod svm;
 pub mod sync;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{Error, Result};
 pub use fault::Access;

@@ -1,0 +1,1 @@
+//! The conformance kit: the crate's contract as scenarios a backend can run (placeholder).
