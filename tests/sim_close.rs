@@ -1,19 +1,24 @@
 //! Closing (and dropping) an `Svm` with live mappings: nothing leaks, later calls fail with
 //! `Closed`, the CPU side carries on. Every step runs the invariant checker and the data model
-//! check (see `sim_support`).
+//! check (see `sim_support`). Closing with live mappings, the `Closed` errors of later calls and
+//! `remove` run in the conformance kit (`gpusvm::testkit::run_teardown` and `run_gc`, in
+//! tests/testkit_sim.rs); what stays here needs the simulator: dropping the `Svm` and checking
+//! the device afterwards, `mprotect`/`MADV_DONTNEED` after close, exact DMA-mapping counts.
 #![cfg(feature = "sim")]
 
 mod sim_support;
 
 use gpusvm::platform::{NotifierId, PAGE_SIZE};
-use gpusvm::range::RangeFlags;
 use gpusvm::sim::{check_closed, check_invariants, SimGpu, SimMm, SimWorld};
-use gpusvm::{Access, Error, PagesCtx, Window};
+use gpusvm::{Error, PagesCtx, Window};
 use sim_support::*;
 use std::sync::Arc;
 
+/// The CPU-side changes the kit's backend facet has no call for (`mprotect`,
+/// `MADV_DONTNEED`) no longer reach a closed instance either; the rest of closing with live
+/// mappings runs in the conformance kit (`gpusvm::testkit::run_teardown`).
 #[test]
-fn close_with_live_mappings_releases_everything() {
+fn protection_changes_after_close_reach_nothing() {
     let mut s = Sim::new();
     let d = s.mmap(8 * M, RW, false);
     let h = s.mmap(4 * M, RW, true);
@@ -24,76 +29,28 @@ fn close_with_live_mappings_releases_everything() {
     }
     s.dev_write(h + 8, 1).unwrap();
     s.dev_write(small, 2).unwrap();
-    // One range is unmapped and waits in the GC queue.
-    s.munmap(d + 3 * M2 + K64, K64);
-    assert_eq!(s.gpu.svm.gc_pending(), 1);
-    let kept = s.range(d);
-    assert!(s.dma_live() > 0);
-    assert!(!s.gpu.dev.ptes().is_empty());
+    // Exact mapping counts: 4 KiB frames for the 2 MiB ranges of `d`, one huge page, one page.
+    let (maps, _) = s.gpu.dev.dma_counts();
+    assert_eq!(maps, 4 * 512 + 2);
     assert_eq!(s.mm.notifiers().len(), 1);
-    let created = s.stats().ranges_created;
-    assert_eq!(created, 6);
-
     s.step("close", |s| s.gpu.svm.close());
     check_closed(&s.gpu).unwrap();
-    assert!(s.gpu.svm.is_closed());
-    assert_eq!(s.gpu.svm.gc_pending(), 0);
     assert!(s.mm.notifiers().is_empty());
-    assert!(s.gpu.svm.find(d).is_none());
-    assert!(kept.flags().contains(RangeFlags::REMOVED));
-    assert_eq!(s.stats().ranges_removed, created);
-    let (maps, unmaps) = s.gpu.dev.dma_counts();
-    assert_eq!(maps, unmaps);
-    assert_eq!(maps, 4 * 512 + 2);
-
-    // Every later call that needs the instance fails with Closed and maps nothing.
-    assert_eq!(s.dev_read(d + 8), Err(Error::Closed));
-    assert_eq!(s.dev_write(h, 3), Err(Error::Closed));
     let ctx = PagesCtx::default();
     assert_eq!(
         s.gpu.svm.find_or_insert(d, Window::ALL, &ctx).err(),
         Some(Error::Closed)
     );
-    assert_eq!(s.gpu.svm.get_pages(&kept, &ctx), Err(Error::Closed));
-    assert_eq!(s.gpu.svm.bind(&kept, |_, _| ()), Err(Error::Closed));
-    assert_eq!(
-        s.gpu.svm.handle_fault(h, Access::Atomic, Window::ALL).err(),
-        Some(Error::Closed)
-    );
-    assert!(!s.gpu.svm.pages_valid(&kept));
-    assert_eq!(s.gpu.svm.gc_run(), 0);
-    check_closed(&s.gpu).unwrap();
-
-    // The CPU carries on; its invalidations no longer reach the closed instance.
     let inv = s.stats().invalidations;
-    s.cpu_write(d + 8, 9).unwrap();
-    s.munmap(d, M2);
     s.mprotect(h, M2, RO);
     s.dontneed(small, P);
+    s.munmap(d, M2);
     assert_eq!(s.stats().invalidations, inv);
     assert_eq!(s.cpu_read(d + M2), Ok(tag(d + M2, 0)));
-    // close is idempotent.
+    assert_eq!(s.cpu_read(h + 8), Ok(1));
     s.step("close again", |s| s.gpu.svm.close());
     check_closed(&s.gpu).unwrap();
-    assert_eq!(s.gpu.dev.dma_counts(), (maps, unmaps));
-}
-
-#[test]
-fn close_of_an_unused_instance_and_remove_after_close() {
-    let mut s = Sim::new();
-    let d = s.mmap(M2, RW, false);
-    assert_eq!(s.dev_read(d), Ok(0));
-    let r = s.range(d);
-    s.step("remove", |s| s.gpu.svm.remove(&r).unwrap());
-    assert_eq!(s.gpu.svm.counts(), (0, 0));
-    assert!(s.mm.notifiers().is_empty());
-    assert_eq!(s.dma_live(), 0);
-    assert!(
-        s.gpu.svm.remove(&r).is_err(),
-        "a removed range cannot be removed again"
-    );
-    s.step("close", |s| s.gpu.svm.close());
-    check_closed(&s.gpu).unwrap();
+    assert_eq!(s.gpu.dev.dma_counts(), (maps, maps));
 }
 
 #[test]
