@@ -21,9 +21,9 @@
 //! | garbage-collector worker | [`Svm::gc_run`] |
 //! | VM destruction / `mm` release | [`Svm::close`] |
 //!
-//! Run it: `cargo run --example backend_skeleton`. For a complete, working backend to compare
-//! with, read the simulator (`src/sim/`, feature `sim`); to test a real backend against the
-//! crate's expectations, run the same scenarios against both.
+//! Run it: `cargo run --example backend_skeleton --features testkit`. For a complete, working
+//! backend to compare with, read the simulator (`src/sim/`, feature `sim`); to test a backend
+//! against the crate's contract, run the conformance kit on it (`kit_glue`, `gpusvm::testkit`).
 
 // The docs of this example link to its own (private) items.
 #![allow(rustdoc::private_intra_doc_links)]
@@ -45,8 +45,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Log a stub call (process context only: a real backend must not log from invalidation
 /// context).
-fn trace(what: &str) {
-    println!("    [stub] {what}");
+macro_rules! trace {
+    ($($fmt:tt)*) => {
+        println!("    [stub] {}", format_args!($($fmt)*))
+    };
 }
 
 // =============================================================================================
@@ -84,9 +86,7 @@ impl AddressSpace for SkelMm {
     ///   [`SkelMm::register_notifier`]).
     /// - errors: none; `None` makes the crate fail the fault with `Error::Fault` (`-EFAULT`).
     fn find_vma(&self, addr: u64) -> Option<Vma> {
-        trace(&format!(
-            "find_vma({addr:#x}) -> None: no mm behind this skeleton"
-        ));
+        trace!("find_vma({addr:#x}) -> None: no mm behind this skeleton");
         None
     }
 
@@ -112,12 +112,12 @@ impl AddressSpace for SkelMm {
     ///   timeout → `Error::Busy` (or `Error::Again` to have the crate retry), `-ENOMEM` →
     ///   `Error::NoMem`; a malformed request → `Error::Invalid`.
     fn collect_pages(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()> {
-        trace(&format!(
+        trace!(
             "collect_pages({:#x}..{:#x}, {} pages) -> NotSupported",
             req.start,
             req.end,
             out.len()
-        ));
+        );
         Err(Error::NotSupported)
     }
 
@@ -132,10 +132,10 @@ impl AddressSpace for SkelMm {
     /// - errors: `-ENOMEM` → `Error::NoMem`, `-EINVAL`/overflow → `Error::Invalid`. On error
     ///   nothing stays registered.
     fn register_notifier(&self, id: NotifierId, start: u64, end: u64) -> Result<SkelNotifier> {
-        trace(&format!(
+        trace!(
             "register_notifier({:#x}, {start:#x}..{end:#x}) -> NotSupported",
             id.0
-        ));
+        );
         Err(Error::NotSupported)
     }
 
@@ -148,7 +148,7 @@ impl AddressSpace for SkelMm {
     ///   returns no callback for this notifier may run any more.
     /// - errors: none.
     fn unregister_notifier(&self, handle: SkelNotifier) {
-        trace(&format!("unregister_notifier({:#x})", handle.id.0));
+        trace!("unregister_notifier({:#x})", handle.id.0);
     }
 
     /// Isolate the pages of a migration (phase 1 of 3).
@@ -173,10 +173,11 @@ impl AddressSpace for SkelMm {
     /// The default implementation (used when these four methods are omitted) isolates nothing,
     /// so every migration stops with `Busy` and ranges stay in system memory.
     fn migrate_isolate(&self, req: &MigrateRequest, src: &mut [MigrateSrc]) -> Result<()> {
-        trace(&format!(
+        trace!(
             "migrate_isolate({:#x}..{:#x}) -> nothing isolated",
-            req.start, req.end
-        ));
+            req.start,
+            req.end
+        );
         src.fill(MigrateSrc::Skip);
         Ok(())
     }
@@ -193,10 +194,7 @@ impl AddressSpace for SkelMm {
     /// - errors: none (pages that cannot be installed are restored by the kernel).
     fn migrate_finalize(&self, req: &MigrateRequest, src: &[MigrateSrc], dst: &[MigrateDst]) {
         let _ = (src, dst);
-        trace(&format!(
-            "migrate_finalize({:#x}..{:#x})",
-            req.start, req.end
-        ));
+        trace!("migrate_finalize({:#x}..{:#x})", req.start, req.end);
     }
 
     /// Allocate destination system pages for a migration to RAM.
@@ -206,7 +204,7 @@ impl AddressSpace for SkelMm {
     /// - context: process context, no crate lock held (may sleep, may reclaim).
     /// - errors: `Error::NoMem`, after freeing what was allocated.
     fn alloc_system_pages(&self, out: &mut [u64]) -> Result<()> {
-        trace(&format!("alloc_system_pages({} pages) -> NoMem", out.len()));
+        trace!("alloc_system_pages({} pages) -> NoMem", out.len());
         Err(Error::NoMem)
     }
 
@@ -215,7 +213,7 @@ impl AddressSpace for SkelMm {
     /// - wraps: `unlock_page()` + `put_page()` per page.
     /// - context: process context.
     fn free_system_pages(&self, pfns: &[u64]) {
-        trace(&format!("free_system_pages({} pages)", pfns.len()));
+        trace!("free_system_pages({} pages)", pfns.len());
     }
 }
 
@@ -237,9 +235,7 @@ impl DmaMapper for SkelDma {
     /// - errors: a mapping error → `Error::Fault` (or `Error::NoMem` when the IOVA space is
     ///   exhausted).
     fn map_page(&self, pfn: u64, order: u8, dir: DmaDirection) -> Result<u64> {
-        trace(&format!(
-            "map_page(pfn {pfn:#x}, order {order}, {dir:?}) -> NotSupported"
-        ));
+        trace!("map_page(pfn {pfn:#x}, order {order}, {dir:?}) -> NotSupported");
         Err(Error::NotSupported)
     }
 
@@ -261,9 +257,7 @@ impl DmaMapper for SkelDma {
     /// - errors: `Error::NotSupported` (no peer-to-peer: the crate migrates instead),
     ///   `Error::NoLink` (no path to that peer), `Error::Fault`/`Error::NoMem`.
     fn map_peer(&self, resource: u64, order: u8, dir: DmaDirection) -> Result<u64> {
-        trace(&format!(
-            "map_peer({resource:#x}, order {order}, {dir:?}) -> NotSupported"
-        ));
+        trace!("map_peer({resource:#x}, order {order}, {dir:?}) -> NotSupported");
         Err(Error::NotSupported)
     }
 
@@ -370,10 +364,7 @@ impl DeviceMemory for SkelVram {
     /// - errors: `Error::NoMem` with nothing allocated (the range then stays in system memory,
     ///   or the crate evicts and retries).
     fn alloc(&self, out: &mut [u64]) -> Result<()> {
-        trace(&format!(
-            "DeviceMemory::alloc({} pages) -> NoMem",
-            out.len()
-        ));
+        trace!("DeviceMemory::alloc({} pages) -> NoMem", out.len());
         Err(Error::NoMem)
     }
 
@@ -399,10 +390,7 @@ impl DeviceMemory for SkelVram {
     ///   (`-EIO`/GPU hang → `Error::Fault`, `-ETIME` → `Error::Busy`); the crate restores every
     ///   page that did not move.
     fn copy(&self, runs: &[CopyRun]) -> core::result::Result<(), CopyError> {
-        trace(&format!(
-            "DeviceMemory::copy({} runs) -> NotSupported",
-            runs.len()
-        ));
+        trace!("DeviceMemory::copy({} runs) -> NotSupported", runs.len());
         Err(CopyError {
             completed: 0,
             error: Error::NotSupported,
@@ -425,9 +413,7 @@ impl DeviceMemory for SkelVram {
     /// - context: process context, no crate lock held.
     /// - errors: `Error::NotSupported` (no peer access: the crate migrates instead).
     fn device_map(&self, dpfn: u64, order: u8) -> Result<(u64, Protocol)> {
-        trace(&format!(
-            "device_map({dpfn:#x}, order {order}) -> NotSupported"
-        ));
+        trace!("device_map({dpfn:#x}, order {order}) -> NotSupported");
         Err(Error::NotSupported)
     }
 }
@@ -672,6 +658,74 @@ mod kernel_glue {
     }
 }
 
+// =============================================================================================
+// Testing the backend: the conformance kit (`gpusvm::testkit`, feature `testkit`).
+// =============================================================================================
+
+/// The skeleton as a kit [`Backend`](gpusvm::testkit::Backend) (one call per scenario group,
+/// each scenario on a fresh backend). A real driver backs the CPU side with a test process (a
+/// kernel self-test: `vm_mmap`, `copy_{to,from}_user`), device reads/writes with GPU loads and
+/// stores, the inspection methods with its page tables, DMA and VRAM bookkeeping. The stubs
+/// have no memory: the kit skips what needs it.
+#[cfg(feature = "testkit")]
+mod kit_glue {
+    use super::*;
+    use gpusvm::platform::VmaFlags;
+    use gpusvm::testkit::{Backend, MappedPage};
+
+    pub(super) struct SkelBackend(Svm<SkelGpu>);
+
+    pub(super) fn make() -> Result<SkelBackend> {
+        Svm::new(SkelGpu::default(), SvmConfig::new(0, 1 << 47)).map(SkelBackend)
+    }
+
+    impl Backend for SkelBackend {
+        type P = SkelGpu;
+        fn devices(&self) -> usize {
+            1
+        }
+        fn svm(&self, _dev: usize) -> &Svm<SkelGpu> {
+            &self.0
+        }
+        fn mmap(&mut self, _len: u64, _flags: VmaFlags) -> Result<u64> {
+            Err(Error::NotSupported) // vm_mmap(NULL, len, PROT_*, MAP_PRIVATE | MAP_ANONYMOUS)
+        }
+        fn munmap(&mut self, _addr: u64, _len: u64) -> Result<()> {
+            Err(Error::NotSupported) // vm_munmap(): the notifier delivers the invalidation
+        }
+        fn cpu_read(&mut self, _addr: u64) -> Result<u64> {
+            Err(Error::NotSupported) // copy_from_user(): faults device pages back (migrate_to_ram)
+        }
+        fn cpu_write(&mut self, _addr: u64, _val: u64) -> Result<()> {
+            Err(Error::NotSupported) // copy_to_user()
+        }
+        fn device_fault(&mut self, _dev: usize, addr: u64, access: Access) -> Result<()> {
+            match kernel_glue::gpu_fault(&self.0, addr, access) {
+                0 => Ok(()),
+                rc => Err(Error::from_errno(rc).unwrap_or(Error::Invalid)),
+            }
+        }
+        fn device_read(&mut self, _dev: usize, _addr: u64) -> Result<u64> {
+            Err(Error::Fault) // a GPU load; no PTE is ever written by the stubs
+        }
+        fn device_write(&mut self, _dev: usize, _addr: u64, _val: u64) -> Result<()> {
+            Err(Error::Fault)
+        }
+        fn device_pte(&self, _dev: usize, _addr: u64) -> Option<MappedPage> {
+            None // walk the GPU page tables: kind from the PTE's aperture bits
+        }
+        fn mapped_pages(&self, _dev: usize) -> u64 {
+            0
+        }
+        fn live_dma_mappings(&self, _dev: usize) -> u64 {
+            0 // count dma_map_page()s minus dma_unmap_page()s
+        }
+        fn device_pages_in_use(&self, _dev: usize) -> Option<u64> {
+            None // the VRAM allocator's pages in use (None: no device memory)
+        }
+    }
+}
+
 fn main() {
     println!("backend_skeleton: a platform backend with every method stubbed");
 
@@ -685,13 +739,9 @@ fn main() {
             return;
         }
     };
-    println!(
-        "1. Svm::new: {} notifiers, {} ranges; notifier size {} MiB, chunk sizes {:?}",
-        svm.counts().0,
-        svm.counts().1,
-        svm.config().notifier_size >> 20,
-        svm.config().chunk_sizes
-    );
+    let (c, (notifiers, ranges)) = (svm.config(), svm.counts());
+    let (mib, chunks) = (c.notifier_size >> 20, &c.chunk_sizes);
+    println!("1. Svm::new: {notifiers}/{ranges} notifiers/ranges, {mib} MiB, chunks {chunks:?}");
 
     // Device probe: the VRAM becomes a pagemap (owner from an OwnerRegistry in a multi-GPU
     // driver), and this VM places ranges there.
@@ -715,14 +765,8 @@ fn main() {
     );
 
     // An MMU-notifier callback for a notifier the Svm does not know: ignored.
-    let served = kernel_glue::mmu_invalidate(
-        &svm,
-        NotifierId(0x7f00_0000_0000),
-        addr,
-        addr + 4096,
-        kernel_glue::MmuNotifyEvent::Unmap,
-        true,
-    );
+    let (id, ev) = (NotifierId(addr), kernel_glue::MmuNotifyEvent::Unmap);
+    let served = kernel_glue::mmu_invalidate(&svm, id, addr, addr + 4096, ev, true);
     println!(
         "4. mmu invalidate (Unmap) of an unknown notifier -> served {served}, {} GPU zaps",
         svm.platform().pt.zaps.load(Ordering::Relaxed)
@@ -741,11 +785,21 @@ fn main() {
     // GC worker and VM destruction.
     println!("7. gc_run -> {} ranges removed", svm.gc_run());
     svm.close();
-    let s = svm.stats();
+    let (closed, s) = (svm.is_closed(), svm.stats());
     println!(
-        "8. close: closed {}, faults {}, ranges created {}",
-        svm.is_closed(),
-        s.faults,
-        s.ranges_created
+        "8. close: closed {closed}, faults {}, ranges created {}",
+        s.faults, s.ranges_created
     );
+
+    // The conformance kit against this backend: the bad-input scenarios that need no memory
+    // pass with the stubs; every scenario that needs an mmap is skipped.
+    #[cfg(feature = "testkit")]
+    {
+        let bad = gpusvm::testkit::run_bad_input(kit_glue::make);
+        let fault = gpusvm::testkit::run_fault(kit_glue::make);
+        println!("9. conformance kit: bad_input: {bad}\n   fault: {fault}");
+        std::process::exit(i32::from(!bad.ok()));
+    }
+    #[cfg(not(feature = "testkit"))]
+    println!("9. conformance kit: run with --features testkit");
 }
