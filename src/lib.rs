@@ -209,11 +209,9 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod atomic;
 pub mod error;
-pub mod fault;
-mod gc;
 pub mod heap;
-mod host;
 pub mod migrate;
 pub mod pagemap;
 pub mod pages;
@@ -226,15 +224,20 @@ pub mod sim;
 pub mod stats;
 mod svm;
 pub mod sync;
+pub mod types;
+// TEMPORARY (issue 20 merge): the simulator still names `crate::fault::Access`.
+pub(crate) mod fault {
+    pub(crate) use crate::types::Access;
+}
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use error::{Error, Result};
-pub use fault::Access;
-pub use host::{DefaultHost, Host, HostArc, HostVec};
-pub use pages::{PageEntry, PagesCtx, Userptr};
+pub use sync::{DefaultHost, Host, HostArc, HostVec};
+pub use pages::{PagesCtx, Userptr};
 pub use range::Range;
-pub use svm::{Event, Svm, SvmConfig, Window, MAX_CHUNK_SIZES};
+pub use svm::{Svm, SvmConfig, MAX_CHUNK_SIZES};
+pub use types::{Access, Event, PageEntry, Window};
 
 /// The README's code examples as doctests. Its one `rust` block (no `no_run`/`ignore`) is
 /// compiled, linked and run; it only defines functions and calls none of them, so the run

@@ -5,131 +5,15 @@
 //! range is one entry), each packed into 8 bytes.
 
 use crate::error::{Error, Result};
+pub use crate::types::{PageEntry, Protocol};
 use crate::heap::AllocCtx;
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DmaDirection, DmaMapper, OwnerId, PagemapId, Platform,
     MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
-use crate::range::SeqCounter;
-use crate::sync::{class, RwLock};
+use crate::sync::{class, RwLock, SeqCounter};
 use crate::{DefaultHost, Host, HostVec};
 use bitflags::bitflags;
-
-/// How the device reaches the memory behind a [`PageEntry`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Protocol(pub u8);
-
-impl Protocol {
-    /// A system page reached through a DMA (IOMMU) mapping; the address is a bus address.
-    pub const SYSTEM: Protocol = Protocol(0);
-    /// A page of the device's own memory; the address is a device physical address.
-    pub const DEVICE_LOCAL: Protocol = Protocol(1);
-    /// Largest protocol value that fits an entry (values above `DEVICE_LOCAL` are peer-to-peer
-    /// protocols chosen by the owning pagemap).
-    pub const MAX: u8 = 7;
-}
-
-/// One packed page-state entry: a page-aligned address plus order, direction and protocol in
-/// the low bits (8 bytes).
-///
-/// ```
-/// use gpusvm::pages::{PageEntry, Protocol};
-/// use gpusvm::platform::DmaDirection;
-/// let e = PageEntry::new(0x20_0000, 9, DmaDirection::Bidirectional, Protocol::SYSTEM).unwrap();
-/// assert_eq!((e.addr(), e.order(), e.size()), (0x20_0000, 9, 2 << 20));
-/// assert_eq!(e.dir(), DmaDirection::Bidirectional);
-/// assert!(PageEntry::new(0x20_0001, 0, DmaDirection::ToDevice, Protocol::SYSTEM).is_err());
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PageEntry(u64);
-
-static_assertions::assert_eq_size!(PageEntry, u64);
-
-const ORDER_BITS: u64 = 0x1f;
-const DIR_SHIFT: u32 = 5;
-const PROTO_SHIFT: u32 = 7;
-const ADDR_MASK: u64 = !(PAGE_SIZE - 1);
-
-impl PageEntry {
-    /// Pack an entry. Errors: [`Error::Invalid`] if `addr` is not page aligned, `order` exceeds
-    /// [`MAX_ORDER`], or the protocol does not fit.
-    ///
-    /// Context: any; allocates nothing.
-    pub fn new(addr: u64, order: u8, dir: DmaDirection, proto: Protocol) -> Result<PageEntry> {
-        if addr & !ADDR_MASK != 0 || order > MAX_ORDER || proto.0 > Protocol::MAX {
-            return Err(Error::Invalid);
-        }
-        let d: u64 = match dir {
-            DmaDirection::ToDevice => 0,
-            DmaDirection::FromDevice => 1,
-            DmaDirection::Bidirectional => 2,
-        };
-        Ok(PageEntry(
-            addr | u64::from(order) | (d << DIR_SHIFT) | (u64::from(proto.0) << PROTO_SHIFT),
-        ))
-    }
-    /// The page-aligned address (bus address, device address, or peer address).
-    ///
-    /// Context: any.
-    pub fn addr(self) -> u64 {
-        self.0 & ADDR_MASK
-    }
-    /// The page order of the entry.
-    ///
-    /// Context: any.
-    pub fn order(self) -> u8 {
-        // Masked to 5 bits: the cast cannot truncate.
-        (self.0 & ORDER_BITS) as u8
-    }
-    /// Number of base pages the entry covers.
-    ///
-    /// Context: any.
-    pub fn npages(self) -> u64 {
-        1u64 << self.order()
-    }
-    /// Size in bytes.
-    ///
-    /// Context: any.
-    pub fn size(self) -> u64 {
-        PAGE_SIZE << self.order()
-    }
-    /// The DMA direction.
-    ///
-    /// Context: any.
-    pub fn dir(self) -> DmaDirection {
-        match (self.0 >> DIR_SHIFT) & 3 {
-            0 => DmaDirection::ToDevice,
-            1 => DmaDirection::FromDevice,
-            _ => DmaDirection::Bidirectional,
-        }
-    }
-    /// Whether the device may write through this entry.
-    ///
-    /// Context: any.
-    pub fn writable(self) -> bool {
-        self.dir() != DmaDirection::ToDevice
-    }
-    /// The protocol.
-    ///
-    /// Context: any.
-    pub fn protocol(self) -> Protocol {
-        // Masked to 3 bits.
-        Protocol(((self.0 >> PROTO_SHIFT) & 7) as u8)
-    }
-}
-
-impl core::fmt::Debug for PageEntry {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "PageEntry({:#x}, order {}, {:?}, proto {})",
-            self.addr(),
-            self.order(),
-            self.dir(),
-            self.protocol().0
-        )
-    }
-}
 
 bitflags! {
     /// Flags of a [`PageState`].

@@ -76,15 +76,20 @@
 //! Module [`atomic`]: `core`'s by default, loom's under `--cfg loom`, `portable-atomic`'s
 //! `AtomicU64` on targets without 64-bit atomics; a kernel build replaces that one file.
 
-pub mod atomic;
+/// The crate's atomics (they live at the bottom layer, [`crate::atomic`]).
+pub use crate::atomic;
 pub mod class;
+mod host;
 mod lock;
 #[cfg(any(feature = "std", loom))]
 mod parking;
+mod seq;
 mod spin;
 
-pub use atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub use crate::atomic::{spin_hint, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use class::LockClass;
+pub use seq::SeqCounter;
+pub use host::{DefaultHost, Host, HostArc, HostVec};
 pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(any(feature = "std", loom))]
 pub use parking::{ParkingHost, ParkingMutex, ParkingRwLock};
@@ -157,13 +162,3 @@ pub unsafe trait RawRwLock: Send + Sync + Sized {
     unsafe fn unlock_write(&self);
 }
 
-/// Hint that the caller is busy-waiting (a retry loop): the CPU's spin hint, or a yield to
-/// loom's scheduler under `--cfg loom`.
-///
-/// Context: any; a CPU hint (or a yield to loom's scheduler), never sleeps.
-pub fn spin_hint() {
-    #[cfg(not(loom))]
-    core::hint::spin_loop();
-    #[cfg(loom)]
-    loom::thread::yield_now();
-}

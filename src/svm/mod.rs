@@ -1,6 +1,12 @@
 //! The [`Svm`] instance: one device mirroring one CPU address space (SPEC §1, §2, §3, §4).
 
+mod attrs;
+mod fault;
+mod gc;
+mod placement;
+
 use crate::error::{Error, Result};
+pub(crate) use crate::types::{Event, Window};
 use crate::heap::AllocCtx;
 use crate::pages::{get_pages_loop, Commit, PageEntry, PagesCtx, RetryPolicy};
 use crate::placement::PagemapSet;
@@ -132,47 +138,6 @@ impl SvmConfig {
         }
         Ok(())
     }
-}
-
-/// A window of device virtual addresses a fault may create a range in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// First byte.
-    pub start: u64,
-    /// One past the last byte.
-    pub end: u64,
-}
-
-impl Window {
-    /// No restriction.
-    pub const ALL: Window = Window {
-        start: 0,
-        end: u64::MAX,
-    };
-    /// Whether `addr` lies in the window.
-    ///
-    /// Context: any; allocates nothing.
-    pub fn contains(&self, addr: u64) -> bool {
-        self.start <= addr && addr < self.end
-    }
-}
-
-/// Why the CPU page tables of an interval are changing (Linux `mmu_notifier_event`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// The interval is unmapped (munmap): ranges are marked unmapped and garbage-collected.
-    Unmap,
-    /// Pages are being cleared (MADV_DONTNEED, reclaim, copy-on-write break).
-    Clear,
-    /// Protection is changing (mprotect, write-protection for fork).
-    Protection,
-    /// Pages are being migrated by the owner given (this crate, or another driver).
-    Migrate {
-        /// The owner performing the migration, if a device owner.
-        owner: Option<OwnerId>,
-    },
-    /// The address space is being torn down: like `Unmap`.
-    Release,
 }
 
 type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandle;
