@@ -226,6 +226,7 @@ mod svm;
 pub mod sync;
 pub mod types;
 // TEMPORARY (issue 20 merge): the simulator still names `crate::fault::Access`.
+#[allow(unused_imports)]
 pub(crate) mod fault {
     pub(crate) use crate::types::Access;
 }
@@ -233,10 +234,10 @@ pub(crate) mod fault {
 pub mod testkit;
 
 pub use error::{Error, Result};
-pub use sync::{DefaultHost, Host, HostArc, HostVec};
 pub use pages::{PagesCtx, Userptr};
 pub use range::Range;
 pub use svm::{Svm, SvmConfig, MAX_CHUNK_SIZES};
+pub use sync::{DefaultHost, Host, HostArc, HostVec};
 pub use types::{Access, Event, PageEntry, Window};
 
 /// The README's code examples as doctests. Its one `rust` block (no `no_run`/`ignore`) is

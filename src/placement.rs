@@ -103,4 +103,3 @@ impl<M: DeviceMemory, L: Host> PagemapSet<M, L> {
         true
     }
 }
-

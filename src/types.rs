@@ -221,4 +221,3 @@ impl core::fmt::Debug for PageEntry {
         )
     }
 }
-

@@ -10,12 +10,12 @@
 
 mod attrs;
 
-pub use attrs::{AttrStore, AttrUpdate};
 pub(crate) use attrs::set_locked as set_attrs_locked;
+pub use attrs::{AttrStore, AttrUpdate};
 
 use crate::error::{Error, Result};
-use crate::types::Access;
 use crate::platform::PagemapId;
+use crate::types::Access;
 
 /// Where a range should live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

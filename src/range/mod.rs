@@ -21,11 +21,11 @@ mod link;
 mod notifier;
 mod tree;
 
+pub use crate::sync::SeqCounter;
 pub(crate) use chunk::check_chunk_sizes;
 pub use chunk::{select_chunk, ChunkQuery};
 pub(crate) use link::{acquire_tree_link, gc_push, gc_queue, GcQueue, RangeAdapter};
 pub(crate) use notifier::{Notifier, NotifierTree};
-pub use crate::sync::SeqCounter;
 pub use tree::{Overlapping, RangeTree};
 
 use crate::error::{Error, Result};

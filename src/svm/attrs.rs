@@ -1,12 +1,12 @@
 //! Applying policy to an [`Svm`]: setting attributes (and what that does to existing ranges),
 //! reading them, and prefetching.
 
-use crate::policy::{
-    self, AttrUpdate, Attrs, DeviceAtomics, DeviceTarget, PreferredLoc, PrefetchLoc, RawAttr,
-};
 use crate::error::{Error, Result};
 use crate::pages::PagesCtx;
 use crate::platform::{AddressSpace, PagemapId, Platform, PAGE_SIZE};
+use crate::policy::{
+    self, AttrUpdate, Attrs, DeviceAtomics, DeviceTarget, PreferredLoc, PrefetchLoc, RawAttr,
+};
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;

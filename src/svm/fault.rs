@@ -6,13 +6,13 @@
 //! bind.
 
 use crate::error::{Error, Result};
-use crate::types::Access;
 use crate::pages::{PageEntry, PagesCtx};
 use crate::platform::{AddressSpace, Platform};
 use crate::policy::{self, DecisionInput, DeviceCaps, MigrationPolicy, RangeHistory};
 use crate::range::{Range, RangeArc, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
+use crate::types::Access;
 use crate::types::Window;
 
 /// How many times a fault is retried after its range went away under it.

@@ -7,12 +7,12 @@ use crate::migrate::{self, MigrateDetails, MigrateReport};
 use crate::pagemap::{DevmemAlloc, Pagemap};
 use crate::pages::DevicePlace;
 use crate::pages::PageFlags;
+use crate::placement::{PagemapArc, PagemapVec};
 use crate::platform::{CpuPage, DeviceMemory, OwnerId, PagemapId, Platform};
 use crate::policy::DeviceTarget;
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
 use crate::svm::Svm;
-use crate::placement::{PagemapArc, PagemapVec};
 use crate::{HostArc, HostVec};
 
 /// How many times an eviction retries pages that could not be isolated.

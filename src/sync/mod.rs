@@ -88,11 +88,11 @@ mod spin;
 
 pub use crate::atomic::{spin_hint, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use class::LockClass;
-pub use seq::SeqCounter;
 pub use host::{DefaultHost, Host, HostArc, HostVec};
 pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(any(feature = "std", loom))]
 pub use parking::{ParkingHost, ParkingMutex, ParkingRwLock};
+pub use seq::SeqCounter;
 pub use spin::{SpinHost, SpinMutex, SpinRwLock};
 
 /// A host's raw mutex: excludes, holds no data.
@@ -161,4 +161,3 @@ pub unsafe trait RawRwLock: Send + Sync + Sized {
     /// The caller holds the lock exclusively.
     unsafe fn unlock_write(&self);
 }
-
