@@ -61,6 +61,22 @@
 //! 7. On munmap the range is marked unmapped and queued; the garbage collector evicts what
 //!    survives of it and removes it ([`Svm::gc_run`]). [`Svm::close`] tears everything down.
 //!
+//! ## Layers
+//!
+//! The modules form layers; each uses only its own layer and those below, and the module graph
+//! has no cycle (`tests/house.rs` checks it). [`layers`] has a page per layer: what it owns,
+//! what it may call, its locking and its allocation.
+//!
+//! ```text
+//!   6  consumers        sim (feature sim) · testkit (feature testkit)
+//!   5  Svm              svm/: the Svm, range index, bind, invalidation, fault service, GC
+//!   4  decisions        policy (attributes, decide) · placement (the pagemap set)
+//!   3  device memory    pagemap (Pagemap, owners) · migrate (state machines)
+//!   2  per-range state  pages (collect, map, commit; Userptr) · range (Range, trees, chunks) · stats
+//!   1  facets           heap (Allocator, Vec, Arc) · sync (locks, Host, SeqCounter) · platform
+//!   0  vocabulary       error · types (ids, Access, Window, Event, PageEntry) · atomic
+//! ```
+//!
 //! ## Writing a backend
 //!
 //! Implement the small traits of [`platform`] — [`AddressSpace`](platform::AddressSpace)
@@ -212,6 +228,7 @@ extern crate std;
 pub mod atomic;
 pub mod error;
 pub mod heap;
+pub mod layers;
 pub mod migrate;
 pub mod pagemap;
 pub mod pages;

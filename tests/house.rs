@@ -19,7 +19,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("pagemap and migrate", &["pagemap", "migrate"]),
     ("policy and placement", &["policy", "placement"]),
     ("fault service and Svm", &["svm"]),
-    ("consumers: simulator and conformance kit", &["sim", "testkit"]),
+    (
+        "consumers: simulator and conformance kit",
+        &["sim", "testkit"],
+    ),
 ];
 
 /// The longest source file accepted (issue 20: "no file over ~800 lines").
@@ -120,9 +123,7 @@ fn root_reexports(lib: &str) -> BTreeMap<String, String> {
 }
 
 fn layer_of(module: &str) -> Option<usize> {
-    LAYERS
-        .iter()
-        .position(|(_, mods)| mods.contains(&module))
+    LAYERS.iter().position(|(_, mods)| mods.contains(&module))
 }
 
 /// The module graph: top-level module → (used module → first place that uses it).
@@ -253,7 +254,9 @@ fn checker_reads_paths_reexports_and_skips_tests() {
     let r = root_reexports(lib);
     assert_eq!(r["Svm"], "svm");
     assert_eq!(r["Window"], "types");
-    let code = library_code("use crate::a;\n// crate::b\n#[cfg(test)]\nmod tests {\n use crate::sim;\n}\n");
+    let code = library_code(
+        "use crate::a;\n// crate::b\n#[cfg(test)]\nmod tests {\n use crate::sim;\n}\n",
+    );
     assert_eq!(crate_paths(&code), ["a"]);
 }
 
@@ -304,7 +307,9 @@ fn no_source_file_over_800_lines() {
         if f.ends_with("include/gpusvm.h") {
             continue;
         }
-        let n = fs::read_to_string(f).map(|t| t.lines().count()).unwrap_or(0);
+        let n = fs::read_to_string(f)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if n > MAX_LINES {
             long.push(format!(
                 "{}: {n} lines",

@@ -20,7 +20,7 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     /// VMA); [`Error::NoMem`]; copy errors. On error nothing is lost.
     ///
     /// Context: may sleep (the platform's migration, allocation and copy calls); allocates
-    /// the migration's arrays with [`AllocCtx::MaySleep`]; takes the run index lock (spinning)
+    /// the migration's arrays with [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep); takes the run index lock (spinning)
     /// briefly, never across a platform call.
     pub fn migrate_to_ram<A: AddressSpace>(
         &self,

@@ -69,7 +69,7 @@ impl<L: Host> Userptr<L> {
     /// `ctx` is reused. Errors as [`Svm::get_pages`](crate::Svm::get_pages).
     ///
     /// Context: may sleep: collects the CPU pages through the platform with no lock held. Allocates
-    /// with [`AllocCtx::MaySleep`] and no lock held (the CPU page array and the entry array,
+    /// with [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) and no lock held (the CPU page array and the entry array,
     /// counted before the lock is taken). Takes the userptr lock shared to map the pages and
     /// exclusively to commit.
     pub fn get_pages<P: Platform>(

@@ -136,7 +136,7 @@ impl RawAttr {
     }
 }
 
-/// Where [`Svm::prefetch`] moves an interval.
+/// Where [`Svm::prefetch`](crate::Svm::prefetch) moves an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrefetchLoc {
     /// System memory.

@@ -26,7 +26,7 @@ impl<P: Platform> Svm<P> {
     /// platform's errors. On error nothing stays mapped that was not mapped before.
     ///
     /// Context: may sleep: collects the CPU pages through the platform with no crate lock held.
-    /// Allocates with [`AllocCtx::MaySleep`] and no lock held: the CPU page array and the entry
+    /// Allocates with [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) and no lock held: the CPU page array and the entry
     /// array (counted from the collection before the notifier lock is taken; [`Error::NoMem`]
     /// leaves the state as it was). Takes the notifier lock shared (to check the range, to map the
     /// pages, to commit) and the range's page-state lock under it.

@@ -10,8 +10,8 @@ use crate::range::check_chunk_sizes;
 /// Largest number of chunk sizes an [`SvmConfig`] holds.
 pub const MAX_CHUNK_SIZES: usize = 8;
 
-/// Configuration of an [`Svm`] (SPEC §1). Build it with [`SvmConfig::new`] and adjust fields;
-/// [`Svm::new`] validates it.
+/// Configuration of an [`Svm`](crate::Svm) (SPEC §1). Build it with [`SvmConfig::new`] and adjust fields;
+/// [`Svm::new`](crate::Svm::new) validates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvmConfig {
     /// Start of the mirrored interval (page aligned).

@@ -33,7 +33,7 @@ impl<P: Platform> Svm<P> {
     /// or too large, memory runs out, or the platform fails.
     ///
     /// Context: may sleep (the platform's `collect_pages`); allocates the page array with
-    /// [`AllocCtx::MaySleep`]: call it without any crate lock held.
+    /// [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep): call it without any crate lock held.
     pub(crate) fn snapshot(
         &self,
         start: u64,
@@ -111,7 +111,7 @@ impl<P: Platform> Svm<P> {
     /// `register_notifier`. On error nothing is created.
     ///
     /// Context: may sleep (platform calls: VMA lookup, page snapshot, notifier registration,
-    /// each with no crate lock held). Allocates with [`AllocCtx::MaySleep`] only, never under a
+    /// each with no crate lock held). Allocates with [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) only, never under a
     /// lock the invalidation path takes: the range and the page snapshot with no lock held,
     /// the notifier array's growth under the structure lock alone. Locks, in order: the
     /// notifier lock (shared, lookups), the attribute lock (shared, alone), the structure lock,
@@ -274,7 +274,7 @@ impl<P: Platform> Svm<P> {
     /// within the retry budget; [`Error::NoMem`] if the notifier array cannot grow (nothing
     /// changed); errors of `register_notifier` (the notifier is then removed).
     ///
-    /// Context: may sleep (registration); allocates with [`AllocCtx::MaySleep`] under the
+    /// Context: may sleep (registration); allocates with [`AllocCtx::MaySleep`](crate::heap::AllocCtx::MaySleep) under the
     /// structure lock only.
     pub(super) fn ensure_notifier(&self, (start, end): (u64, u64)) -> Result<bool> {
         let mut waited = 0u32;
