@@ -25,31 +25,11 @@
 //! a registered interval and [`Svm::invalidate_end`](crate::Svm::invalidate_end) *after*.
 
 use crate::error::Result;
+pub use crate::types::{
+    DmaDirection, NotifierId, OwnerId, PagemapId, HUGE_ORDER, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
+};
 use crate::Host;
 use bitflags::bitflags;
-
-/// log2 of the base page size.
-pub const PAGE_SHIFT: u32 = 12;
-/// The base page size (4 KiB).
-pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
-/// Page order of a 2 MiB huge page.
-pub const HUGE_ORDER: u8 = 9;
-/// The largest page order the crate accepts from a platform (1 GiB).
-pub const MAX_ORDER: u8 = 18;
-
-/// Identifies a pagemap: the device memory of one device or tile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PagemapId(pub u32);
-
-/// Identifies an owner: a group of devices that share device-private pages over a fast
-/// interconnect (Linux: the `dev_private_owner` pointer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OwnerId(pub u32);
-
-/// Identifies one notifier of one [`Svm`](crate::Svm): the platform passes it back to
-/// `invalidate_begin`/`invalidate_end`. It is the notifier's start address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NotifierId(pub u64);
 
 bitflags! {
     /// Access rights of a VMA.
@@ -221,17 +201,6 @@ pub trait AddressSpace {
     fn free_system_pages(&self, pfns: &[u64]) {
         let _ = pfns;
     }
-}
-
-/// Direction of a DMA mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DmaDirection {
-    /// The device only reads.
-    ToDevice,
-    /// The device only writes.
-    FromDevice,
-    /// The device reads and writes.
-    Bidirectional,
 }
 
 /// Maps system pages for the device (Linux: `dma_map_page` through the IOMMU).
@@ -473,10 +442,10 @@ pub trait DeviceMemory {
     fn now_ns(&self) -> u64;
     /// Where `2^order` pages from device frame `dpfn` are reachable by peer devices of the same
     /// owner, and with which protocol (a value above
-    /// [`Protocol::DEVICE_LOCAL`](crate::pages::Protocol::DEVICE_LOCAL)). The importing device
+    /// [`Protocol::DEVICE_LOCAL`](crate::types::Protocol::DEVICE_LOCAL)). The importing device
     /// then maps that resource with [`DmaMapper::map_peer`]. The default refuses with
     /// [`NotSupported`](crate::Error::NotSupported).
-    fn device_map(&self, dpfn: u64, order: u8) -> Result<(u64, crate::pages::Protocol)> {
+    fn device_map(&self, dpfn: u64, order: u8) -> Result<(u64, crate::types::Protocol)> {
         let _ = (dpfn, order);
         Err(crate::Error::NotSupported)
     }

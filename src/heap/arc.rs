@@ -1,7 +1,7 @@
 //! [`Arc`]: a reference-counted box whose constructor is fallible.
 
 use super::{AllocCtx, Allocator};
-use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::atomic::{AtomicUsize, Ordering};
 use crate::Result;
 use core::alloc::Layout;
 use core::fmt;

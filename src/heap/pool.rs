@@ -1,6 +1,6 @@
 //! [`Pool`]: a fixed-capacity allocator over static memory, for firmware without a heap.
 
-use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::atomic::{AtomicBool, AtomicUsize, Ordering};
 use core::alloc::Layout;
 use core::cell::UnsafeCell;
 /// The used-block table's cell: loom's under `--cfg loom`, so the model sees unsynchronised
@@ -106,7 +106,7 @@ impl<const BLOCKS: usize> Pool<BLOCKS> {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            crate::sync::spin_hint();
+            crate::atomic::spin_hint();
         }
         // SAFETY: the flag is held: this is the only access to `used`.
         #[cfg(not(loom))]

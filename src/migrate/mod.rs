@@ -22,6 +22,7 @@
 //! Restore state puts every page back and frees what was taken, and the call returns
 //! [`Error::NoMem`](crate::Error::NoMem).
 
+mod cpu_fault;
 mod plan;
 mod to_devmem;
 mod to_ram;

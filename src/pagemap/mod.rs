@@ -22,8 +22,7 @@ pub use owner::{Interconnect, OwnerRegistry, PeerId};
 
 use crate::error::{Error, Result};
 use crate::heap::AllocCtx;
-use crate::migrate::{self, MigrateReport};
-use crate::platform::{AddressSpace, DeviceMemory, OwnerId, PagemapId};
+use crate::platform::{DeviceMemory, OwnerId, PagemapId};
 use crate::sync::{class, AtomicUsize, Mutex, Ordering};
 use crate::{DefaultHost, Host, HostArc, HostVec};
 
@@ -150,14 +149,14 @@ impl<L: Host> RunIndex<L> {
 pub struct Pagemap<M: DeviceMemory, L: Host = DefaultHost> {
     id: PagemapId,
     owner: OwnerId,
-    mem: M,
+    pub(crate) mem: M,
     /// Every run of every live allocation, sorted by first frame.
     runs: Mutex<L, RunIndex<L>>,
     live_allocs: AtomicUsize,
     released: AtomicUsize,
     stray_frees: AtomicUsize,
-    cpu_migrations: AtomicUsize,
-    cpu_bytes: AtomicUsize,
+    pub(crate) cpu_migrations: AtomicUsize,
+    pub(crate) cpu_bytes: AtomicUsize,
 }
 
 impl<M: DeviceMemory, L: Host> core::fmt::Debug for Pagemap<M, L> {
@@ -354,52 +353,6 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
                 self.stray_frees.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    /// The CPU faulted on the device page `dpfn` at `fault_addr` (Linux `migrate_to_ram`):
-    /// migrate the faulting allocation's window, clamped to the VMA, back to system memory.
-    ///
-    /// Errors: [`Error::Again`] while the allocation's timeslice runs (retry later: the device
-    /// gets to make progress first) or if pages could not be isolated; [`Error::Fault`] (no
-    /// VMA); [`Error::NoMem`]; copy errors. On error nothing is lost.
-    ///
-    /// Context: may sleep (the platform's migration, allocation and copy calls); allocates
-    /// the migration's arrays with [`AllocCtx::MaySleep`]; takes the run index lock (spinning)
-    /// briefly, never across a platform call.
-    pub fn migrate_to_ram<A: AddressSpace>(
-        &self,
-        mm: &A,
-        fault_addr: u64,
-        dpfn: u64,
-    ) -> Result<MigrateReport> {
-        let vma = mm.find_vma(fault_addr).ok_or(Error::Fault)?;
-        let page = fault_addr & !(crate::platform::PAGE_SIZE - 1);
-        let (ws, we) = match self.alloc_of(dpfn) {
-            Some(a) => {
-                if self.mem.now_ns() < a.timeslice_end() {
-                    return Err(Error::Again);
-                }
-                a.va()
-            }
-            None => (page, page.saturating_add(crate::platform::PAGE_SIZE)),
-        };
-        let start = ws.max(vma.start);
-        let end = we.min(vma.end);
-        if !(start <= page && page < end) {
-            return Err(Error::Fault);
-        }
-        let report = migrate::to_ram(mm, self, start, end)?;
-        if report.pages > 0 {
-            self.cpu_migrations.fetch_add(1, Ordering::Relaxed);
-            self.cpu_bytes.fetch_add(
-                usize::try_from(report.bytes).unwrap_or(usize::MAX),
-                Ordering::Relaxed,
-            );
-        }
-        if report.busy > 0 && report.pages == 0 {
-            return Err(Error::Again);
-        }
-        Ok(report)
     }
 }
 

@@ -8,15 +8,14 @@
 //!                                                                    collect_owner, allow_mixed }
 //! ```
 
-mod apply;
 mod attrs;
 
-pub use apply::PrefetchLoc;
+pub(crate) use attrs::set_locked as set_attrs_locked;
 pub use attrs::{AttrStore, AttrUpdate};
 
 use crate::error::{Error, Result};
-use crate::fault::Access;
 use crate::platform::PagemapId;
+use crate::types::Access;
 
 /// Where a range should live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -135,6 +134,17 @@ impl RawAttr {
         }
         Ok(u)
     }
+}
+
+/// Where [`Svm::prefetch`](crate::Svm::prefetch) moves an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrefetchLoc {
+    /// System memory.
+    System,
+    /// The device's own memory.
+    Device,
+    /// A specific pagemap of the device's owner.
+    Pagemap(PagemapId),
 }
 
 /// Knobs of the policy engine (configuration, not constants).
@@ -327,17 +337,17 @@ impl DeviceAtomics {
     /// device memory, judged by its protocol).
     ///
     /// Context: any; never sleeps or allocates; takes no lock.
-    pub fn allows(self, entry: crate::pages::PageEntry) -> bool {
+    pub fn allows(self, entry: crate::types::PageEntry) -> bool {
         self.allows_protocol(entry.protocol())
     }
 
     /// Whether the device may perform atomics on a page reached through `proto`
-    /// ([`Protocol::SYSTEM`](crate::pages::Protocol::SYSTEM): a system page; any other: device
+    /// ([`Protocol::SYSTEM`](crate::types::Protocol::SYSTEM): a system page; any other: device
     /// memory).
     ///
     /// Context: any; never sleeps or allocates; takes no lock.
-    pub fn allows_protocol(self, proto: crate::pages::Protocol) -> bool {
-        if proto == crate::pages::Protocol::SYSTEM {
+    pub fn allows_protocol(self, proto: crate::types::Protocol) -> bool {
+        if proto == crate::types::Protocol::SYSTEM {
             self.system_memory
         } else {
             self.device_memory

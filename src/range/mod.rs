@@ -19,14 +19,13 @@
 mod chunk;
 mod link;
 mod notifier;
-mod seq;
 mod tree;
 
+pub use crate::sync::SeqCounter;
 pub(crate) use chunk::check_chunk_sizes;
 pub use chunk::{select_chunk, ChunkQuery};
 pub(crate) use link::{acquire_tree_link, gc_push, gc_queue, GcQueue, RangeAdapter};
 pub(crate) use notifier::{Notifier, NotifierTree};
-pub use seq::SeqCounter;
 pub use tree::{Overlapping, RangeTree};
 
 use crate::error::{Error, Result};

@@ -1,13 +1,13 @@
 //! The lock facet and the atomics: the only place the crate's synchronisation comes from.
 //!
-//! The host supplies the locks. Its [`Host`](crate::Host) facet names a raw mutex and a raw
+//! The host supplies the locks. Its [`Host`] facet names a raw mutex and a raw
 //! reader-writer lock ([`RawMutex`], [`RawRwLock`]: lock, try-lock, unlock, nothing else) —
 //! besides its allocator; the crate wraps them in [`Mutex`] and [`RwLock`], which own the data
 //! and hand out guards. A platform picks its host with
 //! [`Platform::Host`](crate::platform::Platform::Host); the crate's lock-holding types
 //! ([`Range`](crate::Range), [`Pagemap`](crate::pagemap::Pagemap),
 //! [`OwnerRegistry`](crate::pagemap::OwnerRegistry), [`Userptr`](crate::Userptr)) take the
-//! host as a type parameter that defaults to [`DefaultHost`](crate::DefaultHost).
+//! host as a type parameter that defaults to [`DefaultHost`].
 //!
 //! Every lock is created with its static [`LockClass`] (module [`class`]): a name the host
 //! maps to a lock class of its own (a lockdep key), its rank in the lock order, and whether it
@@ -15,9 +15,9 @@
 //!
 //! | facet | for | waits by |
 //! | --- | --- | --- |
-//! | [`SpinHost`] | bare metal, firmware; the default ([`DefaultHost`](crate::DefaultHost)) | spinning |
+//! | [`SpinHost`] | bare metal, firmware; the default ([`DefaultHost`]) | spinning |
 //! | `ParkingHost` (feature `std`) | user space | parking on a condition variable |
-//! | `ParkingHost` under `--cfg loom` | the loom models; [`DefaultHost`](crate::DefaultHost) there | loom's scheduler |
+//! | `ParkingHost` under `--cfg loom` | the loom models; [`DefaultHost`] there | loom's scheduler |
 //! | `sim::SimHost` (feature `sim`) | the simulator and the tests | `ParkingHost`, checking the lock order (a small lockdep) |
 //!
 //! A Linux host implements the raw traits over `struct mutex`, `struct rw_semaphore` and
@@ -76,18 +76,23 @@
 //! Module [`atomic`]: `core`'s by default, loom's under `--cfg loom`, `portable-atomic`'s
 //! `AtomicU64` on targets without 64-bit atomics; a kernel build replaces that one file.
 
-pub mod atomic;
+/// The crate's atomics (they live at the bottom layer, [`crate::atomic`]).
+pub use crate::atomic;
 pub mod class;
+mod host;
 mod lock;
 #[cfg(any(feature = "std", loom))]
 mod parking;
+mod seq;
 mod spin;
 
-pub use atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub use crate::atomic::{spin_hint, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 pub use class::LockClass;
+pub use host::{DefaultHost, Host, HostArc, HostVec};
 pub use lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 #[cfg(any(feature = "std", loom))]
 pub use parking::{ParkingHost, ParkingMutex, ParkingRwLock};
+pub use seq::SeqCounter;
 pub use spin::{SpinHost, SpinMutex, SpinRwLock};
 
 /// A host's raw mutex: excludes, holds no data.
@@ -155,15 +160,4 @@ pub unsafe trait RawRwLock: Send + Sync + Sized {
     /// # Safety
     /// The caller holds the lock exclusively.
     unsafe fn unlock_write(&self);
-}
-
-/// Hint that the caller is busy-waiting (a retry loop): the CPU's spin hint, or a yield to
-/// loom's scheduler under `--cfg loom`.
-///
-/// Context: any; a CPU hint (or a yield to loom's scheduler), never sleeps.
-pub fn spin_hint() {
-    #[cfg(not(loom))]
-    core::hint::spin_loop();
-    #[cfg(loom)]
-    loom::thread::yield_now();
 }

@@ -11,27 +11,9 @@ use crate::platform::{AddressSpace, Platform};
 use crate::policy::{self, DecisionInput, DeviceCaps, MigrationPolicy, RangeHistory};
 use crate::range::{Range, RangeArc, RangeFlags};
 use crate::stats::Stats;
-use crate::svm::{Svm, Window};
-
-/// The kind of device access that faulted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Access {
-    /// A read.
-    Read,
-    /// A write.
-    Write,
-    /// An atomic read-modify-write.
-    Atomic,
-}
-
-impl Access {
-    /// Whether the access writes.
-    ///
-    /// Context: any.
-    pub fn writes(self) -> bool {
-        !matches!(self, Access::Read)
-    }
-}
+use crate::svm::Svm;
+use crate::types::Access;
+use crate::types::Window;
 
 /// How many times a fault is retried after its range went away under it.
 const FAULT_RETRIES: u32 = 8;

@@ -19,12 +19,12 @@
 //! Targets without any compare-and-swap (`thumbv6m-none-eabi`, `riscv32imc-unknown-none-elf`)
 //! are not supported: the locks and counters need CAS.
 //!
-//! **Width of the sequence counter.** [`SeqCounter`](crate::range::SeqCounter) is a `usize`:
+//! **Width of the sequence counter.** [`SeqCounter`](crate::sync::SeqCounter) is a `usize`:
 //! 32 bits on these targets. A collection is wrongly committed only if exactly a multiple of
 //! 2^31 invalidations (two increments each) of one notifier run while it collects — over two
 //! billion invalidations inside one page collection, which no host produces; the wrap itself is
 //! harmless (atomic adds wrap, the compare is for equality), which the unit test
-//! `range::seq::tests::wraps_around_without_panicking` checks.
+//! `sync::seq::tests::wraps_around_without_panicking` checks.
 //!
 //! **Replacing them (a kernel build).** Rust code in Linux is asked to use the kernel's atomics
 //! (LKMM) rather than `core`'s. The crate uses only `new`, `load`, `store`, `swap`,
@@ -53,3 +53,14 @@ pub use portable_atomic::AtomicU64;
 /// own loads and stores need no ordering, and letting loom explore them would only multiply the
 /// schedules of every model.
 pub type HintCell = core::sync::atomic::AtomicUsize;
+
+/// Hint that the caller is busy-waiting (a retry loop): the CPU's spin hint, or a yield to
+/// loom's scheduler under `--cfg loom`.
+///
+/// Context: any; a CPU hint (or a yield to loom's scheduler), never sleeps.
+pub fn spin_hint() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}

@@ -1,24 +1,16 @@
 //! Applying policy to an [`Svm`]: setting attributes (and what that does to existing ranges),
 //! reading them, and prefetching.
 
-use super::{AttrUpdate, Attrs, DeviceAtomics, DeviceTarget, PreferredLoc, RawAttr};
 use crate::error::{Error, Result};
 use crate::pages::PagesCtx;
 use crate::platform::{AddressSpace, PagemapId, Platform, PAGE_SIZE};
+use crate::policy::{
+    self, AttrUpdate, Attrs, DeviceAtomics, DeviceTarget, PreferredLoc, PrefetchLoc, RawAttr,
+};
 use crate::range::{Range, RangeFlags};
 use crate::stats::Stats;
-use crate::svm::{Svm, Window};
-
-/// Where [`Svm::prefetch`] moves an interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PrefetchLoc {
-    /// System memory.
-    System,
-    /// The device's own memory.
-    Device,
-    /// A specific pagemap of the device's owner.
-    Pagemap(PagemapId),
-}
+use crate::svm::Svm;
+use crate::types::Window;
 
 /// How many times a prefetch retries a range that went away under it.
 const PREFETCH_RETRIES: u32 = 8;
@@ -80,7 +72,7 @@ impl<P: Platform> Svm<P> {
     ///
     /// Context: as [`attrs_at`](Self::attrs_at).
     pub fn device_atomics(&self, range: &Range<P::Host>) -> DeviceAtomics {
-        super::device_atomics(self.attrs_at(range.start()).atomic, &self.config().policy)
+        policy::device_atomics(self.attrs_at(range.start()).atomic, &self.config().policy)
     }
 
     /// Set attributes on `[start, start+len)` (SPEC §8, like `madvise`).
@@ -111,7 +103,7 @@ impl<P: Platform> Svm<P> {
         if let Some(PreferredLoc::Pagemap(id)) = update.preferred {
             self.check_pagemap(id)?;
         }
-        let changed = super::attrs::set_locked(&self.attrs, start, end, update)?;
+        let changed = policy::set_attrs_locked(&self.attrs, start, end, update)?;
         if changed {
             Stats::inc(&self.stats.attr_changes);
             self.refault_under_new_policy(start, end);

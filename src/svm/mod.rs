@@ -1,0 +1,186 @@
+//! The [`Svm`] instance: one device mirroring one CPU address space (SPEC §1, §2, §3, §4).
+
+mod attrs;
+mod bind;
+mod config;
+mod fault;
+mod gc;
+mod invalidate;
+mod placement;
+mod ranges;
+
+use crate::error::{Error, Result};
+use crate::placement::PagemapSet;
+use crate::platform::{AddressSpace, OwnerId, Platform};
+use crate::policy::AttrStore;
+use crate::range::{gc_queue, GcQueue, NotifierTree, Range, RangeArc};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::sync::{class, AtomicBool, Mutex, Ordering, RwLock};
+// TEMPORARY (issue 20 merge): the simulator still names `crate::svm::{Event, Window}`.
+#[allow(unused_imports)]
+pub(crate) use crate::types::{Event, Window};
+
+pub use config::{SvmConfig, MAX_CHUNK_SIZES};
+
+pub(super) type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandle;
+
+/// One device mirroring one CPU address space.
+///
+/// ```text
+///  driver fault ──► handle_fault ──► gc_run ─► find_or_insert ─► get_pages ─► bind (driver)
+///  CPU change  ──► invalidate_begin (zap, unmap DMA, queue GC) ... invalidate_end
+/// ```
+///
+/// Host, outermost first: the structure lock (range creation/removal), the notifier lock
+/// (shared: lookups, commit, bind; exclusive: invalidation, insertion, removal), the GC queue
+/// lock, a range's page-state lock. Their types come from the platform's lock facet
+/// ([`Platform::Host`]); [`sync`](crate::sync) has the full table. None is held across a call
+/// into the platform's [`AddressSpace`] methods.
+pub struct Svm<P: Platform> {
+    platform: P,
+    config: SvmConfig,
+    structure: Mutex<P::Host, ()>,
+    notifiers: RwLock<P::Host, NotifierTree<Handle<P>, P::Host>>,
+    pub(crate) gc: Mutex<P::Host, GcQueue<P::Host>>,
+    closed: AtomicBool,
+    pub(crate) stats: Stats,
+    /// This device's own device memory and the peers' it may meet.
+    pub(crate) pagemaps: RwLock<P::Host, PagemapSet<P::Mem, P::Host>>,
+    /// The owner set explicitly (after joining an owner registry).
+    pub(crate) owner: RwLock<P::Host, Option<OwnerId>>,
+    /// Policy attributes per address interval.
+    pub(crate) attrs: RwLock<P::Host, AttrStore<P::Host>>,
+}
+
+impl<P: Platform> core::fmt::Debug for Svm<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Svm")
+            .field("config", &self.config)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Platform> Svm<P> {
+    /// Create an instance. Errors: [`Error::Invalid`] if the configuration is bad
+    /// (see [`SvmConfig::validate`]); [`Error::NoMem`] if the host cannot create one of the
+    /// instance's locks (nothing is left behind).
+    ///
+    /// Context: may sleep if the host allocates its lock objects (see
+    /// [`RawMutex::new`](crate::sync::RawMutex::new)); takes no lock; allocates nothing else
+    /// (every container starts empty and grows on first use).
+    pub fn new(platform: P, config: SvmConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Svm {
+            platform,
+            config,
+            structure: Mutex::new(&class::STRUCTURE, ())?,
+            notifiers: RwLock::new(&class::NOTIFIER, NotifierTree::default())?,
+            gc: Mutex::new(&class::GC_QUEUE, gc_queue())?,
+            closed: AtomicBool::new(false),
+            stats: Stats::default(),
+            pagemaps: RwLock::new(&class::PAGEMAPS, PagemapSet::default())?,
+            owner: RwLock::new(&class::OWNER, None)?,
+            attrs: RwLock::new(&class::ATTRS, AttrStore::new())?,
+        })
+    }
+
+    /// The platform.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The configuration.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
+    pub fn config(&self) -> &SvmConfig {
+        &self.config
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// Context: any; takes no lock (atomic loads), allocates nothing.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    ///
+    /// Context: any; takes no lock, allocates nothing, never sleeps.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn in_mm(&self, addr: u64) -> bool {
+        self.config.mm_start <= addr && addr < self.config.mm_end()
+    }
+
+    /// The range containing `addr`, if any, as a new reference.
+    ///
+    /// Context: may sleep if the host's notifier lock does (takes it shared); allocates
+    /// nothing.
+    pub fn find(&self, addr: u64) -> Option<RangeArc<P::Host>> {
+        let t = self.notifiers.read();
+        t.find(addr).and_then(|n| n.ranges.find_arc(addr))
+    }
+
+    /// Call `f` for every notifier interval and every range in it, in address order, under the
+    /// notifier lock (shared). For diagnostics and invariant checkers; `f` must not call back
+    /// into this `Svm`.
+    ///
+    /// Context: takes the notifier lock shared (may sleep if the host's lock does) and calls
+    /// `f` under it; allocates nothing.
+    pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range<P::Host>)) {
+        let t = self.notifiers.read();
+        for n in t.iter() {
+            for r in n.ranges.iter() {
+                f((n.start, n.end), r);
+            }
+        }
+    }
+
+    /// A new reference to the first range (in address order) overlapping `[from, end)`, found
+    /// under one shared hold of the notifier lock. Callers walk an interval with it, moving
+    /// `from` to the end of each range returned: no list is built, so nothing is allocated, and
+    /// no lookup runs inside [`for_each_range`](Self::for_each_range) (which would take the
+    /// lock recursively: with a writer waiting between the two, a writer-preferring lock
+    /// deadlocks).
+    ///
+    /// Context: takes the notifier lock shared; allocates nothing.
+    pub(crate) fn first_overlapping(&self, from: u64, end: u64) -> Option<RangeArc<P::Host>> {
+        let t = self.notifiers.read();
+        let first = t
+            .iter()
+            .filter(|n| n.start < end && from < n.end)
+            .find_map(|n| n.ranges.overlapping(from, end).peek_arc());
+        first
+    }
+
+    /// Number of notifiers and ranges.
+    ///
+    /// Context: takes the notifier lock shared; allocates nothing.
+    pub fn counts(&self) -> (usize, usize) {
+        let t = self.notifiers.read();
+        let ranges = t
+            .iter()
+            .map(|n| n.ranges.len())
+            .fold(0usize, usize::saturating_add);
+        (t.len(), ranges)
+    }
+}
+
+impl<P: Platform> Drop for Svm<P> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
