@@ -32,7 +32,7 @@
 //! after it; for the inner update, a bind with the old answer later cleared by the update, and a
 //! bind that already saw the new answer.
 //!
-//! Mutations of `src/policy/apply.rs` these models catch (checked on a copy of the crate):
+//! Mutations of `src/svm/attrs.rs` these models catch (checked on a copy of the crate):
 //! inner ranges not cleared by `set_attrs` (stale device mapping with the old atomic rights),
 //! straddling ranges not removed (range straddles the new boundary).
 //!

@@ -9,7 +9,7 @@
 //!
 //! These models isolate the protocol (no platform, no range tree); `tests/loom_invalidate.rs`
 //! runs the same races through the real `Svm`. The actors, exactly as `Svm::get_pages` /
-//! `Svm::invalidate_begin` / `Svm::invalidate_end` (`src/svm.rs`) take the locks:
+//! `Svm::invalidate_begin` / `Svm::invalidate_end` (`src/svm/invalidate.rs`) take the locks:
 //! - a **collector** (the fault path): `read_begin` (retrying, yielding, while an invalidation
 //!   runs), reads its range's "page" (the CPU page table) *without any lock*; then, with the
 //!   notifier lock held **shared**, checks `!read_retry(seq)` and "maps" what it collected

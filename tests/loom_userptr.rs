@@ -36,7 +36,7 @@
 //! before the invalidation (then be invalidated); to collect after it; the non-blockable begin
 //! was seen both refused and succeeding; `bind` both bound and refused.
 //!
-//! Mutations of `src/pages.rs` these models catch (checked on a copy of the crate while writing
+//! Mutations of `src/pages/` these models catch (checked on a copy of the crate while writing
 //! them): the commit without its sequence check (stale commit), `PageState::unmap` without the
 //! "has DMA mapping" guard (double unmap), a refused `invalidate_begin_nonblock` that bumps the
 //! sequence anyway (the recovery stays `Busy`).
