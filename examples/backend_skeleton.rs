@@ -667,7 +667,6 @@ mod kernel_glue {
 /// kernel self-test: `vm_mmap`, `copy_{to,from}_user`), device reads/writes with GPU loads and
 /// stores, the inspection methods with its page tables, DMA and VRAM bookkeeping. The stubs
 /// have no memory: the kit skips what needs it.
-#[cfg(feature = "testkit")]
 mod kit_glue {
     use super::*;
     use gpusvm::platform::VmaFlags;
@@ -682,7 +681,7 @@ mod kit_glue {
     impl Backend for SkelBackend {
         type P = SkelGpu;
         fn devices(&self) -> usize {
-            1
+            1 // GPUs mirroring this address space
         }
         fn svm(&self, _dev: usize) -> &Svm<SkelGpu> {
             &self.0
@@ -793,13 +792,8 @@ fn main() {
 
     // The conformance kit against this backend: the bad-input scenarios that need no memory
     // pass with the stubs; every scenario that needs an mmap is skipped.
-    #[cfg(feature = "testkit")]
-    {
-        let bad = gpusvm::testkit::run_bad_input(kit_glue::make);
-        let fault = gpusvm::testkit::run_fault(kit_glue::make);
-        println!("9. conformance kit: bad_input: {bad}\n   fault: {fault}");
-        std::process::exit(i32::from(!bad.ok()));
-    }
-    #[cfg(not(feature = "testkit"))]
-    println!("9. conformance kit: run with --features testkit");
+    let bad = gpusvm::testkit::run_bad_input(kit_glue::make);
+    let fault = gpusvm::testkit::run_fault(kit_glue::make);
+    println!("9. conformance kit: bad_input: {bad}\n   fault: {fault}");
+    std::process::exit(i32::from(!bad.ok()));
 }

@@ -242,11 +242,6 @@ pub mod stats;
 mod svm;
 pub mod sync;
 pub mod types;
-// TEMPORARY (issue 20 merge): the simulator still names `crate::fault::Access`.
-#[allow(unused_imports)]
-pub(crate) mod fault {
-    pub(crate) use crate::types::Access;
-}
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -16,9 +16,6 @@ use crate::policy::AttrStore;
 use crate::range::{gc_queue, GcQueue, NotifierTree, Range, RangeArc};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::sync::{class, AtomicBool, Mutex, Ordering, RwLock};
-// TEMPORARY (issue 20 merge): the simulator still names `crate::svm::{Event, Window}`.
-#[allow(unused_imports)]
-pub(crate) use crate::types::{Event, Window};
 
 pub use config::{SvmConfig, MAX_CHUNK_SIZES};
 
