@@ -241,9 +241,9 @@ pub mod sim;
 pub mod stats;
 mod svm;
 pub mod sync;
-pub mod types;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod types;
 
 pub use error::{Error, Result};
 pub use pages::{PagesCtx, Userptr};
