@@ -1,4 +1,4 @@
-//! Loom model: two first faults at the same address race to create its range
+//! Loom models: two first faults at the same address race to create its range
 //! (`Svm::find_or_insert`, SPEC §2), on the real [`Svm`] over the tiny platform of
 //! `loom_support`.
 //!
@@ -40,5 +40,45 @@ fn two_first_faults_meet_on_one_range() {
             "two ranges for one address"
         );
         assert_eq!(svm.counts().1, 1);
+    });
+}
+
+/// The range a first fault meets may go again before the fault looks it up: one fault's chunk
+/// selection saw the other's new range overlap every candidate, then the other removed it (as
+/// an munmap and the garbage collector do). The first fault must start over and create its
+/// range, not fail with `Invalid` — a bug found by the C ABI's threaded test
+/// (gpusvm-ffi/tests/abi/fault.rs `faults_race_invalidations_on_host_locks`, about one run
+/// in ten).
+///
+/// The interleaving takes three preemptions (the first fault looks, the second inserts, the
+/// first checks overlaps, the second removes): this model asks for 3 whatever
+/// `LOOM_MAX_PREEMPTIONS` says (with 2 it passes even without the fix).
+#[test]
+fn a_first_fault_outlives_the_removal_of_the_range_it_met() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.check(|| {
+        let svm = Arc::new(new_svm(3));
+        let a = {
+            let svm = svm.clone();
+            thread::spawn(move || {
+                svm.find_or_insert(BASE, Window::ALL, &PagesCtx::default())
+                    .map(|r| r.start())
+            })
+        };
+        let b = {
+            let svm = svm.clone();
+            thread::spawn(move || {
+                let r = svm.find_or_insert(BASE, Window::ALL, &PagesCtx::default())?;
+                svm.remove(&r)
+            })
+        };
+        let ra = join(a);
+        let rb = join(b);
+        assert_eq!(rb, Ok(()), "the second fault's removal");
+        assert!(
+            matches!(ra, Ok(s) if s <= BASE) || ra == Err(gpusvm::Error::Busy),
+            "first fault: {ra:?}"
+        );
     });
 }

@@ -104,7 +104,7 @@ impl<P: Platform> Svm<P> {
     /// Takes the structure lock, then the notifier lock briefly.
     ///
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] if `addr` is outside the mirrored interval
-    /// or the window, or the window is empty, or no chunk fits; [`Error::Fault`] if no VMA
+    /// or the window, or the window is empty; [`Error::Fault`] if no VMA
     /// contains `addr`; [`Error::Busy`] if invalidations of the notifier keep racing the
     /// insertion (`config.retry.max_attempts` times); [`Error::NoMem`] if the host's allocator
     /// fails (the range, a page snapshot, or the notifier array); errors of
@@ -195,14 +195,11 @@ impl<P: Platform> Svm<P> {
         let (start, end) = match chosen {
             Ok(c) => c,
             // Every candidate overlaps a range: the one at `addr`, inserted by a concurrent
-            // fault since `find_or_insert` looked (addr lies in the window and the VMA, so even
-            // the page at `addr` fits unless a range holds it). Return that range.
-            Err(Error::Invalid) => {
-                return match self.find(addr) {
-                    Some(r) => Ok(Some(r)),
-                    None => Err(Error::Invalid),
-                };
-            }
+            // fault since `find_or_insert` looked (addr lies in the window and the VMA, and the
+            // smallest chunk is one page, so the page at `addr` fits unless a range holds it).
+            // Return that range; if it is gone again (an unmap and the garbage collector
+            // removed it since the overlap check), nothing was created: start over.
+            Err(Error::Invalid) => return Ok(self.find(addr)),
             Err(e) => return Err(e),
         };
         let range = Range::with_host(start, end)?;

@@ -340,9 +340,12 @@ fn faults_race_invalidations_on_host_locks() {
                 }
             }
         });
-        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        // Stop the invalidator before looking at the faulters' results, so that a failed
+        // faulter fails the test instead of hanging it.
+        let (a, b) = (a.join(), b.join());
         stop.store(true, SeqCst);
         inv.join().unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
         assert!(a.0 + b.0 > 0, "no fault went through: {a:?} {b:?}");
     });
     // Everything invalidated: no device mapping is left, every DMA mapping is unmapped.
