@@ -104,8 +104,9 @@ impl<P: Platform> Svm<P> {
     /// Takes the structure lock, then the notifier lock briefly.
     ///
     /// Errors: [`Error::Closed`]; [`Error::Invalid`] if `addr` is outside the mirrored interval
-    /// or the window, or the window is empty; [`Error::Fault`] if no VMA
-    /// contains `addr`; [`Error::Busy`] if invalidations of the notifier keep racing the
+    /// or the window, or the window is empty or too narrow for the page at `addr`;
+    /// [`Error::Fault`] if no VMA contains `addr`; [`Error::Busy`] if invalidations of the
+    /// notifier (or removals of a range a concurrent fault created there) keep racing the
     /// insertion (`config.retry.max_attempts` times); [`Error::NoMem`] if the host's allocator
     /// fails (the range, a page snapshot, or the notifier array); errors of
     /// `register_notifier`. On error nothing is created.
@@ -194,12 +195,21 @@ impl<P: Platform> Svm<P> {
         }
         let (start, end) = match chosen {
             Ok(c) => c,
-            // Every candidate overlaps a range: the one at `addr`, inserted by a concurrent
-            // fault since `find_or_insert` looked (addr lies in the window and the VMA, and the
-            // smallest chunk is one page, so the page at `addr` fits unless a range holds it).
-            // Return that range; if it is gone again (an unmap and the garbage collector
-            // removed it since the overlap check), nothing was created: start over.
-            Err(Error::Invalid) => return Ok(self.find(addr)),
+            // No chunk fits. If the page at `addr` fits the window (the VMA, the notifier and
+            // the attribute extent are page aligned, and the smallest chunk is one page), a
+            // range holds it: the one inserted by a concurrent fault since `find_or_insert`
+            // looked. Return that range; if it is gone again (an munmap and the garbage
+            // collector removed it since the overlap check), nothing was created: start over.
+            // A window too narrow for the page is bad input.
+            Err(Error::Invalid) => {
+                let page = addr & !(PAGE_SIZE - 1);
+                let page_fits = q.window.0 <= page && page.saturating_add(PAGE_SIZE) <= q.window.1;
+                return match self.find(addr) {
+                    Some(r) => Ok(Some(r)),
+                    None if page_fits => Ok(None),
+                    None => Err(Error::Invalid),
+                };
+            }
             Err(e) => return Err(e),
         };
         let range = Range::with_host(start, end)?;
