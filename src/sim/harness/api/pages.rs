@@ -104,7 +104,7 @@ impl Harness {
                     }
                 }
             }
-            ApiOp::UnmapPages { dev, range } => {
+            ApiOp::UnmapPages { dev, range } | ApiOp::FreePages { dev, range } => {
                 let Some(r) = self.range(*range)? else {
                     return Ok(());
                 };
@@ -116,28 +116,15 @@ impl Harness {
                 {
                     self.zap(*dev, r.start(), r.end());
                 }
-                let got = self.gpu(*dev).svm.unmap_pages(&r);
-                self.expect_closed_if(*dev, "unmap_pages", &got)?;
-                if got.is_ok() && self.gpu(*dev).svm.pages_valid(&r) {
-                    return Err(format!("{r:?} valid after unmap_pages"));
-                }
-            }
-            ApiOp::FreePages { dev, range } => {
-                let Some(r) = self.range(*range)? else {
-                    return Ok(());
+                let svm = &self.gpu(*dev).svm;
+                let (call, got) = if matches!(op, ApiOp::FreePages { .. }) {
+                    ("free_pages", svm.free_pages(&r))
+                } else {
+                    ("unmap_pages", svm.unmap_pages(&r))
                 };
-                if self
-                    .gpu(*dev)
-                    .svm
-                    .find(r.start())
-                    .is_some_and(|f| RArc::ptr_eq(&f, &r))
-                {
-                    self.zap(*dev, r.start(), r.end());
-                }
-                let got = self.gpu(*dev).svm.free_pages(&r);
-                self.expect_closed_if(*dev, "free_pages", &got)?;
+                self.expect_closed_if(*dev, call, &got)?;
                 if got.is_ok() && self.gpu(*dev).svm.pages_valid(&r) {
-                    return Err(format!("{r:?} valid after free_pages"));
+                    return Err(format!("{r:?} valid after {call}"));
                 }
             }
             ApiOp::PagesValid { dev, range } => {
