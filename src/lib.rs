@@ -226,6 +226,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod atomic;
+pub mod collect;
 pub mod error;
 pub mod heap;
 pub mod layers;

@@ -24,6 +24,7 @@
 //! [`Svm::invalidate_begin`](crate::Svm::invalidate_begin) *before* it changes CPU page tables of
 //! a registered interval and [`Svm::invalidate_end`](crate::Svm::invalidate_end) *after*.
 
+pub use crate::collect::PageSink;
 use crate::error::Result;
 pub use crate::types::{
     DmaDirection, NotifierId, OwnerId, PagemapId, HUGE_ORDER, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
@@ -139,6 +140,27 @@ pub trait AddressSpace {
     /// [`Busy`](crate::Error::Busy)/[`Again`](crate::Error::Again) if the platform wants a
     /// retry, [`NoMem`](crate::Error::NoMem). On error the content of `out` is unspecified.
     fn collect_pages(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()>;
+
+    /// The packed collect contract (optional, faster): report the pages of
+    /// `[req.start, req.end)` to `sink` in one walk, in address order. For the next base page
+    /// that no earlier report covered (`sink.next_page()`, counted from `req.start`), call
+    /// [`PageSink::push_system`] or [`PageSink::push_device`] with the frame of that base page
+    /// and the order of the CPU mapping holding it (a 2 MiB huge page is one call), until
+    /// [`PageSink::remaining`] is 0. The same rules as [`collect_pages`](Self::collect_pages)
+    /// apply (`req.fault`, `req.write`, `req.owner`); the sink checks the pages itself, and the
+    /// walk may stop early once [`PageSink::refused`] is true.
+    ///
+    /// The crate packs each report into 8 bytes and maps it in place, so the common fault
+    /// reads each CPU page-table entry once (no [`CpuPage`] array, no second walk).
+    ///
+    /// Errors: as [`collect_pages`](Self::collect_pages);
+    /// [`NotSupported`](crate::Error::NotSupported) if the platform does not implement the
+    /// packed contract (the default): the crate then calls
+    /// [`collect_pages`](Self::collect_pages) and feeds the sink itself.
+    fn collect_packed(&self, req: &CollectRequest, sink: &mut PageSink<'_>) -> Result<()> {
+        let _ = (req, sink);
+        Err(crate::Error::NotSupported)
+    }
 
     /// Register an interval notifier over `[start, end)`. From now until
     /// [`unregister_notifier`](Self::unregister_notifier) returns, the platform calls

@@ -142,6 +142,17 @@ const PROTO_SHIFT: u32 = 7;
 const ADDR_MASK: u64 = !(PAGE_SIZE - 1);
 
 impl PageEntry {
+    /// An entry from its raw bits (the crate's collection words reuse the entry array before
+    /// the mapping pass turns them into entries).
+    #[inline]
+    pub(crate) const fn from_raw(raw: u64) -> PageEntry {
+        PageEntry(raw)
+    }
+    /// The raw bits.
+    #[inline]
+    pub(crate) const fn raw(self) -> u64 {
+        self.0
+    }
     /// Pack an entry. Errors: [`Error::Invalid`] if `addr` is not page aligned, `order` exceeds
     /// [`MAX_ORDER`], or the protocol does not fit.
     ///

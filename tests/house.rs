@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 /// its own layer or of a lower one; within a layer the graph must still be acyclic.
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["error", "types", "atomic"]),
-    ("host and platform facets", &["heap", "sync", "platform"]),
+    (
+        "host and platform facets",
+        &["heap", "sync", "collect", "platform"],
+    ),
     ("range and pages", &["stats", "pages", "range"]),
     ("pagemap and migrate", &["pagemap", "migrate"]),
     ("policy and placement", &["policy", "placement"]),

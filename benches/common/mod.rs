@@ -17,7 +17,7 @@
 
 use gpusvm::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, DmaDirection, DmaMapper,
-    NoDeviceMemory, NotifierId, Platform, Vma, VmaFlags, PAGE_SHIFT, PAGE_SIZE,
+    NoDeviceMemory, NotifierId, PageSink, Platform, Vma, VmaFlags, PAGE_SHIFT, PAGE_SIZE,
 };
 use gpusvm::{PageEntry, Range, Svm, SvmConfig};
 use std::path::PathBuf;
@@ -97,6 +97,29 @@ impl AddressSpace for FastMm {
                 order,
                 writable: true,
             };
+        }
+        Ok(())
+    }
+
+    /// The packed contract: one walk over the frame table, one report per CPU mapping.
+    #[inline]
+    fn collect_packed(&self, req: &CollectRequest, sink: &mut PageSink<'_>) -> gpusvm::Result<()> {
+        if req.start < self.start || req.end > self.end || req.start >= req.end {
+            return Err(gpusvm::Error::Fault);
+        }
+        let i0 = self.index(req.start);
+        let n = ((req.end - req.start) >> PAGE_SHIFT) as usize;
+        let src = self.pfns.get(i0..i0 + n).ok_or(gpusvm::Error::Invalid)?;
+        let order = self.order;
+        if order == 0 {
+            for &pfn in src {
+                sink.push_system(pfn, 0, true);
+            }
+        } else {
+            while sink.remaining() > 0 {
+                let pfn = src[sink.next_page() as usize];
+                sink.push_system(pfn, order, true);
+            }
         }
         Ok(())
     }

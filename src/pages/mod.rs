@@ -4,11 +4,12 @@
 //! The state is a list of [`PageEntry`]s, one per CPU mapping chunk (a 2 MiB huge page backing a
 //! range is one entry), each packed into 8 bytes.
 
+use crate::collect::{Found, PageSink, SinkRules, Word};
 use crate::error::{Error, Result};
 use crate::heap::AllocCtx;
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DmaDirection, DmaMapper, OwnerId, PagemapId, Platform,
-    MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
+    PAGE_SHIFT, PAGE_SIZE,
 };
 pub use crate::types::{PageEntry, Protocol};
 
@@ -240,163 +241,36 @@ impl<L: Host> Mapped<L> {
     }
 }
 
-/// Largest order `<= max` such that the chunk starting at page index `va_page` (and frame
-/// `frame`) is aligned to it and does not run past `remaining` pages.
+/// Collect the CPU pages of `[start, end)` (faulting them in) into one word per future entry,
+/// through the platform's packed collect contract
+/// ([`AddressSpace::collect_packed`]), or, where the platform does not implement it, through
+/// [`AddressSpace::collect_pages`] and a [`CpuPage`] array fed to the same sink. No crate lock
+/// may be held: the platform may sleep. The words are only a snapshot: the pages may be freed
+/// as soon as an invalidation starts, so they are mapped by [`map_words`] under the notifier
+/// lock, once the sequence shows that none started.
 ///
-/// Inlined: it runs once per entry on the fault path (benches/fault.rs).
-#[inline]
-fn clamp_order(max: u8, va_page: u64, frame: u64, remaining: u64) -> u8 {
-    if max == 0 {
-        return 0;
-    }
-    let mut o = max.min(MAX_ORDER);
-    loop {
-        let n = 1u64 << o;
-        let mask = n.wrapping_sub(1);
-        if o == 0 || (va_page & mask == 0 && frame & mask == 0 && n <= remaining) {
-            return o;
-        }
-        o = o.saturating_sub(1);
-    }
-}
-
-/// The order of the entry that maps the CPU page `p` at page index `va_page` with
-/// `remaining` pages left in the collection (0 for an absent page, which is refused anyway).
-#[inline]
-fn entry_order(p: &CpuPage, va_page: u64, remaining: u64) -> u8 {
-    match *p {
-        CpuPage::System { pfn, order, .. } => clamp_order(order, va_page, pfn, remaining),
-        CpuPage::Device { dpfn, order, .. } => clamp_order(order, va_page, dpfn, remaining),
-        CpuPage::Absent => 0,
-    }
-}
-
-/// Number of entries [`map_collected`] makes of the pages `cpu` collected from `start` on: its
-/// walk from entry to entry, without mapping anything (one step per entry, so a range of huge
-/// pages costs one step per huge page).
-///
-/// Context: any; allocates nothing, takes no lock.
-fn count_entries(cpu: &[CpuPage], start: u64) -> usize {
-    let npages = cpu.len();
-    let first_page = start >> PAGE_SHIFT;
-    let mut entries = 0usize;
-    let mut i = 0usize;
-    while let Some(p) = cpu.get(i) {
-        // `i < npages`: no wrap.
-        let remaining = npages.wrapping_sub(i) as u64;
-        let o = entry_order(p, first_page.wrapping_add(i as u64), remaining);
-        // At most one entry per page: cannot wrap.
-        entries = entries.wrapping_add(1);
-        i = i.saturating_add(1usize << o);
-    }
-    entries
-}
-
-/// What [`classify`] found in a collection: where its pages are and how many entries
-/// [`map_collected`] will make of them.
-pub(crate) struct Classified {
-    /// The pagemap of the device pages (the first one met).
-    pagemap: Option<PagemapId>,
-    /// Number of system pages.
-    n_sys: usize,
-    /// Number of device pages.
-    n_dev: usize,
-    /// Number of entries the mapping makes (its walk, without mapping anything).
-    entries: usize,
-}
-
-/// Check the pages `cpu` collected from `start` on against `ctx`, and count the entries
-/// [`map_collected`] will make (without a second walk when every page is a base page). Done before the notifier lock is taken, so that
-/// the entry array can be allocated exactly (nothing is allocated under the lock); the caller
-/// reports an error only after checking, under the lock, that no invalidation raced the
-/// collection.
-///
-/// Errors: [`Error::Fault`] (an absent page, or system pages with `devmem_only`),
-/// [`Error::Perm`] (a read-only page for a writable collection), [`Error::Busy`] (a device
-/// page of another owner), [`Error::NotSupported`] (mixed placement not allowed).
-///
-/// Context: any; allocates nothing, takes no lock.
-pub(crate) fn classify(cpu: &[CpuPage], start: u64, ctx: &PagesCtx) -> Result<Classified> {
-    let npages = cpu.len();
-    let mut n_sys = 0usize;
-    let mut pagemap: Option<PagemapId> = None;
-    // The orders of all pages, or-ed: zero when every page is a base page, which is the common
-    // case and then gives one entry per page without a counting walk.
-    let mut orders = 0u8;
-    for p in cpu {
-        match *p {
-            CpuPage::Absent => return Err(Error::Fault),
-            CpuPage::System {
-                writable, order, ..
-            } => {
-                if !ctx.read_only && !writable {
-                    return Err(Error::Perm);
-                }
-                // At most `cpu.len()`: cannot wrap (and no saturation dependency chain).
-                n_sys = n_sys.wrapping_add(1);
-                orders |= order;
-            }
-            CpuPage::Device {
-                pagemap: pm,
-                owner,
-                order,
-                ..
-            } => {
-                if Some(owner) != ctx.owner {
-                    // The platform should have migrated foreign pages to RAM.
-                    return Err(Error::Busy);
-                }
-                match pagemap {
-                    None => pagemap = Some(pm),
-                    Some(q) if q == pm => {}
-                    Some(_) if ctx.allow_mixed => {}
-                    Some(_) => return Err(Error::NotSupported),
-                }
-                orders |= order;
-            }
-        }
-    }
-    let entries = if orders == 0 {
-        npages
-    } else {
-        count_entries(cpu, start)
-    };
-    let n_dev = npages.saturating_sub(n_sys);
-    if n_dev > 0 && n_sys > 0 && !ctx.allow_mixed {
-        return Err(Error::NotSupported);
-    }
-    if ctx.devmem_only && n_sys > 0 {
-        return Err(Error::Fault);
-    }
-    Ok(Classified {
-        pagemap,
-        n_sys,
-        n_dev,
-        entries,
-    })
-}
-
-/// Collect the CPU pages of `[start, end)` (faulting them in). No crate lock may be held: the
-/// platform may sleep. The result is only a snapshot: the pages may be freed as soon as an
-/// invalidation starts, so they are mapped by [`map_collected`] under the notifier lock.
+/// Returns the words (exactly as many as the entries they become) and what the walk found; a
+/// refused page (absent, read-only, foreign owner, mixed placement) is in the second part, to
+/// be reported only once the sequence shows no invalidation raced the walk.
 ///
 /// Errors: [`Error::Invalid`] for a bad interval; [`Error::NoMem`]; the platform's errors.
 ///
-/// Context: may sleep; allocates the page array with [`AllocCtx::MaySleep`]; no lock held.
-pub(crate) fn collect<H: Host, M: AddressSpace>(
+/// Context: may sleep; allocates the word array (and, with the fallback, the CPU page array)
+/// with [`AllocCtx::MaySleep`]; no lock held.
+pub(crate) fn collect_words<H: Host, M: AddressSpace>(
     mm: &M,
     start: u64,
     end: u64,
     ctx: &PagesCtx,
-) -> Result<HostVec<H, CpuPage>> {
+) -> Result<(HostVec<H, PageEntry>, Result<Found>)> {
     if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
         return Err(Error::Invalid);
     }
-    let npages =
-        usize::try_from(end.wrapping_sub(start) / PAGE_SIZE).map_err(|_| Error::Invalid)?;
-    let mut cpu = HostVec::<H, CpuPage>::new();
-    cpu.reserve_exact(npages, AllocCtx::MaySleep)?;
-    cpu.resize(npages, CpuPage::Absent, AllocCtx::MaySleep)?;
+    let npages = end.wrapping_sub(start) / PAGE_SIZE;
+    let n = usize::try_from(npages).map_err(|_| Error::Invalid)?;
+    let mut words = HostVec::<H, PageEntry>::new();
+    words.reserve_exact(n, AllocCtx::MaySleep)?;
+    words.resize(n, PageEntry::from_raw(0), AllocCtx::MaySleep)?;
     let req = CollectRequest {
         start,
         end,
@@ -404,146 +278,196 @@ pub(crate) fn collect<H: Host, M: AddressSpace>(
         write: !ctx.read_only,
         owner: ctx.owner,
     };
-    mm.collect_pages(&req, &mut cpu)?;
-    Ok(cpu)
+    let rules = SinkRules {
+        write: !ctx.read_only,
+        owner: ctx.owner,
+        allow_mixed: ctx.allow_mixed,
+        devmem_only: ctx.devmem_only,
+    };
+    let first = start >> PAGE_SHIFT;
+    let found = {
+        let mut sink = PageSink::new(&mut words, first, npages, rules);
+        match mm.collect_packed(&req, &mut sink) {
+            Ok(()) => sink.finish(),
+            Err(Error::NotSupported) => {
+                let mut cpu = HostVec::<H, CpuPage>::new();
+                cpu.reserve_exact(n, AllocCtx::MaySleep)?;
+                cpu.resize(n, CpuPage::Absent, AllocCtx::MaySleep)?;
+                mm.collect_pages(&req, &mut cpu)?;
+                let mut sink = PageSink::new(&mut words, first, npages, rules);
+                feed(&cpu, &mut sink);
+                sink.finish()
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if let Ok(f) = &found {
+        if f.entries != words.len() {
+            // Huge pages: fewer entries than pages. Keep exactly what the entries need (the
+            // array becomes the range's page state).
+            let mut exact = HostVec::<H, PageEntry>::new();
+            exact.reserve_exact(f.entries, AllocCtx::MaySleep)?;
+            exact.extend_from_slice(words.get(..f.entries).unwrap_or(&[]), AllocCtx::MaySleep)?;
+            words = exact;
+        }
+    }
+    Ok((words, found))
 }
 
-/// Map the pages collected (by [`collect`]) from `start` on for the device, into `entries`
-/// (empty, with the capacity [`classify`] counted for `cpu`: nothing is allocated here),
-/// once [`classify`] accepted the pages.
-/// Nothing is committed; on error every mapping made so far is undone.
+/// Feed a [`CpuPage`] array (one element per base page) to `sink`: the fallback of platforms
+/// without the packed contract. Each report covers the rest of its CPU mapping, so only the
+/// first base page of each mapping is read.
+///
+/// Context: any; allocates nothing, takes no lock.
+fn feed(cpu: &[CpuPage], sink: &mut PageSink<'_>) {
+    while sink.remaining() > 0 {
+        let Some(p) = usize::try_from(sink.next_page())
+            .ok()
+            .and_then(|i| cpu.get(i))
+        else {
+            return;
+        };
+        match *p {
+            CpuPage::System {
+                pfn,
+                order,
+                writable,
+            } => sink.push_system(pfn, order, writable),
+            CpuPage::Device {
+                pagemap,
+                owner,
+                dpfn,
+                order,
+            } => sink.push_device(pagemap, owner, dpfn, order),
+            CpuPage::Absent => sink.push_absent(),
+        }
+    }
+}
+
+/// Map the words [`collect_words`] filled for the device, in place: each becomes the
+/// [`PageEntry`] of its DMA (or peer, or device-local) address. Nothing is committed and
+/// nothing is allocated; on error every mapping made so far is undone.
 ///
 /// Call with the notifier lock held (shared) and the collection's sequence checked under it, so
 /// that no invalidation can start — and free the pages — while they are being mapped (Linux
 /// maps under the notifier lock for the same reason).
 ///
-/// Errors: [`Error::Fault`], [`Error::Perm`], [`Error::Busy`], [`Error::NotSupported`] as
-/// classified; [`Error::NoMem`] if `entries` is too small; the DMA mapper's and the resolver's
-/// errors.
-pub(crate) fn map_collected<D: DmaMapper, L: Host>(
+/// Errors: [`Error::NotSupported`] (pages of two allocations where mixing is not allowed);
+/// [`Error::Invalid`] (the DMA mapper returned a misaligned address); the DMA mapper's and the
+/// resolver's errors.
+pub(crate) fn map_words<D: DmaMapper, L: Host>(
     dma: &D,
-    cpu: &[CpuPage],
-    start: u64,
+    mut words: HostVec<L, PageEntry>,
     ctx: &PagesCtx,
     resolve: Resolver<'_>,
-    mut entries: HostVec<L, PageEntry>,
-    class: &Classified,
+    found: &Found,
 ) -> Result<Mapped<L>> {
-    entries.clear();
-    let npages = cpu.len();
-    let (n_sys, n_dev, pagemap) = (class.n_sys, class.n_dev, class.pagemap);
-
     let dir = if ctx.read_only {
         DmaDirection::ToDevice
     } else {
         DmaDirection::Bidirectional
     };
-    let mut m = Mapped {
-        entries,
-        flags: PageFlags::empty(),
-        pagemap,
+    let mut flags = if ctx.read_only {
+        PageFlags::empty()
+    } else {
+        PageFlags::WRITABLE
     };
-    if !ctx.read_only {
-        m.flags |= PageFlags::WRITABLE;
-    }
-    let first_page = start >> PAGE_SHIFT;
     let mut first_alloc: Option<usize> = None;
-    let mut i = 0usize;
-    while let Some(p) = cpu.get(i) {
-        let remaining = npages.saturating_sub(i) as u64;
-        let va_page = first_page.wrapping_add(i as u64);
-        let (entry, step) = match *p {
-            CpuPage::System { pfn, order, .. } => {
-                let o = clamp_order(order, va_page, pfn, remaining);
-                let addr = match dma.map_page(pfn, o, dir) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        m.unmap(dma);
-                        return Err(e);
-                    }
-                };
-                // Count it as mapped before anything else can fail, so it gets unmapped.
-                m.flags |= PageFlags::HAS_DMA_MAPPING;
-                match PageEntry::new(addr, o, dir, Protocol::SYSTEM) {
-                    Ok(e) => (e, o),
-                    Err(err) => {
-                        // A misaligned bus address breaks the DmaMapper contract; undo the
-                        // mapping with exactly what map_page returned.
-                        dma.unmap_page(addr, o, dir);
-                        m.unmap(dma);
-                        return Err(err);
+    let mut done = 0usize;
+    let mut failed = None;
+    for w in words.iter_mut() {
+        let entry = match found.word(*w) {
+            Word::System { pfn, order } => match dma.map_page(pfn, order, dir) {
+                Ok(addr) => {
+                    flags |= PageFlags::HAS_DMA_MAPPING;
+                    match PageEntry::new(addr, order, dir, Protocol::SYSTEM) {
+                        Ok(e) => Ok(e),
+                        Err(err) => {
+                            // A misaligned bus address breaks the DmaMapper contract; undo the
+                            // mapping with exactly what map_page returned.
+                            dma.unmap_page(addr, order, dir);
+                            Err(err)
+                        }
                     }
                 }
-            }
-            CpuPage::Device {
-                pagemap: pm,
+                Err(e) => Err(e),
+            },
+            Word::Device {
+                pagemap,
                 dpfn,
                 order,
-                ..
-            } => {
-                let o = clamp_order(order, va_page, dpfn, remaining);
-                let (place, alloc) = match resolve(pm, dpfn, o) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        m.unmap(dma);
-                        return Err(e);
+            } => map_device_word(dma, resolve, (pagemap, dpfn, order), dir).and_then(
+                |(e, alloc, peer)| {
+                    flags |= PageFlags::HAS_DEVMEM_PAGES;
+                    if peer {
+                        flags |= PageFlags::HAS_DMA_MAPPING;
                     }
-                };
-                if let Some(a) = alloc {
-                    match first_alloc {
-                        None => first_alloc = Some(a),
-                        Some(b) if b == a || ctx.allow_mixed => {}
-                        Some(_) => {
-                            m.unmap(dma);
+                    match (alloc, first_alloc) {
+                        (Some(a), None) => first_alloc = Some(a),
+                        (Some(a), Some(b)) if a != b && !ctx.allow_mixed => {
+                            unmap_entry(dma, e);
                             return Err(Error::NotSupported);
                         }
+                        _ => {}
                     }
-                }
-                m.flags |= PageFlags::HAS_DEVMEM_PAGES;
-                let (addr, proto) = match place {
-                    DevicePlace::Local => (
-                        dpfn.checked_shl(PAGE_SHIFT).unwrap_or(u64::MAX),
-                        Protocol::DEVICE_LOCAL,
-                    ),
-                    DevicePlace::Peer { resource, proto } => match dma.map_peer(resource, o, dir) {
-                        Ok(a) => {
-                            m.flags |= PageFlags::HAS_DMA_MAPPING;
-                            (a, proto)
-                        }
-                        Err(e) => {
-                            m.unmap(dma);
-                            return Err(e);
-                        }
-                    },
-                };
-                match PageEntry::new(addr, o, dir, proto) {
-                    Ok(e) => (e, o),
-                    Err(err) => {
-                        if proto != Protocol::DEVICE_LOCAL {
-                            dma.unmap_peer(addr, o, dir);
-                        }
-                        m.unmap(dma);
-                        return Err(err);
-                    }
-                }
-            }
-            CpuPage::Absent => {
-                m.unmap(dma);
-                return Err(Error::Fault);
-            }
+                    Ok(e)
+                },
+            ),
         };
-        // The capacity was counted before the lock (`classify`): no reallocation.
-        if let Err(entry) = m.entries.push_within_capacity(entry) {
-            unmap_entry(dma, entry);
-            m.unmap(dma);
-            return Err(Error::NoMem);
+        match entry {
+            Ok(e) => {
+                *w = e;
+                done = done.wrapping_add(1);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
         }
-        i = i.saturating_add(1usize << step);
     }
-    if n_sys == 0 && n_dev > 0 {
-        m.flags |= PageFlags::ALL_DEVMEM;
+    if let Some(e) = failed {
+        if flags.contains(PageFlags::HAS_DMA_MAPPING) {
+            unmap_entries(dma, words.get(..done).unwrap_or(&[]));
+        }
+        return Err(e);
     }
-    Ok(m)
+    if found.n_sys == 0 && found.n_dev > 0 {
+        flags |= PageFlags::ALL_DEVMEM;
+    }
+    Ok(Mapped {
+        entries: words,
+        flags,
+        pagemap: found.pagemap,
+    })
+}
+
+/// The entry of one device-page word: local (its device address) or a peer's (DMA-mapped
+/// through the interconnect). Returns the entry, the allocation the page belongs to, and
+/// whether a peer mapping was made (undone here if packing fails).
+fn map_device_word<D: DmaMapper>(
+    dma: &D,
+    resolve: Resolver<'_>,
+    (pm, dpfn, o): (PagemapId, u64, u8),
+    dir: DmaDirection,
+) -> Result<(PageEntry, Option<usize>, bool)> {
+    let (place, alloc) = resolve(pm, dpfn, o)?;
+    let (addr, proto, peer) = match place {
+        DevicePlace::Local => (
+            dpfn.checked_shl(PAGE_SHIFT).unwrap_or(u64::MAX),
+            Protocol::DEVICE_LOCAL,
+            false,
+        ),
+        DevicePlace::Peer { resource, proto } => (dma.map_peer(resource, o, dir)?, proto, true),
+    };
+    match PageEntry::new(addr, o, dir, proto) {
+        Ok(e) => Ok((e, alloc, peer)),
+        Err(err) => {
+            if peer {
+                dma.unmap_peer(addr, o, dir);
+            }
+            Err(err)
+        }
+    }
 }
 
 /// Outcome of one commit attempt.
@@ -559,8 +483,8 @@ pub(crate) enum Commit<H: Host> {
 /// The retry loop shared by ranges and userptrs: `begin` returns the sequence to collect under
 /// (`Ok(None)`: an invalidation is running); `guard` takes the notifier lock shared and returns
 /// its guard if the sequence did not move (the pages are mapped while it is held, so no
-/// invalidation can free them meanwhile); `commit` takes the notifier lock and either commits
-/// or hands the collection back.
+/// invalidation can free them meanwhile); `commit` gets that guard and either commits under it
+/// (or under a lock it takes after dropping it) or hands the collection back.
 pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
     p: &P,
     policy: &RetryPolicy,
@@ -569,7 +493,7 @@ pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
     resolve: Resolver<'_>,
     mut begin: impl FnMut() -> Result<Option<usize>>,
     mut guard: impl FnMut(usize) -> Option<G>,
-    mut commit: impl FnMut(usize, Mapped<H>) -> Result<Commit<H>>,
+    mut commit: impl FnMut(usize, Mapped<H>, G) -> Result<Commit<H>>,
     mut on_retry: impl FnMut(),
 ) -> Result<()> {
     let deadline = p.now_ns().saturating_add(policy.deadline_ns);
@@ -584,8 +508,8 @@ pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
             crate::sync::spin_hint();
             continue;
         };
-        let cpu = match collect::<H, _>(p.mm(), start, end, ctx) {
-            Ok(cpu) => cpu,
+        let (words, found) = match collect_words::<H, _>(p.mm(), start, end, ctx) {
+            Ok(x) => x,
             // The platform asks for a retry (Linux: hmm_range_fault's -EBUSY): retry within
             // the same deadline and attempt budget, ending with `Busy` (SPEC §3).
             Err(Error::Again) => {
@@ -595,25 +519,16 @@ pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
             }
             Err(e) => return Err(e),
         };
-        // The entry array, allocated before the notifier lock (nothing is allocated under a
-        // lock the invalidation path takes), exactly as large as the mapping below needs.
-        // The pages are classified (and their entries counted) in the same walk, before the
-        // lock; a refusal is reported only once the sequence shows no invalidation raced.
-        let class = classify(&cpu, start, ctx);
-        let mut entries = HostVec::<H, PageEntry>::new();
-        if let Ok(c) = &class {
-            entries.reserve_exact(c.entries, AllocCtx::MaySleep)?;
-        }
-        let m = {
-            // An invalidation started since the collection: its pages may be gone.
-            let Some(_g) = guard(seq) else {
-                on_retry();
-                continue;
-            };
-            let class = class?;
-            map_collected(p.dma(), &cpu, start, ctx, resolve, entries, &class)?
+        // The words are the entry array (allocated before the notifier lock: nothing is
+        // allocated under a lock the invalidation path takes). A refusal is reported only once
+        // the sequence shows no invalidation raced the walk.
+        let Some(g) = guard(seq) else {
+            on_retry();
+            continue;
         };
-        match commit(seq, m)? {
+        let found = found?;
+        let m = map_words(p.dma(), words, ctx, resolve, &found)?;
+        match commit(seq, m, g)? {
             Commit::Done => return Ok(()),
             Commit::Retry(m) => {
                 m.unmap(p.dma());
@@ -626,21 +541,7 @@ pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clamp_order_respects_alignment_and_range_end() {
-        assert_eq!(clamp_order(9, 512, 1024, 512), 9);
-        assert_eq!(clamp_order(9, 512, 1024, 16), 4);
-        assert_eq!(clamp_order(9, 16, 1024 + 16, 600), 4);
-        assert_eq!(clamp_order(9, 513, 1025, 600), 0);
-        assert_eq!(clamp_order(0, 0, 0, 1), 0);
-        assert_eq!(
-            clamp_order(9, 0, 8, 512),
-            3,
-            "frame alignment limits the order"
-        );
-        assert_eq!(clamp_order(40, 0, 0, u64::MAX), MAX_ORDER);
-    }
+    use crate::platform::MAX_ORDER;
 
     #[test]
     fn entry_packing_roundtrips() {

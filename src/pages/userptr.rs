@@ -92,7 +92,9 @@ impl<L: Host> Userptr<L> {
                 let st = self.state.read();
                 (!self.seq.read_retry(seq)).then_some(st)
             },
-            |seq, m| {
+            |seq, m, g| {
+                // The mapping ran under the shared lock; the commit needs it exclusive.
+                drop(g);
                 let mut st = self.state.write();
                 if self.seq.read_retry(seq) {
                     return Ok(Commit::Retry(m));

@@ -57,11 +57,13 @@ impl<P: Platform> Svm<P> {
                     .is_some_and(|n| !n.seq.read_retry(seq));
                 unchanged.then_some(t)
             },
-            |seq, m| {
-                // Shared is enough: invalidations (the only writers of page state besides
-                // commits) take the lock exclusively, and commits of one range serialise on
-                // its page-state lock, so faults on different ranges commit in parallel.
-                let t = self.notifiers.read();
+            |seq, m, t| {
+                // Under the guard the pages were mapped with (shared is enough: invalidations,
+                // the only writers of page state besides commits, take the lock exclusively,
+                // and commits of one range serialise on its page-state lock, so faults on
+                // different ranges commit in parallel). The sequence was checked when the
+                // guard was taken and cannot have moved while it is held; it is checked again
+                // anyway, as cheap as it is.
                 if let Err(e) = self.check_open().and_then(|()| self.check_range(&t, range)) {
                     m.unmap(self.platform.dma());
                     return Err(e);

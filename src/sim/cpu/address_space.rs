@@ -5,7 +5,7 @@
 use super::{CpuPte, SimMm, Stop};
 use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, MigrateDst, MigrateRequest, MigrateSelect, MigrateSrc,
-    NotifierId, PagemapId, Vma, VmaFlags, PAGE_SHIFT, PAGE_SIZE,
+    NotifierId, PageSink, PagemapId, Vma, VmaFlags, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::sim::lock;
 use crate::{Error, Event, Result};
@@ -304,6 +304,36 @@ impl AddressSpace for SimMmView {
 
     fn collect_pages(&self, req: &CollectRequest, out: &mut [CpuPage]) -> Result<()> {
         self.mm.collect(req, out)
+    }
+
+    /// The packed contract, on top of the simulated page walk: one report per CPU mapping
+    /// (so the simulator drives the crate's packed path, and platforms without it — the C
+    /// ABI, the conformance kit's backends — drive the `collect_pages` fallback).
+    fn collect_packed(&self, req: &CollectRequest, sink: &mut PageSink<'_>) -> Result<()> {
+        let n = usize::try_from(req.end.saturating_sub(req.start) / PAGE_SIZE)
+            .map_err(|_| Error::Invalid)?;
+        let mut pages = std::vec![CpuPage::Absent; n];
+        self.mm.collect(req, &mut pages)?;
+        while sink.remaining() > 0 {
+            let Some(p) = pages.get(sink.next_page() as usize) else {
+                break;
+            };
+            match *p {
+                CpuPage::System {
+                    pfn,
+                    order,
+                    writable,
+                } => sink.push_system(pfn, order, writable),
+                CpuPage::Device {
+                    pagemap,
+                    owner,
+                    dpfn,
+                    order,
+                } => sink.push_device(pagemap, owner, dpfn, order),
+                CpuPage::Absent => sink.push_absent(),
+            }
+        }
+        Ok(())
     }
 
     fn register_notifier(&self, id: NotifierId, start: u64, end: u64) -> Result<u64> {
