@@ -193,6 +193,47 @@ impl<'a> PageSink<'a> {
         self.n_sys = self.n_sys.wrapping_add(self.page.wrapping_sub(before));
     }
 
+    /// Report the next `pfns.len()` base pages as system pages of order 0 (4 KiB CPU
+    /// mappings), one frame each, all writable or all not: the fast form of
+    /// [`push_system`](Self::push_system) for a page-table walk that reads a run of base
+    /// pages. More pages than [`remaining`](Self::remaining) break the contract (the
+    /// collection fails with [`Error::Invalid`]).
+    ///
+    /// Context: any; allocates nothing, takes no lock.
+    #[inline]
+    pub fn push_base_pages(&mut self, pfns: &[u64], writable: bool) {
+        let n = pfns.len();
+        if n == 0 {
+            return;
+        }
+        if n as u64 > self.remaining() {
+            return self.refuse(Error::Invalid);
+        }
+        if self.rules.write && !writable {
+            return self.refuse(Error::Perm);
+        }
+        let flags = if writable { W_WRITABLE } else { 0 };
+        let Some(out) = self
+            .len
+            .checked_add(n)
+            .and_then(|end| self.words.get_mut(self.len..end))
+        else {
+            return self.refuse(Error::Invalid);
+        };
+        // Or-ed frames: a frame that does not fit a word sets a bit at or above the limit.
+        let mut all = 0u64;
+        for (w, &pfn) in out.iter_mut().zip(pfns) {
+            all |= pfn;
+            *w = PageEntry::from_raw((pfn << W_FRAME_SHIFT) | flags);
+        }
+        if all >= FRAME_LIMIT {
+            return self.refuse(Error::Invalid);
+        }
+        self.len = self.len.wrapping_add(n);
+        self.page = self.page.wrapping_add(n as u64);
+        self.n_sys = self.n_sys.wrapping_add(n as u64);
+    }
+
     /// Report the next base page as a device-private page of `pagemap` (owned by `owner`):
     /// `dpfn` is the device frame of *this* base page and `order` the order of the mapping it
     /// belongs to; the report covers the rest of that mapping inside the interval.
@@ -413,6 +454,38 @@ mod tests {
                 order: 9
             }
         );
+    }
+
+    #[test]
+    fn base_page_runs_pack_like_single_reports() {
+        let rules = SinkRules {
+            write: true,
+            ..SinkRules::default()
+        };
+        let mut a = [PageEntry::from_raw(0); 8];
+        let mut s = sink(&mut a, 0, 8, rules);
+        s.push_base_pages(&[5, 9, 2], true);
+        s.push_system(7, 0, true);
+        s.push_base_pages(&[1, 3, 4, 6], true);
+        assert_eq!(s.remaining(), 0);
+        let f = s.finish().unwrap();
+        let mut b = [PageEntry::from_raw(0); 8];
+        let mut t = sink(&mut b, 0, 8, rules);
+        for pfn in [5, 9, 2, 7, 1, 3, 4, 6] {
+            t.push_system(pfn, 0, true);
+        }
+        assert_eq!(t.finish().unwrap().entries, f.entries);
+        assert_eq!(a, b);
+        // Too many pages, a read-only run for a write collection, a frame too large.
+        let mut s = sink(&mut a, 0, 2, rules);
+        s.push_base_pages(&[1, 2, 3], true);
+        assert_eq!(s.finish().unwrap_err(), Error::Invalid);
+        let mut s = sink(&mut a, 0, 2, rules);
+        s.push_base_pages(&[1, 2], false);
+        assert_eq!(s.finish().unwrap_err(), Error::Perm);
+        let mut s = sink(&mut a, 0, 2, rules);
+        s.push_base_pages(&[1, FRAME_LIMIT], true);
+        assert_eq!(s.finish().unwrap_err(), Error::Invalid);
     }
 
     #[test]

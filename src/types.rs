@@ -153,6 +153,24 @@ impl PageEntry {
     pub(crate) const fn raw(self) -> u64 {
         self.0
     }
+    /// A system-memory entry at bus address `addr` (the fault path's fast form of
+    /// [`new`](Self::new)); `None` if `addr` is not page aligned or `order` too large.
+    #[inline]
+    pub(crate) fn system(addr: u64, order: u8, dir: DmaDirection) -> Option<PageEntry> {
+        if addr & !ADDR_MASK != 0 || order > MAX_ORDER {
+            return None;
+        }
+        let d: u64 = match dir {
+            DmaDirection::ToDevice => 0,
+            DmaDirection::FromDevice => 1,
+            DmaDirection::Bidirectional => 2,
+        };
+        Some(PageEntry(
+            addr | u64::from(order)
+                | (d << DIR_SHIFT)
+                | (u64::from(Protocol::SYSTEM.0) << PROTO_SHIFT),
+        ))
+    }
     /// Pack an entry. Errors: [`Error::Invalid`] if `addr` is not page aligned, `order` exceeds
     /// [`MAX_ORDER`], or the protocol does not fit.
     ///

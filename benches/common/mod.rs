@@ -112,9 +112,7 @@ impl AddressSpace for FastMm {
         let src = self.pfns.get(i0..i0 + n).ok_or(gpusvm::Error::Invalid)?;
         let order = self.order;
         if order == 0 {
-            for &pfn in src {
-                sink.push_system(pfn, 0, true);
-            }
+            sink.push_base_pages(src, true);
         } else {
             while sink.remaining() > 0 {
                 let pfn = src[sink.next_page() as usize];
@@ -213,6 +211,16 @@ impl DevPt {
     pub fn write(&self, range: &Range, entries: &[PageEntry]) -> usize {
         let i = ((range.start() - self.start) >> PAGE_SHIFT) as usize;
         let ptes = &self.ptes[i..];
+        if let Some(dst) = ptes.get(..entries.len()) {
+            if entries.iter().all(|e| e.order() == 0) {
+                // Base pages only: one PTE per entry.
+                for (pte, e) in dst.iter().zip(entries) {
+                    let flags = DEV_VALID | if e.writable() { DEV_WRITE } else { 0 };
+                    pte.store(e.addr() | flags, Ordering::Relaxed);
+                }
+                return entries.len();
+            }
+        }
         let mut k = 0;
         for e in entries {
             let flags = DEV_VALID | if e.writable() { DEV_WRITE } else { 0 };

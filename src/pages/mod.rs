@@ -372,6 +372,51 @@ pub(crate) fn map_words<D: DmaMapper, L: Host>(
     } else {
         PageFlags::WRITABLE
     };
+    if found.n_dev == 0 {
+        // Every page in system memory (the common fault): one tight loop.
+        let mut done = 0usize;
+        let mut failed = None;
+        for w in words.iter_mut() {
+            let (pfn, order) = match found.word(*w) {
+                Word::System { pfn, order } => (pfn, order),
+                Word::Device { .. } => {
+                    failed = Some(Error::Invalid);
+                    break;
+                }
+            };
+            match dma.map_page(pfn, order, dir) {
+                Ok(addr) => match PageEntry::system(addr, order, dir) {
+                    Some(e) => {
+                        *w = e;
+                        done = done.wrapping_add(1);
+                    }
+                    None => {
+                        // A misaligned bus address breaks the DmaMapper contract; undo the
+                        // mapping with exactly what map_page returned.
+                        dma.unmap_page(addr, order, dir);
+                        failed = Some(Error::Invalid);
+                        break;
+                    }
+                },
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            unmap_entries(dma, words.get(..done).unwrap_or(&[]));
+            return Err(e);
+        }
+        if done > 0 {
+            flags |= PageFlags::HAS_DMA_MAPPING;
+        }
+        return Ok(Mapped {
+            entries: words,
+            flags,
+            pagemap: None,
+        });
+    }
     let mut first_alloc: Option<usize> = None;
     let mut done = 0usize;
     let mut failed = None;
