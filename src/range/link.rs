@@ -197,6 +197,19 @@ pub(crate) fn acquire_tree_link<L: Host>(range: &Range<L>) -> bool {
     unsafe { rbtree::AtomicLinkOps.acquire_link(NonNull::from(&range.tree_link)) }
 }
 
+/// Release `range`'s tree link, which [`acquire_tree_link`] acquired for a collection that
+/// keeps the range without threading the link (the flat [`RangeIndex`](super::RangeIndex)),
+/// when the range leaves that collection: it may then be linked again.
+///
+/// Only for such a link: releasing the link of a range that sits in a
+/// [`RangeTree`](super::RangeTree) would let a second tree take it over.
+pub(crate) fn release_tree_link<L: Host>(range: &Range<L>) {
+    // SAFETY: releasing only stores the "unlinked" marker into the link's atomic word; the link
+    // lives as long as `range`. The caller (the range index) releases only a link it acquired
+    // and never threaded into a tree, so no tree's structure depends on the link's pointers.
+    unsafe { rbtree::AtomicLinkOps.release_link(NonNull::from(&range.tree_link)) }
+}
+
 /// Acquire `range`'s GC-queue link (atomically); whether it was free.
 pub(super) fn acquire_gc_link<L: Host>(range: &Range<L>) -> bool {
     // SAFETY: as `acquire_tree_link`.

@@ -17,6 +17,7 @@
 //! the collections' "already linked" panic is unreachable.
 
 mod chunk;
+mod index;
 mod link;
 mod notifier;
 mod tree;
@@ -24,6 +25,7 @@ mod tree;
 pub use crate::sync::SeqCounter;
 pub(crate) use chunk::check_chunk_sizes;
 pub use chunk::{select_chunk, ChunkQuery};
+pub use index::{slot_size_for, IndexOverlapping, IndexSpare, RangeIndex};
 pub(crate) use link::{acquire_tree_link, gc_push, gc_queue, GcQueue, RangeAdapter};
 pub(crate) use notifier::{Notifier, NotifierTree};
 pub use tree::{Overlapping, RangeTree};
