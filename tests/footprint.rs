@@ -151,6 +151,12 @@ fn range_bytes(order: u8) -> (usize, usize, Vec<PageEntry>) {
     let ctx = PagesCtx::default();
     // A first range creates the notifier (its allocation is not the range's).
     let other = svm.find_or_insert(BASE + M2, Window::ALL, &ctx).unwrap();
+    // So does the slot of the notifier's range index that the range goes to: its array is
+    // allocated on the first insertion there and kept (removal never frees under the notifier
+    // lock), so a range is created and removed there first.
+    let warm = svm.find_or_insert(BASE, Window::ALL, &ctx).unwrap();
+    svm.remove(&warm).unwrap();
+    drop(warm);
     let l0 = live();
     let r = svm.find_or_insert(BASE, Window::ALL, &ctx).unwrap();
     let l1 = live();

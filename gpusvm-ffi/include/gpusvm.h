@@ -17,7 +17,7 @@
  Number of lock classes of the crate (`gpusvm_lock_class::index` is below it): a host
  keeps one lock-checker key per class in an array of this size.
  */
-#define GPUSVM_LOCK_CLASSES 10
+#define GPUSVM_LOCK_CLASSES 11
 
 /*
  `gpusvm_vma::flags`: readable.

@@ -20,7 +20,7 @@ use gpusvm::{Error, Host, Result};
 
 /// Number of lock classes of the crate (`gpusvm_lock_class::index` is below it): a host
 /// keeps one lock-checker key per class in an array of this size.
-pub const GPUSVM_LOCK_CLASSES: u32 = 10;
+pub const GPUSVM_LOCK_CLASSES: u32 = 11;
 
 /// The static description of one of the crate's locks, passed to `mutex_create` and
 /// `rwlock_create`. Lives as long as the program (or module).
@@ -245,6 +245,7 @@ const fn mirror(name: &'static core::ffi::CStr, c: &LockClass, index: u32) -> gp
 static CLASSES: Classes = Classes([
     mirror(c"gpusvm.structure", &class::STRUCTURE, 0),
     mirror(c"gpusvm.owner", &class::OWNER, 1),
+    mirror(c"gpusvm.notifiers", &class::NOTIFIERS, 10),
     mirror(c"gpusvm.notifier", &class::NOTIFIER, 2),
     mirror(c"gpusvm.userptr", &class::USERPTR, 3),
     mirror(c"gpusvm.pagemaps", &class::PAGEMAPS, 4),

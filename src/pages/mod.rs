@@ -519,26 +519,32 @@ fn map_device_word<D: DmaMapper>(
 pub(crate) enum Commit<H: Host> {
     /// Committed.
     Done,
-    /// The sequence moved (or the target went away and the caller wants a retry): here is the
-    /// collection back.
+    /// The sequence moved before the pages were mapped: nothing was mapped, collect again.
+    Stale,
+    /// The sequence moved after the pages were mapped (or the target went away and the caller
+    /// wants a retry): here is the collection back, to unmap.
     Retry(Mapped<H>),
 }
 
+/// The mapping step handed to the `locked` closure of [`get_pages_loop`]: call it (once) with
+/// the lock held and the sequence checked; it maps the collected pages, or reports the page the
+/// walk refused.
+pub(crate) type MapStep<'a, H> = &'a mut dyn FnMut() -> Result<Mapped<H>>;
+
 #[allow(clippy::too_many_arguments)] // internal: the closures are the commit protocol
 /// The retry loop shared by ranges and userptrs: `begin` returns the sequence to collect under
-/// (`Ok(None)`: an invalidation is running); `guard` takes the notifier lock shared and returns
-/// its guard if the sequence did not move (the pages are mapped while it is held, so no
-/// invalidation can free them meanwhile); `commit` gets that guard and either commits under it
-/// (or under a lock it takes after dropping it) or hands the collection back.
-pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
+/// (`Ok(None)`: an invalidation is running); `locked` takes the lock that keeps invalidations
+/// out (shared), checks the sequence (`Stale` if it moved), calls the mapping step under it (so
+/// no invalidation can free the pages while they are mapped) and commits, under that lock or
+/// one it takes after, or hands the collection back (`Retry`).
+pub(crate) fn get_pages_loop<P: Platform, H: Host>(
     p: &P,
     policy: &RetryPolicy,
     (start, end): (u64, u64),
     ctx: &PagesCtx,
     resolve: Resolver<'_>,
     mut begin: impl FnMut() -> Result<Option<usize>>,
-    mut guard: impl FnMut(usize) -> Option<G>,
-    mut commit: impl FnMut(usize, Mapped<H>, G) -> Result<Commit<H>>,
+    mut locked: impl FnMut(usize, MapStep<'_, H>) -> Result<Commit<H>>,
     mut on_retry: impl FnMut(),
 ) -> Result<()> {
     let deadline = p.now_ns().saturating_add(policy.deadline_ns);
@@ -564,17 +570,18 @@ pub(crate) fn get_pages_loop<P: Platform, H: Host, G>(
             }
             Err(e) => return Err(e),
         };
-        // The words are the entry array (allocated before the notifier lock: nothing is
-        // allocated under a lock the invalidation path takes). A refusal is reported only once
-        // the sequence shows no invalidation raced the walk.
-        let Some(g) = guard(seq) else {
-            on_retry();
-            continue;
+        // The words are the entry array (allocated before the lock: nothing is allocated under
+        // a lock the invalidation path takes). A refusal is reported only once the sequence
+        // shows no invalidation raced the walk (inside the mapping step).
+        let mut words = Some(words);
+        let mut map = || -> Result<Mapped<H>> {
+            let found = found?;
+            let words = words.take().ok_or(Error::Invalid)?;
+            map_words(p.dma(), words, ctx, resolve, &found)
         };
-        let found = found?;
-        let m = map_words(p.dma(), words, ctx, resolve, &found)?;
-        match commit(seq, m, g)? {
+        match locked(seq, &mut map)? {
             Commit::Done => return Ok(()),
+            Commit::Stale => on_retry(),
             Commit::Retry(m) => {
                 m.unmap(p.dma());
                 on_retry();

@@ -88,13 +88,16 @@ impl<L: Host> Userptr<L> {
             ctx,
             &local_resolver,
             || Ok(self.seq.read_begin()),
-            |seq| {
-                let st = self.state.read();
-                (!self.seq.read_retry(seq)).then_some(st)
-            },
-            |seq, m, g| {
-                // The mapping ran under the shared lock; the commit needs it exclusive.
-                drop(g);
+            |seq, map| {
+                // Mapped under the lock shared (no invalidation can free the pages meanwhile),
+                // committed under it exclusive.
+                let m = {
+                    let _st = self.state.read();
+                    if self.seq.read_retry(seq) {
+                        return Ok(Commit::Stale);
+                    }
+                    map()?
+                };
                 let mut st = self.state.write();
                 if self.seq.read_retry(seq) {
                     return Ok(Commit::Retry(m));

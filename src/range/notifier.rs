@@ -1,8 +1,10 @@
 //! Notifiers: fixed-size aligned intervals of the mirrored address space, each registered with
 //! the platform and each holding the ranges that lie inside it.
 
-use super::{RangeTree, SeqCounter};
+use super::{RangeIndex, SeqCounter};
 use crate::error::{Error, Result};
+use crate::heap::AllocCtx;
+use crate::sync::{class, RwLock};
 use crate::{Host, HostVec};
 
 /// One notifier `[start, end)`.
@@ -10,23 +12,41 @@ pub(crate) struct Notifier<H, L: Host> {
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) seq: SeqCounter,
-    pub(crate) ranges: RangeTree<L>,
-    /// `None` while registration is in flight or after it was undone.
+    /// The notifier lock ([`class::NOTIFIER`]) and the ranges it protects; the ranges' page
+    /// state is changed only under it.
+    pub(crate) ranges: RwLock<L, RangeIndex<L>>,
+    /// `None` while registration is in flight or after it was undone (under the notifier-array
+    /// lock).
     pub(crate) handle: Option<H>,
 }
 
 impl<H, L: Host> Notifier<H, L> {
-    /// A notifier without ranges or handle.
+    /// A notifier without ranges or handle, with its range index (slots of `slot_size` bytes)
+    /// and its lock.
     ///
-    /// Context: allocates nothing.
-    pub(crate) fn new(start: u64, end: u64) -> Self {
-        Notifier {
+    /// Errors: [`Error::Invalid`] for a bad geometry; [`Error::NoMem`] if the index or the lock
+    /// cannot be allocated (nothing is left behind).
+    ///
+    /// Context: may sleep: allocates with [`AllocCtx::MaySleep`] and creates a lock, so no lock
+    /// of the invalidation path may be held.
+    pub(crate) fn new(start: u64, end: u64, slot_size: u64) -> Result<Self> {
+        // A notifier clipped to the mirrored interval may start or end inside a slot: the index
+        // covers the whole slots around it (its ranges stay inside the notifier anyway). A
+        // last slot that would end at 2^64 is left out (the index cannot name its end).
+        let mask = slot_size.wrapping_sub(1);
+        let lo = start & !mask;
+        let hi = end
+            .checked_add(mask)
+            .map_or(end & !mask, |e| e & !mask)
+            .max(lo.saturating_add(slot_size));
+        let index = RangeIndex::new(lo, hi, slot_size, AllocCtx::MaySleep)?;
+        Ok(Notifier {
             start,
             end,
             seq: SeqCounter::new(),
-            ranges: RangeTree::with_host(),
+            ranges: RwLock::new(&class::NOTIFIER, index)?,
             handle: None,
-        }
+        })
     }
 }
 
@@ -35,7 +55,8 @@ impl<H, L: Host> Notifier<H, L> {
 /// the notifiers after it (there are few: one per `notifier_size` bytes of the address space
 /// in use).
 ///
-/// Kept under the notifier lock, which the invalidation path takes: nothing here allocates.
+/// Kept under the notifier-array lock ([`class::NOTIFIERS`]), which the invalidation path
+/// takes: nothing here allocates.
 /// An insertion gets its capacity beforehand (see [`spare_for_insert`](Self::spare_for_insert)
 /// and [`insert_within_capacity`](Self::insert_within_capacity)).
 pub(crate) struct NotifierTree<H, L: Host> {
@@ -82,7 +103,7 @@ impl<H, L: Host> NotifierTree<H, L> {
     /// fits, else a new, empty buffer with room for the notifiers and a few more, for
     /// [`insert_within_capacity`](Self::insert_within_capacity).
     ///
-    /// `len` and `capacity` are read under the notifier lock (shared); the buffer is
+    /// `len` and `capacity` are read under the notifier-array lock (shared); the buffer is
     /// allocated after releasing it. The caller holds the structure lock from the read to the
     /// insertion, so no other insertion can use up the room meanwhile (removals only make
     /// more).
@@ -109,12 +130,12 @@ impl<H, L: Host> NotifierTree<H, L> {
     /// Insert `n` at its place without allocating: into the vector's spare capacity, or,
     /// when it is full, after moving the notifiers into `spare` (which must have room for
     /// one more); the vector left behind, empty, is then in `spare`, for the caller to drop
-    /// once the notifier lock is released (freeing is not done under the lock either).
+    /// once the notifier-array lock is released (freeing is not done under the lock either).
     ///
     /// Errors: [`Error::Invalid`] if `n` overlaps a notifier; [`Error::NoMem`] if neither the
     /// vector nor `spare` has room. Nothing changes then (`n` is dropped).
     ///
-    /// Context: allocates and frees nothing; called under the notifier lock (exclusive).
+    /// Context: allocates and frees nothing; called under the notifier-array lock (exclusive).
     pub(crate) fn insert_within_capacity(
         &mut self,
         n: Notifier<H, L>,
@@ -191,9 +212,17 @@ mod tests {
     type T = NotifierTree<u32, DefaultHost>;
     const S: u64 = 0x1000;
 
+    /// A notifier with the given bounds (its index geometry does not matter here).
+    fn n(start: u64, end: u64) -> Notifier<u32, DefaultHost> {
+        let mut x = Notifier::new(0, S, S).unwrap();
+        x.start = start;
+        x.end = end;
+        x
+    }
+
     fn insert(t: &mut T, start: u64, end: u64) -> Result<()> {
         let mut spare = T::spare_for_insert(t.len(), t.capacity(), AllocCtx::MaySleep)?;
-        t.insert_within_capacity(Notifier::new(start, end), &mut spare)
+        t.insert_within_capacity(n(start, end), &mut spare)
     }
 
     #[test]
@@ -234,14 +263,14 @@ mod tests {
         let mut t = T::default();
         // No capacity and no spare: refused, nothing changes.
         assert_eq!(
-            t.insert_within_capacity(Notifier::new(0, S), &mut None),
+            t.insert_within_capacity(n(0, S), &mut None),
             Err(Error::NoMem)
         );
         assert_eq!(t.len(), 0);
         // A spare that is too small is refused too.
         let mut small = Some(HostVec::<DefaultHost, _>::default());
         assert_eq!(
-            t.insert_within_capacity(Notifier::new(0, S), &mut small),
+            t.insert_within_capacity(n(0, S), &mut small),
             Err(Error::NoMem)
         );
         insert(&mut t, 0, S).unwrap();
@@ -251,8 +280,7 @@ mod tests {
         assert!(T::spare_for_insert(t.len(), cap, AllocCtx::MaySleep)
             .unwrap()
             .is_none());
-        t.insert_within_capacity(Notifier::new(S, 2 * S), &mut None)
-            .unwrap();
+        t.insert_within_capacity(n(S, 2 * S), &mut None).unwrap();
         assert_eq!(t.capacity(), cap);
         // Full: the spare takes the notifiers over, the old buffer comes back empty.
         while t.len() < t.capacity() {
@@ -261,7 +289,7 @@ mod tests {
         }
         let mut spare = T::spare_for_insert(t.len(), t.capacity(), AllocCtx::MaySleep).unwrap();
         let k = t.len() as u64;
-        t.insert_within_capacity(Notifier::new(k * S, (k + 1) * S), &mut spare)
+        t.insert_within_capacity(n(k * S, (k + 1) * S), &mut spare)
             .unwrap();
         let old = spare.unwrap();
         assert!(old.is_empty() && old.capacity() == cap);

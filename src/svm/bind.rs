@@ -32,12 +32,12 @@ impl<P: Platform> Svm<P> {
     /// pages, to commit) and the range's page-state lock under it.
     pub fn get_pages(&self, range: &Range<P::Host>, ctx: &PagesCtx) -> Result<()> {
         self.check_open()?;
-        {
-            let t = self.notifiers.read();
-            self.check_range(&t, range)?;
-            if range.pages.lock().satisfies(ctx) {
-                return Ok(());
-            }
+        let done = self.read_at(range.start(), |x| {
+            Self::check_range_in(x.map(|(_, idx)| idx), range)
+                .map(|()| range.pages.lock().satisfies(ctx))
+        })?;
+        if done {
+            return Ok(());
         }
         get_pages_loop(
             &self.platform,
@@ -46,36 +46,31 @@ impl<P: Platform> Svm<P> {
             ctx,
             &|pm, dpfn, order| self.resolve_device_page(pm, dpfn, order),
             || {
-                let t = self.notifiers.read();
-                self.check_range(&t, range)?;
-                Ok(t.find(range.start()).and_then(|n| n.seq.read_begin()))
+                self.read_at(range.start(), |x| {
+                    Self::check_range_in(x.map(|(_, idx)| idx), range)?;
+                    Ok(x.and_then(|(n, _)| n.seq.read_begin()))
+                })
             },
-            move |seq| {
-                let t = self.notifiers.read();
-                let unchanged = t
-                    .find(range.start())
-                    .is_some_and(|n| !n.seq.read_retry(seq));
-                unchanged.then_some(t)
-            },
-            |seq, m, t| {
-                // Under the guard the pages were mapped with (shared is enough: invalidations,
-                // the only writers of page state besides commits, take the lock exclusively,
-                // and commits of one range serialise on its page-state lock, so faults on
-                // different ranges commit in parallel). The sequence was checked when the
-                // guard was taken and cannot have moved while it is held; it is checked again
-                // anyway, as cheap as it is.
-                if let Err(e) = self.check_open().and_then(|()| self.check_range(&t, range)) {
-                    m.unmap(self.platform.dma());
-                    return Err(e);
-                }
-                match t.find(range.start()) {
-                    Some(n) if !n.seq.read_retry(seq) => {
-                        range.pages.lock().commit(self.platform.dma(), m);
-                        Stats::inc(&self.stats.pages_committed);
-                        Ok(Commit::Done)
+            |seq, map| {
+                // One shared hold of the range's notifier lock: the sequence is checked, the
+                // pages are mapped (no invalidation can start and free them meanwhile) and
+                // committed. Shared is enough: invalidations, the only writers of page state
+                // besides commits, take the lock exclusively, and commits of one range
+                // serialise on its page-state lock, so faults on different ranges commit in
+                // parallel (and faults on different notifiers do not share a lock at all).
+                self.read_at(range.start(), |x| {
+                    self.check_open()?;
+                    Self::check_range_in(x.map(|(_, idx)| idx), range)?;
+                    match x {
+                        Some((n, _)) if !n.seq.read_retry(seq) => {
+                            let m = map()?;
+                            range.pages.lock().commit(self.platform.dma(), m);
+                            Stats::inc(&self.stats.pages_committed);
+                            Ok(Commit::Done)
+                        }
+                        _ => Ok(Commit::Stale),
                     }
-                    _ => Ok(Commit::Retry(m)),
-                }
+                })
             },
             || Stats::inc(&self.stats.retries),
         )
@@ -87,8 +82,9 @@ impl<P: Platform> Svm<P> {
     /// Context: takes the notifier lock shared, then the range's page-state lock; allocates
     /// nothing.
     pub fn pages_valid(&self, range: &Range<P::Host>) -> bool {
-        let t = self.notifiers.read();
-        Self::owns(&t, range) && range.pages.lock().valid()
+        self.read_at(range.start(), |x| {
+            x.is_some_and(|(_, idx)| Self::owns_in(idx, range)) && range.pages.lock().valid()
+        })
     }
 
     /// Run `f` with the committed page entries of `range` while holding the notifier lock
@@ -109,13 +105,14 @@ impl<P: Platform> Svm<P> {
         f: impl FnOnce(&Range<P::Host>, &[PageEntry]) -> R,
     ) -> Result<R> {
         self.check_open()?;
-        let t = self.notifiers.read();
-        self.check_range(&t, range)?;
-        let st = range.pages.lock();
-        if !st.valid() {
-            return Err(Error::Again);
-        }
-        Ok(f(range, st.entries()))
+        self.read_at(range.start(), |x| {
+            Self::check_range_in(x.map(|(_, idx)| idx), range)?;
+            let st = range.pages.lock();
+            if !st.valid() {
+                return Err(Error::Again);
+            }
+            Ok(f(range, st.entries()))
+        })
     }
 
     /// SPEC `unmap_pages`: DMA-unmap the range's pages and clear its flags (idempotent). The
@@ -130,12 +127,13 @@ impl<P: Platform> Svm<P> {
     /// under them; allocates nothing.
     pub fn unmap_pages(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
-        let t = self.notifiers.write();
-        if !Self::owns(&t, range) {
-            return Err(Error::Invalid);
-        }
-        range.pages.lock().unmap(self.platform.dma());
-        Ok(())
+        self.write_at(range.start(), |x| {
+            if !x.is_some_and(|(_, idx)| Self::owns_in(idx, range)) {
+                return Err(Error::Invalid);
+            }
+            range.pages.lock().unmap(self.platform.dma());
+            Ok(())
+        })
     }
 
     /// Zap the device mappings of `range` and unmap its pages, so that the next device access
@@ -158,10 +156,11 @@ impl<P: Platform> Svm<P> {
     ) -> R {
         let (out, gone) = change(&mut self.pagemaps.write());
         if gone {
-            let t = self.notifiers.write();
+            let t = self.notifiers.read();
             for n in t.iter() {
+                let idx = n.ranges.write();
                 n.seq.begin();
-                for r in n.ranges.iter() {
+                for r in idx.iter() {
                     let mut st = r.pages.lock();
                     if st
                         .flags()
@@ -178,11 +177,12 @@ impl<P: Platform> Svm<P> {
     }
 
     pub(crate) fn clear_mappings(&self, range: &Range<P::Host>) {
-        let t = self.notifiers.write();
-        if Self::owns(&t, range) {
-            self.platform.page_table().zap(range.start(), range.end());
-            range.pages.lock().unmap(self.platform.dma());
-        }
+        self.write_at(range.start(), |x| {
+            if x.is_some_and(|(_, idx)| Self::owns_in(idx, range)) {
+                self.platform.page_table().zap(range.start(), range.end());
+                range.pages.lock().unmap(self.platform.dma());
+            }
+        });
     }
 
     /// SPEC `free_pages`: unmap, then release the range's page array.
@@ -192,11 +192,12 @@ impl<P: Platform> Svm<P> {
     /// Context: as [`unmap_pages`](Self::unmap_pages); also frees the page array.
     pub fn free_pages(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
-        let t = self.notifiers.write();
-        if !Self::owns(&t, range) {
-            return Err(Error::Invalid);
-        }
-        range.pages.lock().free(self.platform.dma());
-        Ok(())
+        self.write_at(range.start(), |x| {
+            if !x.is_some_and(|(_, idx)| Self::owns_in(idx, range)) {
+                return Err(Error::Invalid);
+            }
+            range.pages.lock().free(self.platform.dma());
+            Ok(())
+        })
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::platform::{AddressSpace, DevicePageTable, NotifierId, Platform};
-use crate::range::{gc_push, NotifierTree, RangeFlags};
+use crate::range::{gc_push, Notifier, RangeFlags, RangeIndex};
 use crate::stats::Stats;
 use crate::sync::Ordering;
 use crate::types::Event;
@@ -27,8 +27,12 @@ impl<P: Platform> Svm<P> {
     /// lock (spinning classes). For a caller that must not sleep, use
     /// [`invalidate_begin_nonblock`](Self::invalidate_begin_nonblock).
     pub fn invalidate_begin(&self, id: NotifierId, start: u64, end: u64, event: Event) {
-        let t = self.notifiers.write();
-        self.invalidate_locked(&t, id, start, end, event);
+        let t = self.notifiers.read();
+        let Some(n) = t.get(id.0) else {
+            return;
+        };
+        let idx = n.ranges.write();
+        self.invalidate_locked(n, &idx, start, end, event);
     }
 
     /// [`invalidate_begin`](Self::invalidate_begin) for a caller that must not sleep (Linux:
@@ -50,24 +54,25 @@ impl<P: Platform> Svm<P> {
         end: u64,
         event: Event,
     ) -> Result<()> {
-        let t = self.notifiers.try_write().ok_or(Error::Again)?;
-        self.invalidate_locked(&t, id, start, end, event);
+        let t = self.notifiers.try_read().ok_or(Error::Again)?;
+        let Some(n) = t.get(id.0) else {
+            return Ok(());
+        };
+        let idx = n.ranges.try_write().ok_or(Error::Again)?;
+        self.invalidate_locked(n, &idx, start, end, event);
         Ok(())
     }
 
-    /// The body of [`invalidate_begin`](Self::invalidate_begin), with the notifier lock held
-    /// exclusively.
+    /// The body of [`invalidate_begin`](Self::invalidate_begin), with the notifier's lock held
+    /// exclusively (`idx` is its index).
     pub(super) fn invalidate_locked(
         &self,
-        t: &NotifierTree<Handle<P>, P::Host>,
-        id: NotifierId,
+        n: &Notifier<Handle<P>, P::Host>,
+        idx: &RangeIndex<P::Host>,
         start: u64,
         end: u64,
         event: Event,
     ) {
-        let Some(n) = t.get(id.0) else {
-            return;
-        };
         n.seq.begin();
         Stats::inc(&self.stats.invalidations);
         let s = start.max(n.start);
@@ -77,8 +82,8 @@ impl<P: Platform> Svm<P> {
         }
         // Zap once over the span of the ranges hit, before any DMA mapping goes away: the span
         // runs from the first to the last overlapping range (two descents, no walk).
-        let mut it = n.ranges.overlapping(s, e);
-        let (Some(first), Some(last)) = (it.peek(), n.ranges.last_overlapping(s, e)) else {
+        let mut it = idx.overlapping(s, e);
+        let (Some(first), Some(last)) = (it.peek(), idx.last_overlapping(s, e)) else {
             return;
         };
         self.platform.page_table().zap(first.start(), last.end());
@@ -146,7 +151,8 @@ impl<P: Platform> Svm<P> {
             let _s = self.structure.lock();
             let mut t = self.notifiers.write();
             for n in t.iter() {
-                for r in n.ranges.iter() {
+                let idx = n.ranges.write();
+                for r in idx.iter() {
                     self.platform.page_table().zap(r.start(), r.end());
                     r.pages.lock().free(self.platform.dma());
                     r.set_flags(RangeFlags::REMOVED);
@@ -161,7 +167,7 @@ impl<P: Platform> Svm<P> {
             }
         }
         for mut n in all {
-            while let Some(r) = n.ranges.pop_front() {
+            while let Some(r) = n.ranges.get_mut().pop_front() {
                 drop(r);
                 Stats::inc(&self.stats.ranges_removed);
             }

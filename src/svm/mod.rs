@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::placement::PagemapSet;
 use crate::platform::{AddressSpace, OwnerId, Platform};
 use crate::policy::AttrStore;
-use crate::range::{gc_queue, GcQueue, NotifierTree, Range, RangeArc};
+use crate::range::{gc_queue, GcQueue, Notifier, NotifierTree, Range, RangeArc, RangeIndex};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::sync::{class, AtomicBool, Mutex, Ordering, RwLock};
 
@@ -28,9 +28,11 @@ pub(super) type Handle<P> = <<P as Platform>::Mm as AddressSpace>::NotifierHandl
 ///  CPU change  ──► invalidate_begin (zap, unmap DMA, queue GC) ... invalidate_end
 /// ```
 ///
-/// Host, outermost first: the structure lock (range creation/removal), the notifier lock
-/// (shared: lookups, commit, bind; exclusive: invalidation, insertion, removal), the GC queue
-/// lock, a range's page-state lock. Their types come from the platform's lock facet
+/// Locks, outermost first: the structure lock (range creation/removal), the notifier-array lock
+/// (shared on the way to any notifier; exclusive to add or drop one), one notifier's lock
+/// (shared: lookups, commit, bind; exclusive: invalidation, insertion, removal — faults and
+/// invalidations on different notifiers do not meet), the GC queue lock, a range's page-state
+/// lock. Their types come from the platform's lock facet
 /// ([`Platform::Host`]); [`sync`](crate::sync) has the full table. None is held across a call
 /// into the platform's [`AddressSpace`] methods.
 pub struct Svm<P: Platform> {
@@ -72,7 +74,7 @@ impl<P: Platform> Svm<P> {
             platform,
             config,
             structure: Mutex::new(&class::STRUCTURE, ())?,
-            notifiers: RwLock::new(&class::NOTIFIER, NotifierTree::default())?,
+            notifiers: RwLock::new(&class::NOTIFIERS, NotifierTree::default())?,
             gc: Mutex::new(&class::GC_QUEUE, gc_queue())?,
             closed: AtomicBool::new(false),
             stats: Stats::default(),
@@ -127,50 +129,87 @@ impl<P: Platform> Svm<P> {
     /// Context: may sleep if the host's notifier lock does (takes it shared); allocates
     /// nothing.
     pub fn find(&self, addr: u64) -> Option<RangeArc<P::Host>> {
+        self.read_at(addr, |x| x.and_then(|(_, idx)| idx.find_arc(addr)))
+    }
+
+    /// Run `f` with the notifier holding `addr` and its range index, under the notifier-array
+    /// lock and that notifier's lock (both shared); `None` if no notifier holds `addr`.
+    #[inline]
+    pub(crate) fn read_at<R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(Option<(&Notifier<Handle<P>, P::Host>, &RangeIndex<P::Host>)>) -> R,
+    ) -> R {
         let t = self.notifiers.read();
-        t.find(addr).and_then(|n| n.ranges.find_arc(addr))
+        match t.find(addr) {
+            Some(n) => {
+                let idx = n.ranges.read();
+                f(Some((n, &idx)))
+            }
+            None => f(None),
+        }
+    }
+
+    /// As [`read_at`](Self::read_at), with the notifier's lock exclusive (the notifier-array
+    /// lock stays shared).
+    #[inline]
+    pub(crate) fn write_at<R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(Option<(&Notifier<Handle<P>, P::Host>, &mut RangeIndex<P::Host>)>) -> R,
+    ) -> R {
+        let t = self.notifiers.read();
+        match t.find(addr) {
+            Some(n) => {
+                let mut idx = n.ranges.write();
+                f(Some((n, &mut idx)))
+            }
+            None => f(None),
+        }
     }
 
     /// Call `f` for every notifier interval and every range in it, in address order, under the
-    /// notifier lock (shared). For diagnostics and invariant checkers; `f` must not call back
-    /// into this `Svm`.
+    /// notifier locks (shared, one notifier at a time). For diagnostics and invariant checkers;
+    /// `f` must not call back into this `Svm`.
     ///
-    /// Context: takes the notifier lock shared (may sleep if the host's lock does) and calls
-    /// `f` under it; allocates nothing.
+    /// Context: takes the notifier-array lock and each notifier's lock shared (may sleep if the
+    /// host's locks do) and calls `f` under them; allocates nothing.
     pub fn for_each_range(&self, mut f: impl FnMut((u64, u64), &Range<P::Host>)) {
         let t = self.notifiers.read();
         for n in t.iter() {
-            for r in n.ranges.iter() {
+            let idx = n.ranges.read();
+            for r in idx.iter() {
                 f((n.start, n.end), r);
             }
         }
     }
 
     /// A new reference to the first range (in address order) overlapping `[from, end)`, found
-    /// under one shared hold of the notifier lock. Callers walk an interval with it, moving
+    /// under one shared hold of the notifier locks. Callers walk an interval with it, moving
     /// `from` to the end of each range returned: no list is built, so nothing is allocated, and
     /// no lookup runs inside [`for_each_range`](Self::for_each_range) (which would take the
-    /// lock recursively: with a writer waiting between the two, a writer-preferring lock
+    /// locks recursively: with a writer waiting between the two, a writer-preferring lock
     /// deadlocks).
     ///
-    /// Context: takes the notifier lock shared; allocates nothing.
+    /// Context: takes the notifier-array lock and notifier locks shared; allocates nothing.
     pub(crate) fn first_overlapping(&self, from: u64, end: u64) -> Option<RangeArc<P::Host>> {
         let t = self.notifiers.read();
         let first = t
             .iter()
             .filter(|n| n.start < end && from < n.end)
-            .find_map(|n| n.ranges.overlapping(from, end).peek_arc());
+            .find_map(|n| n.ranges.read().overlapping(from, end).peek_arc());
         first
     }
 
     /// Number of notifiers and ranges.
     ///
-    /// Context: takes the notifier lock shared; allocates nothing.
+    /// Context: takes the notifier-array lock and each notifier's lock shared; allocates
+    /// nothing.
     pub fn counts(&self) -> (usize, usize) {
         let t = self.notifiers.read();
         let ranges = t
             .iter()
-            .map(|n| n.ranges.len())
+            .map(|n| n.ranges.read().len())
             .fold(0usize, usize::saturating_add);
         (t.len(), ranges)
     }

@@ -8,7 +8,10 @@ use crate::platform::{
     AddressSpace, CollectRequest, CpuPage, DevicePageTable, NotifierId, OwnerId, Platform,
     PAGE_SIZE,
 };
-use crate::range::{select_chunk, ChunkQuery, Notifier, NotifierTree, Range, RangeArc, RangeFlags};
+use crate::range::{
+    select_chunk, slot_size_for, ChunkQuery, Notifier, NotifierTree, Range, RangeArc, RangeFlags,
+    RangeIndex,
+};
 use crate::stats::Stats;
 use crate::types::Window;
 use crate::HostVec;
@@ -176,10 +179,7 @@ impl<P: Platform> Svm<P> {
         let no_mem = core::cell::Cell::new(None);
         let chosen = select_chunk(
             &q,
-            |s, e| {
-                let t = self.notifiers.read();
-                t.find(addr).is_some_and(|n| n.ranges.any_overlap(s, e))
-            },
+            |s, e| self.read_at(addr, |x| x.is_some_and(|(_, idx)| idx.any_overlap(s, e))),
             |s, e| match self.all_present(s, e, ctx.owner) {
                 Ok(all) => all,
                 Err(e) => {
@@ -230,33 +230,50 @@ impl<P: Platform> Svm<P> {
                 .is_some_and(|v| v.start <= start && end <= v.end);
         let inserted = if still_mapped {
             let _s = self.structure.lock();
-            let mut t = self.notifiers.write();
-            if self.is_closed() {
+            // Room in the range's slot of the index: read under the notifier's lock (shared),
+            // allocated with no lock held, used under it (exclusive). The structure lock keeps
+            // other insertions out meanwhile (removals only make room).
+            let need = self.read_at(addr, |x| x.and_then(|(_, idx)| idx.spare_needed(start)));
+            let mut spare = match need {
+                Some(cap) => Some(RangeIndex::<P::Host>::alloc_spare(cap, AllocCtx::MaySleep)?),
+                None => None,
+            };
+            let t = self.notifiers.read();
+            let out = if self.is_closed() {
                 Err(Error::Closed)
-            } else if let Some(r) = t.find(addr).and_then(|n| n.ranges.find_arc(addr)) {
-                // Another fault created it meanwhile.
-                return Ok(Some(r));
             } else {
-                // The attributes may have changed since the chunk was chosen: `set_attrs`
-                // updates them, then removes the ranges straddling the new edges under this
-                // lock. A range inserted after that removal must not straddle them either, so
-                // the extent is read again here (lock order: notifier, then attributes);
-                // a range that no longer fits is not inserted and the fault starts over
-                // (tests/loom_attrs.rs `straddling_update_vs_fault`).
-                let (lo, hi) = self.attrs.read().extent(addr);
-                match (t.find_mut(addr), seq) {
-                    (Some(n), Some(seq))
-                        if n.handle.is_some()
-                            && !n.seq.read_retry(seq)
-                            && lo <= start
-                            && end <= hi =>
-                    {
-                        // An overlap means a concurrent insert won: start over.
-                        Ok(n.ranges.insert(range.clone()).is_ok())
+                match (t.find(addr), seq) {
+                    (Some(n), Some(seq)) => {
+                        let mut idx = n.ranges.write();
+                        if let Some(r) = idx.find_arc(addr) {
+                            // Another fault created it meanwhile.
+                            return Ok(Some(r));
+                        }
+                        // The attributes may have changed since the chunk was chosen:
+                        // `set_attrs` updates them, then removes the ranges straddling the new
+                        // edges under this lock. A range inserted after that removal must not
+                        // straddle them either, so the extent is read again here (lock order:
+                        // notifier, then attributes); a range that no longer fits is not
+                        // inserted and the fault starts over (tests/loom_attrs.rs
+                        // `straddling_update_vs_fault`).
+                        let (lo, hi) = self.attrs.read().extent(addr);
+                        if n.handle.is_some() && !n.seq.read_retry(seq) && lo <= start && end <= hi
+                        {
+                            // An overlap means a concurrent insert won: start over.
+                            Ok(idx
+                                .insert_within_capacity(range.clone(), &mut spare)
+                                .is_ok())
+                        } else {
+                            Ok(false)
+                        }
                     }
                     _ => Ok(false),
                 }
-            }
+            };
+            drop(t);
+            // A replaced slot buffer is freed here, with no lock of the invalidation path held.
+            drop(spare);
+            out
         } else {
             Ok(false)
         };
@@ -300,6 +317,8 @@ impl<P: Platform> Svm<P> {
                 }
                 None => {}
             }
+            // The notifier (its range index and its lock) is made with no lock held.
+            let mut fresh = Some(Notifier::new(start, end, self.slot_size())?);
             {
                 // Notifiers are inserted under the structure lock only, so the room read here
                 // is still there when the notifier lock is taken for the insertion; the array
@@ -318,12 +337,15 @@ impl<P: Platform> Svm<P> {
                 if t.get(start).is_some() {
                     continue;
                 }
+                let Some(fresh) = fresh.take() else {
+                    continue;
+                };
                 // The notifier goes into the tree before the platform learns about it: from
                 // the moment `register_notifier` makes it visible, the platform may call
                 // `invalidate_begin` for it, and that call must find it (a dropped `begin`
                 // would let a collection commit across the invalidation:
                 // tests/loom_invalidate.rs `first_fault_vs_invalidate`).
-                t.insert_within_capacity(Notifier::new(start, end), &mut spare)?;
+                t.insert_within_capacity(fresh, &mut spare)?;
                 drop(t);
                 drop(spare);
             }
@@ -341,17 +363,24 @@ impl<P: Platform> Svm<P> {
                 (Ok(h), _) => {
                     // Closed meanwhile (close took the notifier out, or will find it without a
                     // handle): undo the registration ourselves.
-                    if t.get(start).is_some_and(|n| n.handle.is_none()) {
-                        t.remove(start);
-                    }
+                    let gone = if t.get(start).is_some_and(|n| n.handle.is_none()) {
+                        t.remove(start)
+                    } else {
+                        None
+                    };
                     drop(t);
+                    drop(gone);
                     self.platform.mm().unregister_notifier(h);
                     Err(Error::Closed)
                 }
                 (Err(e), _) => {
-                    if t.get(start).is_some_and(|n| n.handle.is_none()) {
-                        t.remove(start);
-                    }
+                    let gone = if t.get(start).is_some_and(|n| n.handle.is_none()) {
+                        t.remove(start)
+                    } else {
+                        None
+                    };
+                    drop(t);
+                    drop(gone);
                     Err(e)
                 }
             };
@@ -359,40 +388,51 @@ impl<P: Platform> Svm<P> {
     }
 
     pub(super) fn drop_notifier_if_empty(&self, start: u64) {
-        let handle = {
+        let gone = {
             let mut t = self.notifiers.write();
             match t.get(start) {
                 // A notifier without a handle is still being registered by another caller.
-                Some(n) if n.ranges.is_empty() && n.handle.is_some() => {
-                    t.remove(start).and_then(|mut n| n.handle.take())
-                }
+                Some(n) if n.ranges.read().is_empty() && n.handle.is_some() => t.remove(start),
                 _ => None,
             }
         };
+        // Its index and lock are freed here, after the notifier-array lock.
+        let handle = gone.and_then(|mut n| n.handle.take());
         if let Some(h) = handle {
             self.platform.mm().unregister_notifier(h);
         }
     }
 
-    /// Whether `range` (the very object) is linked into a notifier of this instance. Call
-    /// with the notifier lock held.
-    pub(super) fn owns(t: &NotifierTree<Handle<P>, P::Host>, range: &Range<P::Host>) -> bool {
-        t.find(range.start())
-            .and_then(|n| n.ranges.find(range.start()))
+    /// Slot size of the notifiers' range indices: the largest chunk, or more so that an index
+    /// has at most 256 slots.
+    pub(super) fn slot_size(&self) -> u64 {
+        let largest = self
+            .config
+            .chunk_sizes
+            .first()
+            .copied()
+            .unwrap_or(PAGE_SIZE);
+        slot_size_for(self.config.notifier_size, largest)
+    }
+
+    /// Whether `range` (the very object) is linked into the notifier index `idx` (held
+    /// locked by the caller).
+    pub(super) fn owns_in(idx: &RangeIndex<P::Host>, range: &Range<P::Host>) -> bool {
+        idx.find(range.start())
             .is_some_and(|r| core::ptr::eq(r, range))
     }
 
-    /// Check that `range` is live in this instance (under the notifier lock).
-    pub(super) fn check_range(
-        &self,
-        t: &NotifierTree<Handle<P>, P::Host>,
+    /// Check that `range` is live in the notifier `x` found for it (held locked by the
+    /// caller, see [`read_at`](Self::read_at)).
+    pub(super) fn check_range_in(
+        x: Option<&RangeIndex<P::Host>>,
         range: &Range<P::Host>,
     ) -> Result<()> {
         let f = range.flags();
         if f.contains(RangeFlags::REMOVED) {
             return Err(Error::Again);
         }
-        if !Self::owns(t, range) {
+        if !x.is_some_and(|idx| Self::owns_in(idx, range)) {
             return Err(Error::Invalid);
         }
         if f.contains(RangeFlags::UNMAPPED) {
@@ -402,15 +442,18 @@ impl<P: Platform> Svm<P> {
     }
 
     /// Whether `range` (the very object) is linked into a notifier of this instance, unmapped
-    /// or not (takes the notifier lock shared).
+    /// or not (takes the notifier locks shared).
     pub(crate) fn owns_range(&self, range: &Range<P::Host>) -> bool {
-        Self::owns(&self.notifiers.read(), range)
+        self.read_at(range.start(), |x| {
+            x.is_some_and(|(_, idx)| Self::owns_in(idx, range))
+        })
     }
 
-    /// Check that `range` is live in this instance (takes the notifier lock shared).
+    /// Check that `range` is live in this instance (takes the notifier locks shared).
     pub(crate) fn check_live(&self, range: &Range<P::Host>) -> Result<()> {
-        let t = self.notifiers.read();
-        self.check_range(&t, range)
+        self.read_at(range.start(), |x| {
+            Self::check_range_in(x.map(|(_, idx)| idx), range)
+        })
     }
 
     /// Remove a range (SPEC §2 `remove`): zap its device mappings, unmap and free its pages,
@@ -420,9 +463,11 @@ impl<P: Platform> Svm<P> {
     /// is not in this instance (already removed, or another instance's). On error nothing
     /// changes.
     ///
-    /// Context: may sleep. Takes the structure lock, then the notifier lock (exclusive) and the
-    /// range's page-state lock, and zaps and DMA-unmaps under them; frees the page array (no
-    /// allocation); unregisters an emptied notifier with the platform after releasing every lock.
+    /// Context: may sleep. Takes the structure lock, then the notifier-array lock (shared) and
+    /// the range's notifier lock (exclusive) and the range's page-state lock, and zaps and
+    /// DMA-unmaps under them; frees the page array (no allocation); if the notifier is left
+    /// empty, takes the notifier-array lock exclusively to drop it, and unregisters it with
+    /// the platform after releasing every lock.
     pub fn remove(&self, range: &Range<P::Host>) -> Result<()> {
         self.check_open()?;
         let handle = {
@@ -438,22 +483,33 @@ impl<P: Platform> Svm<P> {
     /// Unlink `range` (structure lock held); returns the handle of its notifier if that went
     /// with it, for the caller to unregister once no crate lock is held.
     pub(super) fn remove_locked(&self, range: &Range<P::Host>) -> Result<Option<Handle<P>>> {
-        let (handle, _unlinked) = {
-            let mut t = self.notifiers.write();
-            let n = t.find_mut(range.start()).ok_or(Error::Invalid)?;
-            let unlinked = n.ranges.remove(range).ok_or(Error::Invalid)?;
+        let (emptied, unlinked) = self.write_at(range.start(), |x| {
+            let (n, idx) = x.ok_or(Error::Invalid)?;
+            let unlinked = idx.remove(range).ok_or(Error::Invalid)?;
             self.platform.page_table().zap(range.start(), range.end());
             range.pages.lock().free(self.platform.dma());
             range.set_flags(RangeFlags::REMOVED);
-            let handle = if n.ranges.is_empty() && n.handle.is_some() {
-                let start = n.start;
-                t.remove(start).and_then(|mut n| n.handle.take())
-            } else {
-                None
-            };
-            (handle, unlinked)
-        };
+            Ok((
+                (idx.is_empty() && n.handle.is_some()).then_some(n.start),
+                unlinked,
+            ))
+        })?;
+        // The range's last reference may go here, with no lock of the invalidation path held.
+        drop(unlinked);
         Stats::inc(&self.stats.ranges_removed);
-        Ok(handle)
+        let Some(start) = emptied else {
+            return Ok(None);
+        };
+        // The structure lock keeps insertions out: the notifier is still empty unless a
+        // registration is in flight (then it has no handle and stays).
+        let gone = {
+            let mut t = self.notifiers.write();
+            match t.get(start) {
+                Some(n) if n.ranges.read().is_empty() && n.handle.is_some() => t.remove(start),
+                _ => None,
+            }
+        };
+        // Its index and lock are freed here, after the notifier-array lock.
+        Ok(gone.and_then(|mut n| n.handle.take()))
     }
 }

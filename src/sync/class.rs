@@ -46,10 +46,25 @@ pub static OWNER: LockClass = LockClass {
     invalidation: false,
 };
 
-/// The notifier lock (Linux: `drm_gpusvm.notifier_lock`, an `rw_semaphore`): shared for page
-/// commits, `bind` and lookups; exclusive for invalidation and tree changes. Reader-writer lock.
-/// It may sleep: the non-blockable invalidation ([`Svm::invalidate_begin_nonblock`]) only
-/// try-locks it.
+/// `Svm`'s notifier array (which notifiers exist, their registration handles): shared by every
+/// lookup, fault and invalidation on the way to one notifier's lock; exclusive only to add or
+/// drop a notifier and to close. Reader-writer lock. It may sleep: the non-blockable
+/// invalidation ([`Svm::invalidate_begin_nonblock`]) only try-locks it.
+///
+/// [`Svm::invalidate_begin_nonblock`]: crate::Svm::invalidate_begin_nonblock
+pub static NOTIFIERS: LockClass = LockClass {
+    name: "gpusvm.notifiers",
+    rank: 28,
+    may_sleep: true,
+    invalidation: true,
+};
+
+/// One notifier's lock (Linux has one `drm_gpusvm.notifier_lock` per instance; here there is
+/// one per notifier, so faults, commits and invalidations on different notifiers run in
+/// parallel): its range index and, under it, its ranges' page state. Shared for page commits,
+/// `bind` and lookups; exclusive for invalidation and range insertion and removal.
+/// Reader-writer lock. It may sleep: the non-blockable invalidation
+/// ([`Svm::invalidate_begin_nonblock`]) only try-locks it.
 ///
 /// [`Svm::invalidate_begin_nonblock`]: crate::Svm::invalidate_begin_nonblock
 pub static NOTIFIER: LockClass = LockClass {
@@ -122,9 +137,10 @@ pub static OWNER_REGISTRY: LockClass = LockClass {
 };
 
 /// Every class, in lock order (outermost first).
-pub static ALL: [&LockClass; 10] = [
+pub static ALL: [&LockClass; 11] = [
     &STRUCTURE,
     &OWNER,
+    &NOTIFIERS,
     &NOTIFIER,
     &USERPTR,
     &PAGEMAPS,
