@@ -42,7 +42,7 @@
 //!   installs pages into a range that is gone: every mapping it made is unmapped.
 //!
 //! Each model also records which outcomes its executions reached and asserts that the
-//! interesting ones occurred (e.g. "collected the replaced frame, dropped it, committed the
+//! interesting ones occurred (e.g. "retried after the sequence moved, committed the
 //! new one"), so a model that stopped exploring the race would fail rather than pass vacuously.
 //! Mutations of the crate that these models catch (checked while writing them): commit without
 //! the sequence check, `read_begin` with a `Relaxed` load, unmap of old entries without the
@@ -126,7 +126,10 @@ fn check_recovers(svm: &S, range: &Range) {
     assert_dma_consistent(svm, range);
 }
 
-const STALE_DROPPED: &str = "collected the replaced frame, dropped it, committed the new one";
+/// Since issue 16 the sequence is checked before the pages are mapped (mapping and commit run
+/// under one shared hold of the notifier's lock), so a stale collection is dropped unmapped:
+/// the collector retried and then committed the current frames.
+const STALE_DROPPED: &str = "retried after the sequence moved, committed the new frames";
 const AFTER: &str = "collected after the invalidation";
 const BEFORE: &str = "committed before the invalidation, then invalidated";
 const BUSY: &str = "gave up (Busy)";
@@ -135,9 +138,11 @@ const BUSY: &str = "gave up (Busy)";
 fn classify(cov: &Coverage, svm: &S, range: &Range, r: &Result<(), Error>) {
     let old = FRAME0 << 12;
     let mapped_old = svm.platform().dma.log().iter().any(|m| m.addr == old);
+    let retried = svm.stats().retries > 0;
     let valid = committed(svm, range).is_some();
     cov.hit(match (r, valid) {
-        (Ok(()), true) if mapped_old => STALE_DROPPED,
+        (Ok(()), true) if retried => STALE_DROPPED,
+        (Ok(()), true) if mapped_old => "mapped the replaced frame, then committed the new one",
         (Ok(()), true) => AFTER,
         (Ok(()), false) => BEFORE,
         (Err(Error::Busy), _) => BUSY,
@@ -266,9 +271,11 @@ fn recommit_vs_invalidate() {
         // The read-only mapping of the old frame is in the log in every execution: classify by
         // what the collector itself mapped.
         let mapped_old = log.iter().skip(NPAGES).any(|m| m.addr == FRAME0 << 12);
+        let retried = svm.stats().retries > 0;
         let valid = committed(&svm, &range).is_some();
         c.hit(match (&ra, valid) {
-            (Ok(()), true) if mapped_old => STALE_DROPPED,
+            (Ok(()), true) if retried => STALE_DROPPED,
+            (Ok(()), true) if mapped_old => "mapped the replaced frame, then committed the new one",
             (Ok(()), true) => AFTER,
             (Ok(()), false) => BEFORE,
             _ => BUSY,

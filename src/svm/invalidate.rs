@@ -22,9 +22,10 @@ impl<P: Platform> Svm<P> {
     /// [`DmaMapper::unmap_page`](crate::platform::DmaMapper::unmap_page). An unknown `id` is
     /// ignored.
     ///
-    /// Context: allocates nothing. Takes the notifier lock (exclusive; waits for it, so it may
-    /// sleep if the host's notifier lock does), then range page-state locks and the GC-queue
-    /// lock (spinning classes). For a caller that must not sleep, use
+    /// Context: allocates nothing. Takes the notifier-array lock (shared), then the notifier's
+    /// own lock (exclusive; waits for it, so it may sleep if the host's notifier lock does:
+    /// only faults and commits on *this* notifier hold it), then range page-state locks and
+    /// the GC-queue lock (spinning classes). For a caller that must not sleep, use
     /// [`invalidate_begin_nonblock`](Self::invalidate_begin_nonblock).
     pub fn invalidate_begin(&self, id: NotifierId, start: u64, end: u64, event: Event) {
         let t = self.notifiers.read();
@@ -39,12 +40,14 @@ impl<P: Platform> Svm<P> {
     /// an interval notifier called with `mmu_notifier_range_blockable() == false`, as the OOM
     /// reaper does): the notifier lock is only try-locked.
     ///
-    /// Errors: [`Error::Again`] if the notifier lock is held by someone else right now; then
+    /// Errors: [`Error::Again`] if the notifier's lock (or the notifier array's, exclusively:
+    /// a notifier being added or dropped) is held by someone else right now; then
     /// nothing changed (the sequence did not move, no mapping was touched) and the platform
     /// reports "try again" to its caller (Linux: the callback returns `false`). An unknown `id`
     /// is `Ok` and ignored, as in the blocking form.
     ///
-    /// Context: never sleeps; allocates nothing. Try-locks the notifier lock; takes range
+    /// Context: never sleeps; allocates nothing. Try-locks the notifier-array lock (shared)
+    /// and the notifier's lock (exclusive); takes range
     /// page-state locks and the GC-queue lock, which are spinning classes (see
     /// [`sync`](crate::sync)), waiting for them only as a spin lock does.
     pub fn invalidate_begin_nonblock(
@@ -125,13 +128,17 @@ impl<P: Platform> Svm<P> {
     /// The platform calls this after it changed the CPU page tables (SPEC §4): the sequence
     /// becomes even again once the last nested invalidation ends. An unknown `id` is ignored.
     ///
-    /// Context: allocates nothing. Takes the notifier lock shared, waiting only while a writer
-    /// holds it (an invalidation's begin, a range insertion or removal: short sections that
-    /// call nothing that sleeps except `zap`/DMA unmap); it may sleep if the host's notifier
-    /// lock does.
+    /// Context: allocates nothing. Takes the notifier-array lock shared, then the notifier's
+    /// lock shared, waiting only while a writer holds it (an invalidation's begin, a range
+    /// insertion or removal: short sections that call nothing that sleeps except `zap`/DMA
+    /// unmap); it may sleep if the host's locks do.
     pub fn invalidate_end(&self, id: NotifierId, _start: u64, _end: u64) {
         let t = self.notifiers.read();
         if let Some(n) = t.get(id.0) {
+            // Shared: the end's two steps (the last one out makes the sequence even) must not
+            // interleave with a `begin` (exclusive), or a begin could make the sequence even
+            // while it runs (tests/loom_invalidate.rs `commit_vs_nested_invalidations`).
+            let _g = n.ranges.read();
             n.seq.end();
         }
     }
@@ -140,8 +147,8 @@ impl<P: Platform> Svm<P> {
     /// collector, and unregister every notifier. Idempotent; later calls that need the
     /// instance return [`Error::Closed`]. Also run on drop.
     ///
-    /// Context: may sleep. Takes the structure lock, then the notifier lock (exclusive) and each
-    /// range's page-state lock (zap, DMA unmap, free), then the GC-queue lock alone; drops the
+    /// Context: may sleep. Takes the structure lock, then the notifier-array lock (exclusive),
+    /// each notifier's lock (exclusive) and each range's page-state lock (zap, DMA unmap, free), then the GC-queue lock alone; drops the
     /// ranges and unregisters the notifiers with no lock held. Allocates nothing.
     pub fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {

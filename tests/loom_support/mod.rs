@@ -311,6 +311,24 @@ pub fn new_svm(max_attempts: u32) -> Svm<LoomPlatform> {
     Svm::new(p, cfg).unwrap_or_else(|e| panic!("Svm::new: {e:?}"))
 }
 
+/// As [`new_svm`], with notifiers of one range each: 8 KiB notifiers, so the VMA's two 8 KiB
+/// ranges `[BASE, END)` and `[END, VMA_END)` lie in two notifiers (ids `BASE` and `END`).
+pub fn new_svm_two_notifiers(max_attempts: u32) -> Svm<LoomPlatform> {
+    let mut cfg = SvmConfig::new(0, NOTIFIER_SIZE)
+        .with_chunk_sizes(&[END - BASE, PAGE_SIZE])
+        .unwrap_or_else(|e| panic!("chunk sizes: {e:?}"));
+    cfg.notifier_size = END - BASE;
+    cfg.check_pages_threshold = 0;
+    cfg.retry.max_attempts = max_attempts;
+    let p = LoomPlatform {
+        mm: LoomMm::new(),
+        dma: LoomDma::default(),
+        pt: LoomPt::default(),
+        clock: std::sync::atomic::AtomicU64::new(0),
+    };
+    Svm::new(p, cfg).unwrap_or_else(|e| panic!("Svm::new: {e:?}"))
+}
+
 /// The committed entries of `range` as sorted `(addr, order)`, or `None` if its pages are not
 /// valid (read through `bind`, i.e. under the notifier lock).
 pub fn committed(svm: &Svm<LoomPlatform>, range: &gpusvm::Range) -> Option<Vec<(u64, u8)>> {
