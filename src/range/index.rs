@@ -1,18 +1,17 @@
-//! The flat range index of one notifier: a slot table over a fixed, aligned interval, one small
-//! sorted array of ranges per slot.
+//! The flat range index of one notifier: a slot table over a fixed, aligned interval; each slot
+//! keeps a single range inline and several in a small sorted array.
 //!
 //! ```text
 //!   RangeIndex [start, end), slot_size = 2^shift bytes, slot k = [start + k·slot_size, +slot_size)
 //!
-//!   slots (HostVec, one per slot)  ┌──────┬──────┬──────┬──────┬─────┬──────────┐
-//!                                  │ s0   │ s1   │ s2   │ s3   │ ... │ s(n - 1) │
-//!                                  └──┬───┴──────┴──┬───┴──────┴─────┴──────────┘
-//!                                     │ (empty: no  │
-//!                                     ▼  buffer)    ▼
-//!   per-slot array (HostVec<Entry>,  ┌────┬────┬──┐ ┌────┬──┐
-//!   sorted by start, no overlap)     │ e0 │ e1 │  │ │ e0 │  │   spare capacity ─┐
-//!                                    └─┬──┴────┴──┘ └────┴──┘                   │ used by
-//!   Entry { start, end, HostArc<Range> } (bounds inline: a lookup reads no range)  insertions
+//!   slot table (HostVec<Slot>)  ┌─────────┬─────────┬─────────┬─────────┬─────┐
+//!   Slot { one, more }          │ one: e0 │ (empty) │ more ─┐ │ one: e0 │ ... │
+//!                               └─────────┴─────────┴───────┼─┴─────────┴─────┘
+//!                                                           ▼
+//!   more: HostVec<Entry>, sorted by start,          ┌────┬────┬────┬──────┐
+//!   non-overlapping, grown by doubling              │ e0 │ e1 │ e2 │ room │
+//!                                                   └────┴────┴────┴──────┘
+//!   Entry { start, end, HostArc<Range> }: the bounds inline, so a lookup reads no range
 //! ```
 //!
 //! The ranges an [`Svm`](crate::Svm) creates are chunk-aligned: a power-of-two size no larger
@@ -20,24 +19,27 @@
 //! smaller than the largest chunk (see [`slot_size_for`]), every such range lies inside exactly
 //! one slot; the index refuses a range that does not.
 //!
-//! - **Lookup** of an address: the slot is `(addr - start) >> shift`, then a binary search in
-//!   that slot's array: `O(log(slot_size / 4 KiB))` comparisons whatever the number of ranges.
+//! - **Lookup** of an address: the slot is `(addr - start) >> shift`; a slot with one range
+//!   answers from the table, else a binary search in its array: `O(log(slot_size / 4 KiB))`
+//!   comparisons whatever the number of ranges.
 //! - **Overlap iteration** walks the slots from the first to the last one the interval touches,
-//!   reading consecutive memory.
+//!   reading the table in order and prefetching the arrays of the slots a few ahead.
 //! - **Insertion and removal** move entries inside one slot's array only: at most
 //!   `slot_size / 4 KiB - 1` entries of 24 bytes (511 for 2 MiB slots), plus, when the slot's
 //!   array is full, one copy of its entries into a bigger buffer (see below).
 //!
 //! **Allocation.** Everything lives on the host's allocator. The constructor allocates the slot
-//! table; a slot's array is allocated on the first insertion into the slot and grows by
-//! doubling (up to `slot_size / 4 KiB` entries). Removal never frees a buffer: an emptied slot
-//! keeps its capacity until the index is dropped. Insertion under a lock that the invalidation
-//! path takes neither allocates nor frees, in three steps (as the notifier tree does):
-//! [`spare_needed`](RangeIndex::spare_needed) (under the lock, shared) says whether the slot
-//! needs a bigger buffer, [`alloc_spare`](RangeIndex::alloc_spare) allocates it (no lock held),
-//! and [`insert_within_capacity`](RangeIndex::insert_within_capacity) (under the lock,
-//! exclusive) moves the slot's entries into it and hands back the old, empty buffer, to be
-//! dropped after the lock is released.
+//! table (48 bytes a slot on 64-bit targets). A slot's first range goes inline (no allocation);
+//! its array is allocated when a second range joins, for 2, then grows by doubling up to
+//! `slot_size / 4 KiB` entries. Removal never frees: an emptied array keeps its capacity until
+//! the index is dropped (a slot left with one range moves it inline). Insertion under a lock
+//! that the invalidation path takes neither allocates nor frees, in three steps (as the
+//! notifier tree does): [`spare_needed`](RangeIndex::spare_needed) (under the lock, shared)
+//! says whether the slot needs a bigger array, [`alloc_spare`](RangeIndex::alloc_spare)
+//! allocates it (no lock held), and
+//! [`insert_within_capacity`](RangeIndex::insert_within_capacity) (under the lock, exclusive)
+//! moves the slot's entries into it and hands back the old, empty buffer, to be dropped after
+//! the lock is released.
 //!
 //! **Links.** An inserted range's tree link is acquired (as [`RangeTree::insert`] does) and
 //! released when the range leaves the index, so [`Range::is_linked`] stays truthful and a range
@@ -63,8 +65,92 @@ struct Entry<L: Host> {
     range: HostArc<L, Range<L>>,
 }
 
-/// The ranges of one slot, sorted by start, non-overlapping.
-type Slot<L> = HostVec<L, Entry<L>>;
+/// The ranges of one slot, sorted by start, non-overlapping: a single range inline in the slot
+/// table (a lookup reads no array; inserting it allocates nothing), several in an array.
+///
+/// Invariant: `one` is `Some` only while `more` is empty (`more` may keep its capacity). A slot
+/// holding exactly one range keeps it in `one` (not needed for correctness).
+struct Slot<L: Host> {
+    one: Option<Entry<L>>,
+    more: HostVec<L, Entry<L>>,
+}
+
+impl<L: Host> Slot<L> {
+    fn new() -> Self {
+        Slot {
+            one: None,
+            more: HostVec::<L, Entry<L>>::new(),
+        }
+    }
+
+    /// The slot's entries, in order.
+    #[inline]
+    fn entries(&self) -> &[Entry<L>] {
+        match &self.one {
+            Some(e) => core::slice::from_ref(e),
+            None => &self.more,
+        }
+    }
+
+    fn len(&self) -> usize {
+        if self.one.is_some() {
+            1
+        } else {
+            self.more.len()
+        }
+    }
+
+    /// Whether one more range needs a bigger array: the slot holds ranges and its array has
+    /// no room for them and one more.
+    fn full(&self) -> bool {
+        let n = self.len();
+        n >= 1 && self.more.capacity() <= n
+    }
+
+    /// Insert `entry` at position `i` (within capacity); gives it back when there is no room.
+    fn insert(&mut self, i: usize, entry: Entry<L>) -> core::result::Result<(), Entry<L>> {
+        if self.one.is_none() && self.more.is_empty() {
+            self.one = Some(entry);
+            return Ok(());
+        }
+        if self.full() {
+            return Err(entry);
+        }
+        if let Some(o) = self.one.take() {
+            // `more` is empty and has room for two (not full).
+            if let Err(o) = self.more.push_within_capacity(o) {
+                self.one = Some(o);
+                return Err(entry);
+            }
+        }
+        self.more.insert_within_capacity(i, entry)
+    }
+
+    /// Remove the entry at position `i`.
+    fn remove(&mut self, i: usize) -> Option<Entry<L>> {
+        if self.one.is_some() {
+            return if i == 0 { self.one.take() } else { None };
+        }
+        let e = self.more.remove(i)?;
+        if self.more.len() == 1 {
+            self.one = self.more.pop();
+        }
+        Some(e)
+    }
+
+    /// Start reading the slot's array, if it has ranges there (see `IndexOverlapping`).
+    #[inline(always)]
+    fn prefetch(&self) {
+        if !self.more.is_empty() {
+            prefetch(self.more.as_ptr());
+        }
+    }
+
+    /// Take any entry out (for dropping them all).
+    fn pop(&mut self) -> Option<Entry<L>> {
+        self.one.take().or_else(|| self.more.pop())
+    }
+}
 
 /// Most slots an [`Svm`](crate::Svm)'s notifier index has (see [`slot_size_for`]).
 const SVM_SLOTS: u64 = 256;
@@ -92,13 +178,13 @@ pub fn slot_size_for(notifier_size: u64, largest_chunk: u64) -> u64 {
     largest_chunk.max(notifier_size.checked_div(SVM_SLOTS).unwrap_or(0))
 }
 
-/// An empty buffer for one slot's ranges, allocated ahead of an insertion (see
+/// An empty array for one slot's ranges, allocated ahead of an insertion (see
 /// [`RangeIndex::alloc_spare`]); after [`RangeIndex::insert_within_capacity`] replaced a full
-/// slot's buffer with it, it holds the old buffer, empty, to be dropped once the caller's lock
-/// is released.
+/// slot's array with it, it holds the old array, empty (or no buffer at all, if the slot had
+/// none), to be dropped once the caller's lock is released.
 pub struct IndexSpare<L: Host = DefaultHost> {
     /// Always empty: the index only stores an emptied buffer here.
-    buf: Slot<L>,
+    buf: HostVec<L, Entry<L>>,
 }
 
 impl<L: Host> IndexSpare<L> {
@@ -181,21 +267,23 @@ impl<L: Host> core::fmt::Debug for RangeIndex<L> {
     }
 }
 
-/// The capacity a slot's array grows to from `cap`: double (at least one), at most `max`.
+/// The capacity a slot's array grows to from `cap`: double (at least two: a single range is
+/// kept inline), at most `max`.
 fn grown(cap: usize, max: usize) -> usize {
-    cap.saturating_mul(2).max(1).min(max)
+    cap.saturating_mul(2).max(2).min(max)
 }
 
 impl<L: Host> RangeIndex<L> {
     /// An empty index over `[start, end)` in slots of `slot_size` bytes; allocates the slot
-    /// table only (each slot's array is allocated on the first insertion into it).
+    /// table only (a slot's first range is kept in the table; its array is allocated when a
+    /// second one joins).
     ///
     /// Errors: [`Error::Invalid`] unless `slot_size` is a power of two no smaller than the page
     /// size, `start` and `end` are multiples of it, `start < end`, and the number of slots is
     /// at most `u32::MAX` (and its table fits the address space); [`Error::NoMem`] if the
     /// allocator fails (nothing is allocated then).
     ///
-    /// Context: allocates the slot table (`(end - start) / slot_size` slots of 24 bytes on
+    /// Context: allocates the slot table (`(end - start) / slot_size` slots of 48 bytes on
     /// 64-bit targets) with `ctx`; may sleep only if `ctx` allows it; takes no lock.
     pub fn new(start: u64, end: u64, slot_size: u64, ctx: AllocCtx) -> Result<Self> {
         let aligned = |x: u64| x.checked_rem(slot_size) == Some(0);
@@ -277,7 +365,7 @@ impl<L: Host> RangeIndex<L> {
     pub fn heap_bytes(&self) -> usize {
         let table = self.slots.capacity().saturating_mul(size_of::<Slot<L>>());
         self.slots.iter().fold(table, |acc, s| {
-            acc.saturating_add(s.capacity().saturating_mul(size_of::<Entry<L>>()))
+            acc.saturating_add(s.more.capacity().saturating_mul(size_of::<Entry<L>>()))
         })
     }
 
@@ -294,7 +382,7 @@ impl<L: Host> RangeIndex<L> {
     /// The entry whose range contains `addr`.
     #[inline]
     fn entry(&self, addr: u64) -> Option<&Entry<L>> {
-        let slot = self.slots.get(self.slot_index(addr)?)?;
+        let slot = self.slots.get(self.slot_index(addr)?)?.entries();
         let i = slot.partition_point(|e| e.start <= addr).checked_sub(1)?;
         slot.get(i).filter(|e| addr < e.end)
     }
@@ -345,7 +433,11 @@ impl<L: Host> RangeIndex<L> {
         // or before `start`, and they come first in it (ends are sorted too).
         let pos = slots
             .first()
-            .map_or(0, |s| s.partition_point(|e| e.end <= start));
+            .map_or(0, |s| s.entries().partition_point(|e| e.end <= start));
+        // Start reading the arrays of the first slots (see `IndexOverlapping::settle`).
+        for s in slots.iter().skip(1).take(READ_AHEAD) {
+            s.prefetch();
+        }
         let mut it = IndexOverlapping { slots, pos, end };
         it.settle();
         it
@@ -357,6 +449,7 @@ impl<L: Host> RangeIndex<L> {
     /// holding a range that starts before `end`.
     pub fn last_overlapping(&self, start: u64, end: u64) -> Option<&Range<L>> {
         for slot in self.touched(start, end)?.iter().rev() {
+            let slot = slot.entries();
             let i = slot.partition_point(|e| e.start < end);
             if let Some(e) = i.checked_sub(1).and_then(|j| slot.get(j)) {
                 return (e.end > start).then_some(&*e.range);
@@ -376,12 +469,7 @@ impl<L: Host> RangeIndex<L> {
     ///
     /// Context: as [`find`](Self::find); the iterator walks the slot table.
     pub fn iter(&self) -> impl Iterator<Item = &Range<L>> + '_ {
-        self.slots
-            .get(self.first..)
-            .unwrap_or(&[])
-            .iter()
-            .flat_map(|s| s.iter())
-            .map(|e| &*e.range)
+        self.overlapping(self.start, self.end)
     }
 
     /// Where `range` goes: its slot and its position there.
@@ -392,7 +480,7 @@ impl<L: Host> RangeIndex<L> {
         if s > last || self.slot_index(last) != Some(si) {
             return Err(Error::Invalid);
         }
-        let slot = self.slots.get(si).ok_or(Error::Invalid)?;
+        let slot = self.slots.get(si).ok_or(Error::Invalid)?.entries();
         let i = slot.partition_point(|x| x.start < s);
         let before_ok = i
             .checked_sub(1)
@@ -406,10 +494,11 @@ impl<L: Host> RangeIndex<L> {
     }
 
     /// The capacity of the buffer an insertion of a range starting at `addr` needs and its
-    /// slot does not have: `None` if the slot has room (or if no buffer would help: `addr` is
-    /// outside the index, or the slot is covered by ranges already), else the capacity to give
-    /// [`alloc_spare`](Self::alloc_spare) (the slot's capacity doubled, at most
-    /// `slot_size / 4 KiB`).
+    /// slot does not have: `None` if the slot has room (an empty slot always has: its first
+    /// range is kept inline), or if no buffer would help (`addr` is outside the index, or its
+    /// slot is covered by ranges already); else the capacity to give
+    /// [`alloc_spare`](Self::alloc_spare): 2 for a slot holding one range, else the array's
+    /// capacity doubled, at most `slot_size / 4 KiB`.
     ///
     /// Read under the caller's lock (shared); the buffer is then allocated without it. The
     /// caller keeps insertions out between this call and
@@ -418,10 +507,11 @@ impl<L: Host> RangeIndex<L> {
     /// Context: any; allocates nothing, never sleeps, takes no lock.
     pub fn spare_needed(&self, addr: u64) -> Option<usize> {
         let slot = self.slots.get(self.slot_index(addr)?)?;
-        if slot.len() < slot.capacity() || slot.len() >= self.max_per_slot {
+        let n = slot.len();
+        if !slot.full() || n >= self.max_per_slot {
             return None;
         }
-        Some(grown(slot.capacity(), self.max_per_slot))
+        Some(grown(slot.more.capacity(), self.max_per_slot).max(n.saturating_add(1)))
     }
 
     /// An empty buffer for `capacity` ranges, for
@@ -432,15 +522,16 @@ impl<L: Host> RangeIndex<L> {
     /// Context: allocates with `ctx` (call it without the locks the invalidation path takes);
     /// may sleep only if `ctx` allows it.
     pub fn alloc_spare(capacity: usize, ctx: AllocCtx) -> Result<IndexSpare<L>> {
-        let mut buf = Slot::<L>::new();
+        let mut buf = HostVec::<L, Entry<L>>::new();
         buf.reserve_exact(capacity, ctx)?;
         Ok(IndexSpare { buf })
     }
 
-    /// Insert `range` without allocating or freeing: into its slot's spare capacity, or, when
-    /// the slot's array is full, after moving its entries into `spare` (which must be empty
-    /// and have room for one more); `spare` then holds the slot's old buffer, empty, for the
-    /// caller to drop once its lock is released. The range's tree link is acquired.
+    /// Insert `range` without allocating or freeing: inline into an empty slot, into its
+    /// slot's array when there is room, or else after moving the slot's entries into `spare`
+    /// (which must be empty and have room for them and one more); `spare` then holds the
+    /// slot's old buffer, empty, for the caller to drop once its lock is released (it is left
+    /// alone when not needed). The range's tree link is acquired.
     ///
     /// Cost: moves at most `slot_size / 4 KiB - 1` entries (twice when the buffer is
     /// replaced).
@@ -463,7 +554,7 @@ impl<L: Host> RangeIndex<L> {
         }
         let (si, i) = self.place(&range)?;
         let slot = self.slots.get_mut(si).ok_or(Error::Invalid)?;
-        let full = slot.len() >= slot.capacity();
+        let full = slot.full();
         if full
             && !spare
                 .as_ref()
@@ -477,26 +568,29 @@ impl<L: Host> RangeIndex<L> {
             return Err(Error::Invalid);
         }
         let mut lost = 0usize;
+        let mut pos = i;
         if let (true, Some(sp)) = (full, spare.as_mut()) {
-            core::mem::swap(slot, &mut sp.buf);
-            // `sp.buf` is the old, full array: move its entries over (last first, then put
-            // them back in order), leaving it empty.
+            core::mem::swap(&mut slot.more, &mut sp.buf);
+            // `sp.buf` is the old, full array (empty if the slot's range is inline): move its
+            // entries over (last first, then put them back in order), leaving it empty.
             while let Some(x) = sp.buf.pop() {
-                if let Err(x) = slot.push_within_capacity(x) {
+                if let Err(x) = slot.more.push_within_capacity(x) {
                     // Unreachable: the spare's capacity was checked above.
                     release_tree_link(&x.range);
                     lost = lost.saturating_add(1);
                 }
             }
-            slot.reverse();
+            slot.more.reverse();
+            if lost > 0 {
+                pos = slot.entries().partition_point(|x| x.start < range.start());
+            }
         }
         let entry = Entry {
             start: range.start(),
             end: range.end(),
             range,
         };
-        let pos = i.saturating_sub(lost).min(slot.len());
-        let done = match slot.insert_within_capacity(pos, entry) {
+        let done = match slot.insert(pos, entry) {
             Ok(()) => true,
             Err(x) => {
                 // Unreachable: room was checked (or made) above.
@@ -546,10 +640,9 @@ impl<L: Host> RangeIndex<L> {
     pub fn remove(&mut self, range: &Range<L>) -> Option<HostArc<L, Range<L>>> {
         let si = self.slot_index(range.start())?;
         let slot = self.slots.get_mut(si)?;
-        let i = slot
-            .binary_search_by_key(&range.start(), |e| e.start)
-            .ok()?;
-        if !slot
+        let es = slot.entries();
+        let i = es.binary_search_by_key(&range.start(), |e| e.start).ok()?;
+        if !es
             .get(i)
             .is_some_and(|e| core::ptr::eq::<Range<L>>(&*e.range, range))
         {
@@ -590,6 +683,23 @@ impl<L: Host> Drop for RangeIndex<L> {
     }
 }
 
+/// Hint to the CPU that the memory at `p` will be read soon (no-op where unsupported).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no effect on program semantics, whatever the
+    // address (the intrinsic is only `unsafe` on older compilers).
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// How many slots ahead an overlap walk starts reading a slot's array.
+const READ_AHEAD: usize = 16;
+
 /// Iterator over the ranges overlapping an interval (see [`RangeIndex::overlapping`]).
 pub struct IndexOverlapping<'a, L: Host = DefaultHost> {
     /// The slots left to walk. Settled (see `settle`): empty, or the first slot's entry at
@@ -605,7 +715,7 @@ impl<'a, L: Host> IndexOverlapping<'a, L> {
     /// it starts at or after `end`.
     fn settle(&mut self) {
         while let Some((first, rest)) = self.slots.split_first() {
-            match first.get(self.pos) {
+            match first.entries().get(self.pos) {
                 Some(e) => {
                     if e.start >= self.end {
                         self.slots = &[];
@@ -615,6 +725,11 @@ impl<'a, L: Host> IndexOverlapping<'a, L> {
                 None => {
                     self.slots = rest;
                     self.pos = 0;
+                    // Start reading the array of a slot a few ahead: the arrays are separate
+                    // allocations whose cache misses then overlap instead of queuing.
+                    if let Some(ahead) = rest.get(READ_AHEAD) {
+                        ahead.prefetch();
+                    }
                 }
             }
         }
@@ -623,7 +738,7 @@ impl<'a, L: Host> IndexOverlapping<'a, L> {
     /// The next entry to yield.
     fn current(&self) -> Option<&'a Entry<L>> {
         let slots: &'a [Slot<L>] = self.slots;
-        slots.first()?.get(self.pos)
+        slots.first()?.entries().get(self.pos)
     }
 
     /// The range `next` would return, without advancing.

@@ -102,12 +102,14 @@ fn fits(ix: &RangeIndex, m: &Model, s: u64, e: u64) -> bool {
 fn agrees_with_model() {
     const SLOT: u64 = 8 * P;
     const BASE: u64 = 64 * SLOT;
-    let mut ix: RangeIndex = RangeIndex::new(BASE, BASE + 16 * SLOT, SLOT, CTX).unwrap();
+    // More slots than an overlap walk reads ahead (`READ_AHEAD`).
+    const SLOTS: u64 = 24;
+    let mut ix: RangeIndex = RangeIndex::new(BASE, BASE + SLOTS * SLOT, SLOT, CTX).unwrap();
     let mut m = Model::default();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let steps = if cfg!(miri) { 1_200 } else { 30_000u32 };
     // Query addresses run from before the index to after it.
-    let span = 20 * SLOT;
+    let span = (SLOTS + 4) * SLOT;
     let lo = BASE - 2 * SLOT;
     // Accepted and refused insertions, spare growths, hits of removals and overlap queries.
     let (mut ok, mut refused, mut grown, mut removed, mut listed) =
@@ -130,7 +132,7 @@ fn agrees_with_model() {
                     assert_eq!(heap::Arc::strong_count(&r), 1);
                 }
             }
-            ix = RangeIndex::new(BASE, BASE + 16 * SLOT, SLOT, CTX).unwrap();
+            ix = RangeIndex::new(BASE, BASE + SLOTS * SLOT, SLOT, CTX).unwrap();
         }
         match op {
             0..=2 => {
@@ -255,12 +257,12 @@ fn agrees_with_model() {
     let all: Vec<*const Range> = ix.iter().map(|r| r as *const Range).collect();
     assert_eq!(all, m.0.iter().map(Arc::as_ptr).collect::<Vec<_>>());
     // Misses everywhere outside the index, at both ends of the address space.
-    for a in [0, BASE - 1, BASE + 16 * SLOT, u64::MAX] {
+    for a in [0, BASE - 1, BASE + SLOTS * SLOT, u64::MAX] {
         assert!(ix.find(a).is_none());
         assert!(ix.find_arc(a).is_none());
     }
     assert!(ix.overlapping(0, BASE).next().is_none());
-    assert!(ix.last_overlapping(BASE + 16 * SLOT, u64::MAX).is_none());
+    assert!(ix.last_overlapping(BASE + SLOTS * SLOT, u64::MAX).is_none());
     let n = m.0.len();
     assert_eq!(ix.overlapping(0, u64::MAX).count(), n);
     drop(ix);
@@ -396,7 +398,7 @@ fn spare_protocol_allocates_nothing_under_the_lock() {
         assert!(old.is_empty());
         assert!(old.capacity() < cap);
     }
-    assert!(grows >= 5, "1, 2, 4, 8, 16: {grows}");
+    assert_eq!(grows, 4, "inline, then arrays of 2, 4, 8, 16");
     assert_eq!(ix.len(), 16);
     // The slot is covered: no buffer helps, and every insertion is refused as overlapping.
     assert_eq!(ix.spare_needed(0), None);
@@ -414,23 +416,37 @@ fn spare_protocol_allocates_nothing_under_the_lock() {
     assert!(ix.spare_needed(5 * P).is_none());
     ix.insert_within_capacity(a, &mut None).unwrap();
     ix.insert_within_capacity(b, &mut None).unwrap();
-    // An empty slot has no buffer: it needs a spare of one.
-    let need = ix.spare_needed(slot).unwrap();
-    assert_eq!(need, 1);
+    // An empty slot needs no buffer: its first range is kept inline.
+    let r = Range::<FH>::with_host(slot, slot + P).unwrap();
+    let r2 = Range::<FH>::with_host(slot + P, 2 * slot).unwrap();
+    let r3 = Range::<FH>::with_host(3 * slot, 4 * slot).unwrap();
+    assert_eq!(ix.spare_needed(slot), None);
+    FAIL.with(|f| f.set(true));
+    ix.insert_within_capacity(r.clone(), &mut None).unwrap();
+    // An unused spare stays with the caller.
+    let mut unused = None;
+    FAIL.with(|f| f.set(false));
+    unused.replace(RangeIndex::<FH>::alloc_spare(8, CTX).unwrap());
+    FAIL.with(|f| f.set(true));
+    ix.insert_within_capacity(r3.clone(), &mut unused).unwrap();
+    assert_eq!(unused.as_ref().map(IndexSpare::capacity), Some(8));
+    FAIL.with(|f| f.set(false));
+    // A second range needs an array of two; the old buffer (none) comes back.
+    let need = ix.spare_needed(slot + P).unwrap();
+    assert_eq!(need, 2);
     let mut spare = Some(RangeIndex::<FH>::alloc_spare(need, CTX).unwrap());
-    let r = Range::<FH>::with_host(slot, 2 * slot).unwrap();
-    ix.insert_within_capacity(r.clone(), &mut spare).unwrap();
-    // An unused spare is simply kept by the caller.
-    let r2 = Range::<FH>::with_host(3 * slot, 4 * slot).unwrap();
-    let mut unused = Some(RangeIndex::<FH>::alloc_spare(8, CTX).unwrap());
-    assert_eq!(
-        ix.insert_within_capacity(r2.clone(), &mut unused),
-        Ok(()),
-        "an empty slot takes the spare"
-    );
-    assert_eq!(unused.map(|s| s.capacity()), Some(0));
+    ix.insert_within_capacity(r2.clone(), &mut spare).unwrap();
+    assert_eq!(spare.map(|s| s.capacity()), Some(0));
+    // Down to one range again: it moves inline, the array stays for the next one.
+    let bytes = ix.heap_bytes();
+    assert!(ix.remove(&r).is_some());
+    assert_eq!(ix.spare_needed(slot), None);
+    assert_eq!(ix.heap_bytes(), bytes);
+    ix.insert_within_capacity(r.clone(), &mut None).unwrap();
+    let got: Vec<u64> = ix.overlapping(slot, 4 * slot).map(|r| r.start()).collect();
+    assert_eq!(got, [slot, slot + P, 3 * slot]);
     drop(ix);
-    for r in rs.iter().chain([&r, &r2]) {
+    for r in rs.iter().chain([&r, &r2, &r3]) {
         assert_eq!(heap::Arc::strong_count(r), 1);
         assert!(!r.is_linked());
     }
@@ -459,21 +475,22 @@ fn no_memory_leaves_the_index_unchanged() {
     let before = snapshot(&ix);
     let bytes = ix.heap_bytes();
     FAIL.with(|f| f.set(true));
-    // Slot 0 is full (capacity 1); slot 1 has no buffer yet.
+    // Slot 0 holds one range (inline): a second one needs an array.
     assert_eq!(ix.insert(b.clone(), CTX), Err(Error::NoMem));
-    assert_eq!(ix.insert(c.clone(), CTX), Err(Error::NoMem));
     // A refusal for a reason other than memory says so, without allocating.
     assert_eq!(ix.insert(a.clone(), CTX), Err(Error::Invalid));
     assert_eq!(ix.insert(overlapping, CTX), Err(Error::Invalid));
     FAIL.with(|f| f.set(false));
     assert_eq!(snapshot(&ix), before);
     assert_eq!(ix.heap_bytes(), bytes);
-    for r in [&b, &c] {
-        assert!(!r.is_linked());
-        assert_eq!(heap::Arc::strong_count(r), 1);
-    }
-    ix.insert(b.clone(), CTX).unwrap();
+    assert!(!b.is_linked());
+    assert_eq!(heap::Arc::strong_count(&b), 1);
+    // An empty slot takes its first range without allocating.
+    FAIL.with(|f| f.set(true));
     ix.insert(c.clone(), CTX).unwrap();
+    FAIL.with(|f| f.set(false));
+    assert_eq!(ix.heap_bytes(), bytes);
+    ix.insert(b.clone(), CTX).unwrap();
     assert_eq!(ix.len(), 3);
     assert!(ix.heap_bytes() > bytes);
     drop(ix);
@@ -494,18 +511,26 @@ fn heap_bytes_and_drain() {
         ix.insert(Range::new(k << 21, (k << 21) + P).unwrap(), CTX)
             .unwrap();
     }
-    assert_eq!(ix.heap_bytes(), table + 8 * e);
+    // One range per slot: all inline.
+    assert_eq!(ix.heap_bytes(), table);
+    ix.insert(Range::new(P, 2 * P).unwrap(), CTX).unwrap();
+    ix.insert(Range::new(2 * P, 3 * P).unwrap(), CTX).unwrap();
+    assert_eq!(ix.heap_bytes(), table + 4 * e);
     // Pop from the back of the address space first: `first` stays a lower bound.
     let r = ix.find_arc(7 << 21).unwrap();
     assert!(ix.remove(&r).is_some());
-    let mut n = 0;
+    let mut popped = Vec::new();
     while let Some(r) = ix.pop_front() {
-        assert_eq!(r.start(), n << 21);
-        n += 1;
+        assert!(!r.is_linked());
+        popped.push(r.start());
     }
-    assert_eq!(n, 7);
+    let want: Vec<u64> = [0, P, 2 * P]
+        .into_iter()
+        .chain((1..7).map(|k| k << 21))
+        .collect();
+    assert_eq!(popped, want);
     assert!(ix.is_empty() && ix.iter().next().is_none());
-    assert_eq!(ix.heap_bytes(), table + 8 * e);
+    assert_eq!(ix.heap_bytes(), table + 4 * e);
     // Insert in front of the old `first` again.
     ix.insert(Range::new(0, P).unwrap(), CTX).unwrap();
     ix.insert(Range::new(3 << 21, 4 << 21).unwrap(), CTX)
