@@ -219,6 +219,8 @@ impl AddressSpace for BenchMm {
         };
         let mut ptes = lock(&self.ptes);
         let mut sys = lock(&self.sys);
+        // Device sources are freed in one batch (`Pagemap::pages_free`) after the walk.
+        let mut dev_freed: Vec<u64> = Vec::with_capacity(src.len());
         for ((s, d), p) in src.iter().zip(dst).zip(&mut ptes[slots]) {
             if !s.isolated() {
                 continue;
@@ -237,13 +239,12 @@ impl AddressSpace for BenchMm {
             }
             match *s {
                 MigrateSrc::System { pfn } => sys.put(pfn),
-                MigrateSrc::Device { dpfn, .. } => {
-                    if let Some(pm) = self.pagemap.get() {
-                        pm.page_free(dpfn);
-                    }
-                }
+                MigrateSrc::Device { dpfn, .. } => dev_freed.push(dpfn),
                 _ => {}
             }
+        }
+        if let Some(pm) = self.pagemap.get() {
+            pm.pages_free(&dev_freed);
         }
     }
 

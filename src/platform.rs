@@ -27,7 +27,8 @@
 pub use crate::collect::PageSink;
 use crate::error::Result;
 pub use crate::types::{
-    DmaDirection, NotifierId, OwnerId, PagemapId, HUGE_ORDER, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE,
+    DmaDirection, NotifierId, OwnerId, PageEntry, PagemapId, Protocol, HUGE_ORDER, MAX_ORDER,
+    PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::Host;
 use bitflags::bitflags;
@@ -252,6 +253,21 @@ pub trait DmaMapper {
     /// Unmap a mapping made by [`map_peer`](Self::map_peer). *Invalidation context*.
     fn unmap_peer(&self, addr: u64, order: u8, dir: DmaDirection) {
         let _ = (addr, order, dir);
+    }
+
+    /// Unmap every mapping behind `entries` at once (the page state of one range or userptr,
+    /// on invalidation, unmap and free): system pages as by [`unmap_page`](Self::unmap_page),
+    /// peer pages as by [`unmap_peer`](Self::unmap_peer), device-local entries skipped. A
+    /// platform that can batch the work (one IOTLB flush for the batch) overrides it; the
+    /// default unmaps one entry at a time. *Invalidation context*: must not allocate or sleep.
+    fn unmap_entries(&self, entries: &[PageEntry]) {
+        for e in entries {
+            match e.protocol() {
+                Protocol::SYSTEM => self.unmap_page(e.addr(), e.order(), e.dir()),
+                Protocol::DEVICE_LOCAL => {}
+                _ => self.unmap_peer(e.addr(), e.order(), e.dir()),
+            }
+        }
     }
 }
 

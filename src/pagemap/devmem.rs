@@ -215,6 +215,18 @@ impl<L: Host> DevmemAlloc<L> {
     ///
     /// Context: any (also atomic context); never sleeps or allocates; takes no lock.
     pub fn put_page(&self, dpfn: u64) -> PutPage {
+        match self.mark_gone(dpfn) {
+            PutPage::Freed => self.drop_live(1),
+            other => other,
+        }
+    }
+
+    /// The first half of [`put_page`](Self::put_page): mark `dpfn` gone without touching the
+    /// live count (`Freed` if it was live); [`drop_live`](Self::drop_live) then subtracts a
+    /// batch of such pages at once.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
+    pub(crate) fn mark_gone(&self, dpfn: u64) -> PutPage {
         let Some(i) = self.index_of(dpfn) else {
             return PutPage::NotMine;
         };
@@ -225,7 +237,15 @@ impl<L: Host> DevmemAlloc<L> {
         if word.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             return PutPage::AlreadyFree;
         }
-        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        PutPage::Freed
+    }
+
+    /// Subtract `n` pages marked gone from the live count: [`PutPage::Last`] for the call that
+    /// takes it to zero (exactly one), [`PutPage::Freed`] otherwise.
+    ///
+    /// Context: any; never sleeps or allocates; takes no lock.
+    pub(crate) fn drop_live(&self, n: usize) -> PutPage {
+        if n > 0 && self.live.fetch_sub(n, Ordering::AcqRel) == n {
             PutPage::Last
         } else {
             PutPage::Freed

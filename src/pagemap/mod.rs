@@ -331,28 +331,62 @@ impl<M: DeviceMemory, L: Host> Pagemap<M, L> {
     /// Context: any (Linux may call it in atomic context); never sleeps or allocates; takes
     /// the run index lock (spinning), released before [`DeviceMemory::release`] is called.
     pub fn page_free(&self, dpfn: u64) {
-        let Some(a) = self.alloc_of(dpfn) else {
-            self.stray_frees.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        match a.put_page(dpfn) {
-            PutPage::Last => {
-                {
-                    let mut runs = self.runs.lock();
-                    for r in a.runs() {
-                        // The entries' counts drop under the lock; `a` keeps the allocation.
-                        runs.remove(r.dpfn, &a);
-                    }
+        self.pages_free(core::slice::from_ref(&dpfn));
+    }
+
+    /// [`page_free`](Self::page_free) for a batch of device pages (a migration's sources): the
+    /// allocation of a run of pages is looked up once (one run-index lock, not one per page),
+    /// its live count drops once per run, and an allocation whose last page goes is released
+    /// once, as with single frees.
+    ///
+    /// Errors: none (strays are counted).
+    ///
+    /// Context: as [`page_free`](Self::page_free): any, never sleeps or allocates; takes the
+    /// run index lock (spinning) once per allocation met, released before
+    /// [`DeviceMemory::release`] is called.
+    pub fn pages_free(&self, dpfns: &[u64]) {
+        let mut cur: Option<HostArc<L, DevmemAlloc<L>>> = None;
+        let mut pending = 0usize;
+        for &dpfn in dpfns {
+            let hit = cur.as_ref().is_some_and(|a| a.index_of(dpfn).is_some());
+            if !hit {
+                if let Some(a) = cur.take() {
+                    self.drop_pages(&a, pending);
                 }
-                self.live_allocs.fetch_sub(1, Ordering::AcqRel);
-                self.released.fetch_add(1, Ordering::AcqRel);
-                self.mem.release(a.dpfns());
+                pending = 0;
+                cur = self.alloc_of(dpfn);
             }
-            PutPage::Freed => {}
-            PutPage::AlreadyFree | PutPage::NotMine => {
+            let Some(a) = cur.as_ref() else {
                 self.stray_frees.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            match a.mark_gone(dpfn) {
+                PutPage::Freed => pending = pending.saturating_add(1),
+                _ => {
+                    self.stray_frees.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
+        if let Some(a) = cur {
+            self.drop_pages(&a, pending);
+        }
+    }
+
+    /// Drop `n` pages marked gone from `a`'s live count; release `a` if they were its last.
+    fn drop_pages(&self, a: &HostArc<L, DevmemAlloc<L>>, n: usize) {
+        if a.drop_live(n) != PutPage::Last {
+            return;
+        }
+        {
+            let mut runs = self.runs.lock();
+            for r in a.runs() {
+                // The entries' counts drop under the lock; `a` keeps the allocation.
+                runs.remove(r.dpfn, a);
+            }
+        }
+        self.live_allocs.fetch_sub(1, Ordering::AcqRel);
+        self.released.fetch_add(1, Ordering::AcqRel);
+        self.mem.release(a.dpfns());
     }
 }
 
@@ -430,6 +464,46 @@ mod tests {
         pm.page_free(14);
         assert_eq!(pm.stray_frees(), 1);
         check_index(&pm);
+    }
+
+    /// A batch of frees over several allocations, with strays and a double free inside,
+    /// ends as the same frees one at a time: each allocation whose pages all went is released
+    /// once, the others stay, strays are counted.
+    #[test]
+    fn pages_free_batches_like_single_frees() {
+        let run = |batch: bool| {
+            let pm = pagemap_on::<DefaultHost>();
+            let a = alloc_on::<DefaultHost>(&[10, 11, 12, 40, 41]);
+            let b = alloc_on::<DefaultHost>(&[13, 14, 15, 100]);
+            let c = alloc_on::<DefaultHost>(&[5, 6]);
+            for x in [&a, &b, &c] {
+                pm.track(x).unwrap();
+            }
+            // All of b (out of order, with a repeat), part of a, a stray, one page of c.
+            let frees = [13, 14, 999, 10, 11, 15, 14, 100, 5, 40];
+            if batch {
+                pm.pages_free(&frees);
+            } else {
+                for f in frees {
+                    pm.page_free(f);
+                }
+            }
+            check_index(&pm);
+            let state = (
+                pm.released_allocations(),
+                pm.live_allocations(),
+                pm.stray_frees(),
+                pm.alloc_of(12).is_some(),
+                pm.alloc_of(100).is_some(),
+                pm.alloc_of(6).is_some(),
+            );
+            // The rest of a and c go in one batch: both released.
+            pm.pages_free(&[12, 41, 6]);
+            (state, pm.released_allocations(), pm.live_allocations())
+        };
+        let single = run(false);
+        assert_eq!(single, ((1, 2, 2, true, false, true), 3, 0));
+        assert_eq!(run(true), single);
     }
 
     #[test]

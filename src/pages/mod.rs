@@ -192,9 +192,11 @@ impl<L: Host> PageState<L> {
     }
 }
 
+/// Undo the DMA mappings behind `entries`, as one batch ([`DmaMapper::unmap_entries`]).
+#[inline]
 fn unmap_entries<D: DmaMapper>(dma: &D, entries: &[PageEntry]) {
-    for e in entries {
-        unmap_entry(dma, *e);
+    if !entries.is_empty() {
+        dma.unmap_entries(entries);
     }
 }
 
