@@ -2,7 +2,7 @@
 //!
 //! `gpusvm` gives kernel, firmware and hypervisor drivers the algorithms a device (GPU, NPU,
 //! any accelerator with its own page tables and memory) needs to mirror a CPU process's address
-//! space: the range tree, the fault path, invalidation, page migration between system RAM and
+//! space: the range index, the fault path, invalidation, page migration between system RAM and
 //! device memory (and between devices over a fast interconnect), the owner/interconnect
 //! registry, a policy engine and the garbage collector. It follows the design of Linux's DRM GPU
 //! SVM core (`drm_gpusvm`, `drm_pagemap`) and its use in the Intel Xe driver, as a `no_std`
@@ -19,8 +19,8 @@
 //!    └──┬───────────┬───────────────────┬─────────────────────────────────┘
 //!       │ notifier (fixed-size aligned interval, e.g. 512 MiB)
 //!       ▼
-//!    Svm ── notifier tree ── Notifier ── range tree ── Range [start,end) + page state
-//!       │                        │ seq counter + notifier lock
+//!    Svm ── notifier array ── Notifier ── range index ── Range [start,end) + page state
+//!       │                        │ seq counter + its own notifier lock
 //!       │                        └─ invalidate(start,end,event) → zap device PTEs, unmap DMA,
 //!       │                                                         mark unmapped → GC queue
 //!       ├─ fault path: find_or_insert range → policy decides placement →
@@ -33,7 +33,8 @@
 //!
 //! One [`Svm`] mirrors one CPU address space for one device. Its address range is cut into
 //! fixed-size, aligned **notifiers** (registered with the platform's MMU-notifier facility on
-//! first use); each notifier holds an ordered tree of non-overlapping **ranges**, the unit of
+//! first use); each notifier holds a flat index of non-overlapping **ranges** under its own
+//! lock (faults and invalidations on different notifiers do not meet), the unit of
 //! faulting, mapping and migration (2 MiB, 64 KiB or 4 KiB, chosen by
 //! [`range::select_chunk`]). A range's **page state** is a packed list of
 //! [`PageEntry`]s — DMA addresses of system pages, device addresses of the device's own

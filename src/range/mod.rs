@@ -1,12 +1,15 @@
-//! Notifiers, ranges, the ordered range tree, chunk selection and the sequence counter.
+//! Notifiers, ranges, the per-notifier range index (and the general-purpose range tree), chunk
+//! selection and the sequence counter.
 //!
 //! ```text
 //!  Svm ── NotifierTree (sorted HostVec by start) ── Notifier [start,end) + SeqCounter
-//!                                                      └── RangeTree (intrusive RB tree by start)
+//!                                                      │   + its lock (class NOTIFIER)
+//!                                                      └── RangeIndex (slot table of sorted arrays)
 //!                                                            └── HostArc<Range> [start,end) + page state
 //! ```
 //!
-//! A [`Range`] carries its own intrusive links (one for its notifier's [`RangeTree`], one for
+//! A [`Range`] carries its own intrusive links (one for a [`RangeTree`] — or, as a flag, for its
+//! notifier's [`RangeIndex`] — one for
 //! the garbage-collector queue), so inserting it anywhere allocates nothing beyond the range.
 //!
 //! The intrusive adapters are written by hand (`intrusive_adapter!` only knows `alloc`'s
