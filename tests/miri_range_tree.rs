@@ -17,8 +17,14 @@
 //!
 //! With the `sim` feature, the intrusive garbage-collector queue (src/gc.rs) is exercised
 //! through a small simulated machine as well.
+//!
+//! The flat `RangeIndex` (src/range/index.rs) shares the tree link (released by the index
+//! through `link::release_tree_link`) and prefetches slot arrays ahead of an overlap walk: its
+//! tests below move ranges between an index and a tree, drop an index holding the last
+//! references, and walk more slots than the read-ahead distance.
 
-use gpusvm::range::{Range, RangeTree};
+use gpusvm::heap::AllocCtx;
+use gpusvm::range::{Range, RangeIndex, RangeTree};
 use gpusvm::Error;
 use std::collections::BTreeMap;
 /// A range reference on the default host.
@@ -364,4 +370,65 @@ fn gc_queue_links() {
     gpu.svm.close();
     assert_eq!(gpu.svm.gc_pending(), 0);
     gpusvm::sim::check_closed(&gpu).unwrap();
+}
+
+/// Ranges move between a `RangeIndex` and a `RangeTree` (the link is shared and exclusive);
+/// removal and `pop_front` hand back the index's reference with the link released; dropping an
+/// index that holds the last references releases the links before freeing the ranges.
+#[test]
+fn index_shares_the_tree_link_and_releases_it() {
+    const CTX: AllocCtx = AllocCtx::MaySleep;
+    let slot = 4 * P;
+    let mut ix: RangeIndex = RangeIndex::new(0, 40 * slot, slot, CTX).unwrap();
+    let mut tree = RangeTree::new();
+    // Slots 0..40: one, two or no ranges each (inline, arrays, empty slots).
+    let mut kept = Vec::new();
+    for k in 0..40u64 {
+        let base = k * slot;
+        let n = k % 3;
+        for j in 0..n {
+            let r = Range::new(base + j * P, base + (j + 1) * P).unwrap();
+            ix.insert(r.clone(), CTX).unwrap();
+            kept.push(r);
+        }
+    }
+    // Walks longer than the read-ahead distance, from every few slots.
+    for k in (0..40u64).step_by(7) {
+        let want: Vec<u64> = kept
+            .iter()
+            .map(|r| r.start())
+            .filter(|&s| s >= k * slot)
+            .collect();
+        let mut it = ix.overlapping(k * slot, u64::MAX);
+        let mut got = Vec::new();
+        while let Some(a) = it.peek_arc() {
+            let r = it.next().unwrap();
+            assert!(std::ptr::eq(Arc::as_ptr(&a), r));
+            got.push(r.start());
+        }
+        assert_eq!(got, want);
+    }
+    // Linked in the index: the tree refuses it; removed, the tree takes it; back again.
+    let r = kept[3].clone();
+    assert_eq!(tree.insert(r.clone()), Err(Error::Invalid));
+    let out = ix.remove(&r).unwrap();
+    assert!(!out.is_linked());
+    tree.insert(out).unwrap();
+    assert_eq!(ix.insert(r.clone(), CTX), Err(Error::Invalid));
+    let back = tree.remove(&r).unwrap();
+    ix.insert(back, CTX).unwrap();
+    // Here, in `kept` and in the index.
+    assert_eq!(Arc::strong_count(&r), 3);
+    drop(r);
+    // The index holds the last references of the first slots' ranges.
+    let first: Vec<u64> = kept.drain(..6).map(|r| r.start()).collect();
+    assert_eq!(ix.pop_front().map(|r| r.start()), Some(first[0]));
+    assert_eq!(ix.find_arc(first[1]).map(|r| r.start()), Some(first[1]));
+    let n = ix.len();
+    drop(ix);
+    assert_eq!(n, kept.len() + 5);
+    for r in &kept {
+        assert!(!r.is_linked());
+        assert_eq!(Arc::strong_count(r), 1);
+    }
 }

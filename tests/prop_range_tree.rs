@@ -1,4 +1,6 @@
-//! Property test of the range tree against a `BTreeMap` model, on the stable toolchain.
+//! Property test of the range tree against a `BTreeMap` model, on the stable toolchain. The
+//! harness drives two `RangeIndex`es in lockstep with the tree (each range's twin offered to
+//! them, refusals predicted by their own model), so every case here checks the index too.
 //!
 //! Drives the same harness as the cargo-fuzz target `fuzz/fuzz_targets/range_tree.rs`
 //! (`gpusvm::sim::harness::range_tree::run`) in three ways:
@@ -299,5 +301,68 @@ fn dense_tree() {
         ops.push(RangeTreeOp::Remove { at: lo(p) });
     }
     ops.push(ov(Addr::Zero, Addr::Max));
+    check(&ops);
+}
+
+/// The highest page-aligned address, and page `p` (0..80) of the harness's high region.
+const TOP: u64 = !0xfff;
+fn high_page(p: u64) -> u64 {
+    TOP - (79 - p) * 4096
+}
+
+/// The index side: ranges across a slot boundary (low index: slots of 8 pages over pages
+/// 0..64; high index: slots of 4 pages over high pages 4..76), past either end of either index,
+/// one slot's array growing through the spare protocol (inline, then 2, 4, 8), links refused
+/// across tree and index, and removal back down to one range (kept inline).
+#[test]
+fn index_slots_ends_and_growth() {
+    let raw = |start, end| RangeTreeOp::InsertRaw { start, end };
+    let mut ops = vec![
+        ins(lo(6), 4),  // pages 6..10 cross the slot boundary at 8: the index refuses
+        ins(lo(8), 8),  // pages 8..16: exactly one slot
+        ins(lo(60), 8), // pages 60..68 run past the low index
+        ins(hi(0), 2),  // below the high index
+        ins(hi(4), 4),  // its first slot
+        ins(hi(60), 4), // pages 60..64: one slot of the high index
+        ins(hi(64), 3), // pages 64..67 inside the next
+        ins(hi(66), 4), // pages 66..70 overlap it (both refuse), and would cross 68
+        raw(high_page(72), high_page(76)), // the last slot of the high index
+        raw(high_page(76), TOP), // above it, up to the top
+        raw(high_page(70), high_page(74)), // across the boundary at page 72
+        raw(0, 64 * 4096), // the whole low index: across every slot
+    ];
+    // Slot 2 of the low index (pages 16..24) fills one page at a time.
+    for p in [19, 16, 23, 17, 21, 18, 22, 20] {
+        ops.push(ins(lo(p), 1));
+    }
+    ops.extend([
+        find(at(false, 20, 5)),
+        find(at(true, 75, 4095)),
+        find(at(true, 76, 0)),
+        find(Addr::Max),
+        ov(at(false, 15, 0), at(false, 23, 1)),
+        ov(at(true, 0, 0), Addr::Max),
+        ov(Addr::Zero, Addr::Max),
+        RangeTreeOp::InsertLinked { index: 0 },
+        RangeTreeOp::InsertLinked { index: 5 },
+        RangeTreeOp::InsertLinked { index: 200 },
+    ]);
+    // Back down to one range in slot 2 (it moves inline), then up again without a new array.
+    for p in [16, 17, 18, 19, 20, 21, 22] {
+        ops.push(RangeTreeOp::Remove { at: lo(p) });
+    }
+    ops.extend([
+        find(at(false, 23, 0)),
+        RangeTreeOp::Reinsert { index: 0 },
+        RangeTreeOp::RemoveStale { index: 1 },
+        RangeTreeOp::Reinsert { index: 1 },
+        RangeTreeOp::RemoveForeign {
+            at: lo(23),
+            npages: 1,
+        },
+        RangeTreeOp::PopFront,
+        RangeTreeOp::PopFront,
+        ov(Addr::Zero, Addr::Max),
+    ]);
     check(&ops);
 }

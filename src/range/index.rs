@@ -267,6 +267,15 @@ impl<L: Host> core::fmt::Debug for RangeIndex<L> {
     }
 }
 
+/// Reverse `s` in place by swapping from both ends (`<[T]>::reverse` keeps a panic path the
+/// optimiser does not always remove; this has none).
+fn reverse<T>(s: &mut [T]) {
+    let mut it = s.iter_mut();
+    while let (Some(a), Some(b)) = (it.next(), it.next_back()) {
+        core::mem::swap(a, b);
+    }
+}
+
 /// The capacity a slot's array grows to from `cap`: double (at least two: a single range is
 /// kept inline), at most `max`.
 fn grown(cap: usize, max: usize) -> usize {
@@ -580,7 +589,7 @@ impl<L: Host> RangeIndex<L> {
                     lost = lost.saturating_add(1);
                 }
             }
-            slot.more.reverse();
+            reverse(&mut slot.more);
             if lost > 0 {
                 pos = slot.entries().partition_point(|x| x.start < range.start());
             }

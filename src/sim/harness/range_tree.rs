@@ -17,6 +17,11 @@
 //! Page numbers are small so that inserts collide often; ranges live either near 0 or near the
 //! top of the 64-bit address space, to exercise arithmetic at both ends.
 //!
+//! The same operations drive two [`RangeIndex`](crate::range::RangeIndex)es in lockstep (one
+//! near 0, one ending 16 KiB below the top), each range's twin offered to them, against a
+//! model of their own that also predicts the refusals (outside an index, across a slot, linked
+//! in the tree): see `range_tree/index.rs`.
+//!
 //! ```
 //! use gpusvm::sim::harness::range_tree::{run, Addr, Page, RangeTreeOp};
 //! let p = |page| Page { high: false, page };
@@ -36,6 +41,8 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+
+mod index;
 
 /// A reference to a range on the default host.
 type Arc<T> = crate::HostArc<crate::DefaultHost, T>;
@@ -551,19 +558,23 @@ impl Harness {
     }
 }
 
-/// Apply `ops` to a fresh [`RangeTree`] and to the model; return a description of the first
-/// divergence (step number, operation, what differed) or `Ok(())`.
+/// Apply `ops` to a fresh [`RangeTree`] and to the model, and to two fresh
+/// [`RangeIndex`](crate::range::RangeIndex)es and their model; return a description of the
+/// first divergence (step number, operation, what differed) or `Ok(())`.
 pub fn run(ops: &[RangeTreeOp]) -> Result<(), String> {
     let mut h = Harness::new();
+    let mut ix = index::IndexSide::new()?;
     for (i, op) in ops.iter().enumerate() {
         h.step(op)
+            .and_then(|()| ix.step(op, &mut h.tree, &h.handles))
             .and_then(|()| h.check())
+            .and_then(|()| ix.check())
             .map_err(|e| format!("step {i} {op:?}: {e}"))?;
     }
-    // Drain: popping everything must empty the tree in order.
+    // Drain: popping everything must empty the tree (and the indices) in order.
     while h.tree.pop_front().is_some() {}
     if !h.tree.is_empty() || h.tree.iter().next().is_some() {
         return Err(format!("tree not empty after draining: {:?}", h.tree));
     }
-    Ok(())
+    ix.drain()
 }
