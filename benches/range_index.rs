@@ -1,6 +1,6 @@
 //! The flat range index ([`RangeIndex`]) against a `BTreeMap` holding the same ranges.
 //!
-//! Run with `cargo bench --bench range_index` (about 2–3 minutes); the report at the end prints
+//! Run with `cargo bench --bench range_index` (about a minute); the report at the end prints
 //! each ratio with its target, from criterion's medians and from paired, interleaved
 //! measurements (`RANGE_INDEX_SIZES=1000,1000000` limits the sizes).
 //!
