@@ -15,7 +15,7 @@ use gpusvm::policy::{
     self, AttrStore, AttrUpdate, Attrs, DecisionInput, DeviceCaps, DeviceTarget, PolicyConfig,
     RangeHistory, RawAttr,
 };
-use gpusvm::range::{self, ChunkQuery, Range, RangeTree, SeqCounter};
+use gpusvm::range::{self, ChunkQuery, Range, RangeIndex, RangeTree, SeqCounter};
 use gpusvm::sync::{class, Mutex, RwLock};
 use gpusvm::{Access, Error, Event, Svm, SvmConfig, Window};
 
@@ -27,6 +27,7 @@ pub fn all() {
     containers();
     locks();
     range_tree();
+    range_index();
     policy_fns();
     owners();
     userptr();
@@ -170,6 +171,48 @@ fn range_tree() {
     ));
 }
 
+fn range_index() {
+    b(range::slot_size_for(b(512 << 20), b(2 << 20)));
+    let Ok(mut t) = RangeIndex::<ProofHost>::new(b(0), b(1 << 30), b(2 << 20), AllocCtx::MaySleep)
+    else {
+        return;
+    };
+    for i in 0..4u64 {
+        if let Ok(r) = Range::<ProofHost>::with_host(b(i << 12), b((i + 1) << 12)) {
+            let mut spare = match t.spare_needed(b(i << 12)) {
+                Some(n) => RangeIndex::<ProofHost>::alloc_spare(b(n), AllocCtx::MaySleep).ok(),
+                None => None,
+            };
+            b(spare.as_ref().map(|s| (s.capacity(), s.is_empty())));
+            b(t.insert_within_capacity(r, &mut spare));
+        }
+        if let Ok(r) = Range::<ProofHost>::with_host(b(i << 21), b((i + 1) << 21)) {
+            b(t.insert(r, AllocCtx::MaySleep));
+        }
+    }
+    b((
+        t.len(),
+        t.is_empty(),
+        t.heap_bytes(),
+        t.start(),
+        t.end(),
+        t.slot_size(),
+    ));
+    b(t.find(b(0x1000)).map(|r| r.start()));
+    b(t.find_arc(b(0x1000)).map(|r| r.end()));
+    b(t.last_overlapping(b(0), b(1 << 22)).map(|r| r.start()));
+    b(t.any_overlap(b(0), b(1 << 22)));
+    let o = t.overlapping(b(0), b(1 << 23));
+    b(o.peek().map(|r| r.start()));
+    b(o.peek_arc().map(|r| r.start()));
+    b(o.count());
+    b(t.iter().count());
+    if let Some(r) = t.find_arc(b(0)) {
+        b(t.remove(&r).map(|r| r.start()));
+    }
+    b(t.pop_front().map(|r| r.start()));
+}
+
 fn policy_fns() {
     let raw = RawAttr {
         kind: b(1),
@@ -248,6 +291,7 @@ fn pagemap_and_migration(svm: &Svm<OpaquePlatform>, pm: &Arc<Pm, ProofAlloc>) {
         }
     }
     pm.page_free(b(3));
+    pm.pages_free(&[b(3), b(4), b(9)]);
     b(pm.migrate_to_ram(svm.platform().mm(), b(0x1000), b(3)));
     let d = MigrateDetails {
         timeslice_ns: b(0),

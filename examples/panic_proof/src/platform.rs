@@ -6,7 +6,8 @@ use core::hint::black_box;
 use gpusvm::pages::Protocol;
 use gpusvm::platform::{
     AddressSpace, CollectRequest, CopyError, CopyRun, CpuPage, DeviceMemory, DevicePageTable,
-    DmaDirection, DmaMapper, MigrateDst, MigrateRequest, MigrateSrc, NotifierId, Platform, Vma,
+    DmaDirection, DmaMapper, MigrateDst, MigrateRequest, MigrateSrc, NotifierId, PageSink,
+    Platform, Vma,
 };
 use gpusvm::sync::SpinHost;
 use gpusvm::Result;
@@ -53,6 +54,26 @@ impl AddressSpace for OpaqueMm {
                 writable: req.write,
             },
         );
+        opaque(Ok(()))
+    }
+    fn collect_packed(&self, req: &CollectRequest, sink: &mut PageSink<'_>) -> Result<()> {
+        // Opaque: the crate's fallback (collect_pages) and every report kind stay reachable.
+        if opaque(req.start) & 1 == 0 {
+            return opaque(Err(gpusvm::Error::NotSupported));
+        }
+        let pfns = [opaque(req.start), opaque(req.end)];
+        sink.push_base_pages(&pfns, opaque(req.write));
+        sink.push_system(opaque(req.start), opaque(9), opaque(true));
+        sink.push_device(
+            opaque(gpusvm::platform::PagemapId(1)),
+            opaque(gpusvm::platform::OwnerId(1)),
+            opaque(req.end),
+            opaque(0),
+        );
+        sink.push_absent();
+        while sink.remaining() > 0 && !sink.refused() {
+            sink.push_system(opaque(sink.next_page()), opaque(0), opaque(true));
+        }
         opaque(Ok(()))
     }
     fn register_notifier(&self, id: NotifierId, start: u64, end: u64) -> Result<u64> {
