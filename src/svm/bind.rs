@@ -2,11 +2,13 @@
 //! them to the driver under the notifier lock (`bind`), unmap and free them (SPEC §3, §5).
 
 use crate::error::{Error, Result};
-use crate::pages::{get_pages_loop, Commit, PageEntry, PagesCtx};
+use crate::pages::{get_pages_loop, Commit, DevicePlace, PageEntry, PagesCtx};
 use crate::placement::PagemapSet;
+use crate::platform::PagemapId;
 use crate::platform::{DevicePageTable, Platform};
 use crate::range::Range;
 use crate::stats::Stats;
+use core::cell::Cell;
 
 use super::Svm;
 
@@ -39,12 +41,27 @@ impl<P: Platform> Svm<P> {
         if done {
             return Ok(());
         }
+        // The device-page run the mapping pass last resolved: (pagemap, frames, allocation).
+        let run_cache: Cell<Option<(PagemapId, u64, u64, usize)>> = Cell::new(None);
         get_pages_loop(
             &self.platform,
             &self.config.retry,
             (range.start(), range.end()),
             ctx,
-            &|pm, dpfn, order| self.resolve_device_page(pm, dpfn, order),
+            &|pm, dpfn, order| {
+                // Pages of one run of a local allocation resolve alike: look the run up once.
+                let n = 1u64.checked_shl(u32::from(order)).unwrap_or(u64::MAX);
+                if let Some((cpm, lo, hi, a)) = run_cache.get() {
+                    if cpm == pm && lo <= dpfn && dpfn.saturating_add(n) <= hi {
+                        return Ok((DevicePlace::Local, Some(a)));
+                    }
+                }
+                let (place, alloc, run) = self.resolve_device_run(pm, dpfn, order)?;
+                if let (DevicePlace::Local, Some(a), Some((lo, hi))) = (place, alloc, run) {
+                    run_cache.set(Some((pm, lo, hi, a)));
+                }
+                Ok((place, alloc))
+            },
             || {
                 self.read_at(range.start(), |x| {
                     Self::check_range_in(x.map(|(_, idx)| idx), range)?;
@@ -63,6 +80,8 @@ impl<P: Platform> Svm<P> {
                     Self::check_range_in(x.map(|(_, idx)| idx), range)?;
                     match x {
                         Some((n, _)) if !n.seq.read_retry(seq) => {
+                            // A run looked up in an earlier attempt may have been freed since.
+                            run_cache.set(None);
                             let m = map()?;
                             range.pages.lock().commit(self.platform.dma(), m);
                             Stats::inc(&self.stats.pages_committed);

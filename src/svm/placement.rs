@@ -208,22 +208,34 @@ impl<P: Platform> Svm<P> {
     /// Where the device page `dpfn` of `pm` is for this device: local, or a peer's reachable
     /// over the interconnect (SPEC §3, §6). Errors: [`Error::Busy`] for a pagemap that is not
     /// attached (it cannot be mapped; the caller evicts); `device_map` errors.
-    pub(crate) fn resolve_device_page(
+    ///
+    /// Also returns the run of frames `[lo, hi)` of the page's allocation that holds it: every
+    /// page of that run resolves the same way while the allocation lives (a collection resolves
+    /// a run once).
+    pub(crate) fn resolve_device_run(
         &self,
         pm: PagemapId,
         dpfn: u64,
         order: u8,
-    ) -> Result<(DevicePlace, Option<usize>)> {
+    ) -> Result<(DevicePlace, Option<usize>, Option<(u64, u64)>)> {
         let set = self.pagemaps.read();
         let p = set.get(pm).ok_or(Error::Busy)?;
-        let alloc = p
-            .alloc_of(dpfn)
-            .map(|a| HostArc::<P::Host, DevmemAlloc<P::Host>>::as_ptr(&a) as usize);
+        let found = p.alloc_of(dpfn);
+        let alloc = found
+            .as_ref()
+            .map(|a| HostArc::<P::Host, DevmemAlloc<P::Host>>::as_ptr(a) as usize);
+        let run = found.as_ref().and_then(|a| {
+            let runs = a.runs();
+            let k = runs.partition_point(|r| r.dpfn <= dpfn).checked_sub(1)?;
+            runs.get(k)
+                .map(|r| (r.dpfn, r.dpfn.saturating_add(r.len)))
+                .filter(|&(lo, hi)| lo <= dpfn && dpfn < hi)
+        });
         if set.local.as_ref().is_some_and(|l| l.id() == pm) {
-            return Ok((DevicePlace::Local, alloc));
+            return Ok((DevicePlace::Local, alloc, run));
         }
         let (resource, proto) = p.mem().device_map(dpfn, order)?;
-        Ok((DevicePlace::Peer { resource, proto }, alloc))
+        Ok((DevicePlace::Peer { resource, proto }, alloc, run))
     }
 
     /// Migrate `range` into this device's memory (SPEC §7). Succeeds without doing anything if
