@@ -317,11 +317,11 @@ pub(crate) fn collect_words<H: Host, M: AddressSpace>(
 }
 
 /// Feed a [`CpuPage`] array (one element per base page) to `sink`: the fallback of platforms
-/// without the packed contract. Each report covers the rest of its CPU mapping, so only the
-/// first base page of each mapping is read.
+/// without the packed contract (and the simulator's packed contract). Each report covers the
+/// rest of its CPU mapping, so only the first base page of each mapping is read.
 ///
 /// Context: any; allocates nothing, takes no lock.
-fn feed(cpu: &[CpuPage], sink: &mut PageSink<'_>) {
+pub(crate) fn feed(cpu: &[CpuPage], sink: &mut PageSink<'_>) {
     while sink.remaining() > 0 {
         let Some(p) = usize::try_from(sink.next_page())
             .ok()

@@ -314,25 +314,7 @@ impl AddressSpace for SimMmView {
             .map_err(|_| Error::Invalid)?;
         let mut pages = std::vec![CpuPage::Absent; n];
         self.mm.collect(req, &mut pages)?;
-        while sink.remaining() > 0 {
-            let Some(p) = pages.get(sink.next_page() as usize) else {
-                break;
-            };
-            match *p {
-                CpuPage::System {
-                    pfn,
-                    order,
-                    writable,
-                } => sink.push_system(pfn, order, writable),
-                CpuPage::Device {
-                    pagemap,
-                    owner,
-                    dpfn,
-                    order,
-                } => sink.push_device(pagemap, owner, dpfn, order),
-                CpuPage::Absent => sink.push_absent(),
-            }
-        }
+        crate::pages::feed(&pages, sink);
         Ok(())
     }
 
