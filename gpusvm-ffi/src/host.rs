@@ -245,15 +245,15 @@ const fn mirror(name: &'static core::ffi::CStr, c: &LockClass, index: u32) -> gp
 static CLASSES: Classes = Classes([
     mirror(c"gpusvm.structure", &class::STRUCTURE, 0),
     mirror(c"gpusvm.owner", &class::OWNER, 1),
-    mirror(c"gpusvm.notifiers", &class::NOTIFIERS, 10),
-    mirror(c"gpusvm.notifier", &class::NOTIFIER, 2),
-    mirror(c"gpusvm.userptr", &class::USERPTR, 3),
-    mirror(c"gpusvm.pagemaps", &class::PAGEMAPS, 4),
-    mirror(c"gpusvm.gc_queue", &class::GC_QUEUE, 5),
-    mirror(c"gpusvm.range_pages", &class::RANGE_PAGES, 6),
-    mirror(c"gpusvm.attrs", &class::ATTRS, 7),
-    mirror(c"gpusvm.pagemap_runs", &class::PAGEMAP_RUNS, 8),
-    mirror(c"gpusvm.owner_registry", &class::OWNER_REGISTRY, 9),
+    mirror(c"gpusvm.notifiers", &class::NOTIFIERS, 2),
+    mirror(c"gpusvm.notifier", &class::NOTIFIER, 3),
+    mirror(c"gpusvm.userptr", &class::USERPTR, 4),
+    mirror(c"gpusvm.pagemaps", &class::PAGEMAPS, 5),
+    mirror(c"gpusvm.gc_queue", &class::GC_QUEUE, 6),
+    mirror(c"gpusvm.range_pages", &class::RANGE_PAGES, 7),
+    mirror(c"gpusvm.attrs", &class::ATTRS, 8),
+    mirror(c"gpusvm.pagemap_runs", &class::PAGEMAP_RUNS, 9),
+    mirror(c"gpusvm.owner_registry", &class::OWNER_REGISTRY, 10),
 ]);
 
 const _: () = assert!(class::ALL.len() == GPUSVM_LOCK_CLASSES as usize);

@@ -51,9 +51,10 @@ impl<H, L: Host> Notifier<H, L> {
 }
 
 /// The notifiers of one `Svm`, sorted by start address (they never overlap), in a vector on
-/// the host's allocator: lookup by address is a binary search (O(log n)); an insertion moves
-/// the notifiers after it (there are few: one per `notifier_size` bytes of the address space
-/// in use).
+/// the host's allocator, with their starts in a parallel key array: lookup by address is a
+/// binary search over the dense keys (8 bytes a notifier, so it stays in cache at thousands of
+/// notifiers) and one access to the notifier found; an insertion moves the notifiers after it
+/// (there are few: one per `notifier_size` bytes of the address space in use).
 ///
 /// Kept under the notifier-array lock ([`class::NOTIFIERS`]), which the invalidation path
 /// takes: nothing here allocates.
@@ -61,24 +62,36 @@ impl<H, L: Host> Notifier<H, L> {
 /// and [`insert_within_capacity`](Self::insert_within_capacity)).
 pub(crate) struct NotifierTree<H, L: Host> {
     v: HostVec<L, Notifier<H, L>>,
+    /// `keys[i] == v[i].start`, always the same length as `v`.
+    keys: HostVec<L, u64>,
+}
+
+/// Room for more notifiers, allocated before the notifier-array lock is taken (see
+/// [`NotifierTree::spare_for_insert`]).
+pub(crate) struct NotifierSpare<H, L: Host> {
+    v: HostVec<L, Notifier<H, L>>,
+    keys: HostVec<L, u64>,
 }
 
 impl<H, L: Host> Default for NotifierTree<H, L> {
     fn default() -> Self {
         NotifierTree {
             v: HostVec::<L, Notifier<H, L>>::default(),
+            keys: HostVec::<L, u64>::default(),
         }
     }
 }
 
 impl<H, L: Host> NotifierTree<H, L> {
     /// The index of the notifier containing `addr`.
+    #[inline]
     fn index_of(&self, addr: u64) -> Option<usize> {
-        let i = self.v.partition_point(|n| n.start <= addr).checked_sub(1)?;
+        let i = self.keys.partition_point(|&k| k <= addr).checked_sub(1)?;
         self.v.get(i).filter(|n| addr < n.end).map(|_| i)
     }
 
     /// The notifier containing `addr`.
+    #[inline]
     pub(crate) fn find(&self, addr: u64) -> Option<&Notifier<H, L>> {
         self.v.get(self.index_of(addr)?)
     }
@@ -91,7 +104,7 @@ impl<H, L: Host> NotifierTree<H, L> {
 
     /// The index of the notifier that starts exactly at `start`.
     fn index_exact(&self, start: u64) -> Option<usize> {
-        self.v.binary_search_by_key(&start, |n| n.start).ok()
+        self.keys.binary_search(&start).ok()
     }
 
     /// The notifier that starts exactly at `start`.
@@ -100,22 +113,22 @@ impl<H, L: Host> NotifierTree<H, L> {
     }
 
     /// The capacity an insertion needs and does not have: `Ok(None)` if one more notifier
-    /// fits, else a new, empty buffer with room for the notifiers and a few more, for
+    /// fits, else new, empty arrays with room for the notifiers and a few more, for
     /// [`insert_within_capacity`](Self::insert_within_capacity).
     ///
-    /// `len` and `capacity` are read under the notifier-array lock (shared); the buffer is
-    /// allocated after releasing it. The caller holds the structure lock from the read to the
-    /// insertion, so no other insertion can use up the room meanwhile (removals only make
-    /// more).
+    /// `len` and `capacity` (see [`capacity`](Self::capacity)) are read under the
+    /// notifier-array lock (shared); the arrays are allocated after releasing it. The caller
+    /// holds the structure lock from the read to the insertion, so no other insertion can use
+    /// up the room meanwhile (removals only make more).
     ///
-    /// Errors: [`Error::NoMem`] if the allocator fails.
+    /// Errors: [`Error::NoMem`] if the allocator fails (nothing is kept).
     ///
-    /// Context: allocates with `ctx` (call it without the notifier lock).
+    /// Context: allocates with `ctx` (call it without the notifier-array lock).
     pub(crate) fn spare_for_insert(
         len: usize,
         capacity: usize,
-        ctx: crate::heap::AllocCtx,
-    ) -> Result<Option<HostVec<L, Notifier<H, L>>>> {
+        ctx: AllocCtx,
+    ) -> Result<Option<NotifierSpare<H, L>>> {
         if len < capacity {
             return Ok(None);
         }
@@ -124,24 +137,27 @@ impl<H, L: Host> NotifierTree<H, L> {
             .ok_or(Error::NoMem)?
             .max(len.saturating_mul(2))
             .max(4);
-        HostVec::<L, Notifier<H, L>>::with_capacity(want, ctx).map(Some)
+        Ok(Some(NotifierSpare {
+            v: HostVec::<L, Notifier<H, L>>::with_capacity(want, ctx)?,
+            keys: HostVec::<L, u64>::with_capacity(want, ctx)?,
+        }))
     }
 
-    /// Insert `n` at its place without allocating: into the vector's spare capacity, or,
-    /// when it is full, after moving the notifiers into `spare` (which must have room for
-    /// one more); the vector left behind, empty, is then in `spare`, for the caller to drop
-    /// once the notifier-array lock is released (freeing is not done under the lock either).
+    /// Insert `n` at its place without allocating: into the arrays' spare capacity, or, when
+    /// they are full, after moving the notifiers into `spare` (which must have room for one
+    /// more); the arrays left behind, empty, are then in `spare`, for the caller to drop once
+    /// the notifier-array lock is released (freeing is not done under the lock either).
     ///
     /// Errors: [`Error::Invalid`] if `n` overlaps a notifier; [`Error::NoMem`] if neither the
-    /// vector nor `spare` has room. Nothing changes then (`n` is dropped).
+    /// arrays nor `spare` have room. Nothing changes then (`n` is dropped).
     ///
     /// Context: allocates and frees nothing; called under the notifier-array lock (exclusive).
     pub(crate) fn insert_within_capacity(
         &mut self,
         n: Notifier<H, L>,
-        spare: &mut Option<HostVec<L, Notifier<H, L>>>,
+        spare: &mut Option<NotifierSpare<H, L>>,
     ) -> Result<()> {
-        let i = self.v.partition_point(|x| x.start < n.start);
+        let i = self.keys.partition_point(|&k| k < n.start);
         let after_ok = self.v.get(i).is_none_or(|x| n.end <= x.start);
         let before_ok = i
             .checked_sub(1)
@@ -150,26 +166,43 @@ impl<H, L: Host> NotifierTree<H, L> {
         if n.start >= n.end || !after_ok || !before_ok {
             return Err(Error::Invalid);
         }
-        if self.v.len() >= self.v.capacity() {
+        if self.len() >= self.capacity() {
             let Some(new) = spare.as_mut() else {
                 return Err(Error::NoMem);
             };
-            if new.capacity() <= self.v.len() || !new.is_empty() {
+            let len = self.v.len();
+            if new.v.capacity() <= len
+                || new.keys.capacity() <= len
+                || !new.v.is_empty()
+                || !new.keys.is_empty()
+            {
                 return Err(Error::NoMem);
             }
-            core::mem::swap(&mut self.v, new);
-            // `new` is now the old, full vector: move its notifiers over, last first, each to
-            // the front (growth is rare and notifiers are few), leaving it empty.
-            while let Some(x) = new.pop() {
+            core::mem::swap(&mut self.v, &mut new.v);
+            core::mem::swap(&mut self.keys, &mut new.keys);
+            // `new` now holds the old, full arrays: move their contents over, last first, each
+            // to the front (growth is rare and notifiers are few), leaving them empty.
+            while let Some(x) = new.v.pop() {
                 if let Err(x) = self.v.insert_within_capacity(0, x) {
                     // Unreachable: the capacity was checked above.
                     drop(x);
                 }
             }
+            while let Some(k) = new.keys.pop() {
+                // Unreachable failure: the capacity was checked above.
+                let _ = self.keys.insert_within_capacity(0, k);
+            }
         }
+        let start = n.start;
         self.v
             .insert_within_capacity(i, n)
-            .map_err(|_| Error::NoMem)
+            .map_err(|_| Error::NoMem)?;
+        if self.keys.insert_within_capacity(i, start).is_err() {
+            // Unreachable (the capacity was checked): undo, so that the arrays stay parallel.
+            let _ = self.v.remove(i);
+            return Err(Error::NoMem);
+        }
+        Ok(())
     }
 
     /// Take out the notifier that starts at `start`.
@@ -177,6 +210,7 @@ impl<H, L: Host> NotifierTree<H, L> {
     /// Context: allocates and frees nothing (the notifier is returned).
     pub(crate) fn remove(&mut self, start: u64) -> Option<Notifier<H, L>> {
         let i = self.index_exact(start)?;
+        let _ = self.keys.remove(i);
         self.v.remove(i)
     }
 
@@ -190,15 +224,17 @@ impl<H, L: Host> NotifierTree<H, L> {
         self.v.len()
     }
 
-    /// Room for notifiers without growing.
+    /// Room for notifiers without growing (the smaller of the two arrays').
     pub(crate) fn capacity(&self) -> usize {
-        self.v.capacity()
+        self.v.capacity().min(self.keys.capacity())
     }
 
-    /// Take every notifier out (the vector with them).
+    /// Take every notifier out (the vector with them; the key array keeps its capacity, so
+    /// nothing is freed here).
     ///
     /// Context: allocates and frees nothing.
     pub(crate) fn take_all(&mut self) -> HostVec<L, Notifier<H, L>> {
+        self.keys.clear();
         core::mem::take(&mut self.v)
     }
 }
@@ -268,7 +304,10 @@ mod tests {
         );
         assert_eq!(t.len(), 0);
         // A spare that is too small is refused too.
-        let mut small = Some(HostVec::<DefaultHost, _>::default());
+        let mut small = Some(NotifierSpare {
+            v: HostVec::<DefaultHost, _>::default(),
+            keys: HostVec::<DefaultHost, _>::default(),
+        });
         assert_eq!(
             t.insert_within_capacity(n(0, S), &mut small),
             Err(Error::NoMem)
@@ -292,7 +331,7 @@ mod tests {
         t.insert_within_capacity(n(k * S, (k + 1) * S), &mut spare)
             .unwrap();
         let old = spare.unwrap();
-        assert!(old.is_empty() && old.capacity() == cap);
+        assert!(old.v.is_empty() && old.v.capacity() == cap && old.keys.is_empty());
         assert!(t.capacity() > cap);
         let starts: std::vec::Vec<u64> = t.iter().map(|n| n.start).collect();
         assert_eq!(starts, (0..=k).map(|k| k * S).collect::<std::vec::Vec<_>>());
