@@ -18,6 +18,10 @@ use crate::{HostArc, HostVec};
 /// How many times an eviction retries pages that could not be isolated.
 const EVICT_ATTEMPTS: u32 = 3;
 
+/// Where a device page is, the identity of its allocation, and the run of frames `[lo, hi)` of
+/// that allocation holding it (see [`Svm::resolve_device_run`]).
+pub(crate) type ResolvedRun = (DevicePlace, Option<usize>, Option<(u64, u64)>);
+
 impl<P: Platform> Svm<P> {
     /// Make room in the pagemap set for `need` more pagemaps, allocating without its lock
     /// held ([`AllocCtx::MaySleep`]): a bigger array is swapped in under the lock and the old
@@ -217,7 +221,7 @@ impl<P: Platform> Svm<P> {
         pm: PagemapId,
         dpfn: u64,
         order: u8,
-    ) -> Result<(DevicePlace, Option<usize>, Option<(u64, u64)>)> {
+    ) -> Result<ResolvedRun> {
         let set = self.pagemaps.read();
         let p = set.get(pm).ok_or(Error::Busy)?;
         let found = p.alloc_of(dpfn);
