@@ -27,41 +27,18 @@ mod common;
 #[path = "common/devmem.rs"]
 mod devmem;
 
-use common::{paired, per_op, print_paired, report, DevPt, NullPt, Ratio, MIB};
+use common::{paired, per_op, print_paired, report, DevPt, LeanPlatform, Ratio, MIB};
 use criterion::{black_box, Criterion};
-use devmem::{build, lock, Arenas, BenchMem, BenchMm, IdentityDma, BASE, OWNER, SYS_PFN0};
-use gpusvm::platform::{Platform, Protocol, PAGE_SIZE};
+use devmem::{build, lock, Arenas, BenchMem, BenchMm, BASE, OWNER, SYS_PFN0};
+use gpusvm::platform::{Protocol, PAGE_SIZE};
 use gpusvm::{Access, HostArc, Range, Svm, SvmConfig, Window};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const LEN: u64 = 2 * MIB;
 
-struct DevmemPlatform {
-    mm: BenchMm,
-    dma: IdentityDma,
-    pt: NullPt,
-}
-
-impl Platform for DevmemPlatform {
-    type Mm = BenchMm;
-    type Dma = IdentityDma;
-    type Pt = NullPt;
-    type Mem = BenchMem;
-    type Host = gpusvm::DefaultHost;
-    fn mm(&self) -> &BenchMm {
-        &self.mm
-    }
-    fn dma(&self) -> &IdentityDma {
-        &self.dma
-    }
-    fn page_table(&self) -> &NullPt {
-        &self.pt
-    }
-    fn now_ns(&self) -> u64 {
-        0
-    }
-}
+/// The lean platform over the migration benches' address space, with their device memory.
+type DevmemPlatform = LeanPlatform<BenchMm, BenchMem>;
 
 struct Rig {
     svm: Svm<DevmemPlatform>,
@@ -78,15 +55,7 @@ impl Rig {
         let mut cfg = SvmConfig::new(0, 1 << 47);
         cfg.prefer_devmem = true;
         cfg.owner = Some(OWNER);
-        let svm = Svm::new(
-            DevmemPlatform {
-                mm,
-                dma: IdentityDma,
-                pt: NullPt,
-            },
-            cfg,
-        )
-        .expect("svm");
+        let svm = Svm::new(DevmemPlatform::new(mm), cfg).expect("svm");
         svm.set_pagemap(Some(pm)).expect("pagemap");
         Rig {
             svm,

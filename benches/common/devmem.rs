@@ -5,12 +5,13 @@
 // Each benchmark uses a part of this module.
 #![allow(dead_code)]
 
+pub use crate::common::IdentityDma;
 use gpusvm::migrate::{self, MigrateDetails, MigrateReport};
 use gpusvm::pagemap::Pagemap;
 use gpusvm::platform::{
-    AddressSpace, CollectRequest, CopyError, CopyKind, CopyRun, CpuPage, DeviceMemory,
-    DmaDirection, DmaMapper, MigrateDst, MigrateRequest, MigrateSelect, MigrateSrc, NotifierId,
-    OwnerId, PagemapId, Vma, VmaFlags, PAGE_SHIFT, PAGE_SIZE,
+    AddressSpace, CollectRequest, CopyError, CopyKind, CopyRun, CpuPage, DeviceMemory, MigrateDst,
+    MigrateRequest, MigrateSelect, MigrateSrc, NotifierId, OwnerId, PagemapId, Vma, VmaFlags,
+    PAGE_SHIFT, PAGE_SIZE,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -229,17 +230,6 @@ impl AddressSpace for BenchMm {
             sys.put(p);
         }
     }
-}
-
-/// Identity DMA for the copy engine.
-pub struct IdentityDma;
-impl DmaMapper for IdentityDma {
-    #[inline]
-    fn map_page(&self, pfn: u64, _: u8, _: DmaDirection) -> gpusvm::Result<u64> {
-        Ok(pfn << PAGE_SHIFT)
-    }
-    #[inline]
-    fn unmap_page(&self, _: u64, _: u8, _: DmaDirection) {}
 }
 
 /// The device memory and its memcpy copy engine.

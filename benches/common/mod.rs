@@ -16,10 +16,11 @@
 #![allow(dead_code)]
 
 use gpusvm::platform::{
-    AddressSpace, CollectRequest, CpuPage, DevicePageTable, DmaDirection, DmaMapper,
+    AddressSpace, CollectRequest, CpuPage, DeviceMemory, DevicePageTable, DmaDirection, DmaMapper,
     NoDeviceMemory, NotifierId, PageSink, Platform, Vma, VmaFlags, PAGE_SHIFT, PAGE_SIZE,
 };
 use gpusvm::{PageEntry, Range, Svm, SvmConfig};
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -151,19 +152,36 @@ impl DevicePageTable for NullPt {
     fn zap(&self, _: u64, _: u64) {}
 }
 
-pub struct FastPlatform {
-    pub mm: FastMm,
+/// A lean platform over the address space `M`: identity DMA, a null zap, device memory of type
+/// `D` (none by default; a pagemap of `D` is attached to the `Svm` separately).
+pub struct LeanPlatform<M, D = NoDeviceMemory> {
+    pub mm: M,
     pub dma: IdentityDma,
     pub pt: NullPt,
+    pub mem: PhantomData<fn() -> D>,
 }
 
-impl Platform for FastPlatform {
-    type Mm = FastMm;
+impl<M, D> LeanPlatform<M, D> {
+    pub fn new(mm: M) -> Self {
+        LeanPlatform {
+            mm,
+            dma: IdentityDma,
+            pt: NullPt,
+            mem: PhantomData,
+        }
+    }
+}
+
+/// The fault benchmarks' platform: [`FastMm`] without device memory.
+pub type FastPlatform = LeanPlatform<FastMm>;
+
+impl<M: AddressSpace, D: DeviceMemory> Platform for LeanPlatform<M, D> {
+    type Mm = M;
     type Dma = IdentityDma;
     type Pt = NullPt;
-    type Mem = NoDeviceMemory;
+    type Mem = D;
     type Host = gpusvm::DefaultHost;
-    fn mm(&self) -> &FastMm {
+    fn mm(&self) -> &M {
         &self.mm
     }
     fn dma(&self) -> &IdentityDma {
@@ -181,11 +199,7 @@ impl Platform for FastPlatform {
 /// An `Svm` over a fast platform with a VMA of `len` bytes at [`BASE`], default configuration.
 pub fn fast_svm(len: u64, order: u8) -> Svm<FastPlatform> {
     Svm::new(
-        FastPlatform {
-            mm: FastMm::new(len, order),
-            dma: IdentityDma,
-            pt: NullPt,
-        },
+        FastPlatform::new(FastMm::new(len, order)),
         SvmConfig::new(0, 1 << 47),
     )
     .expect("svm")
