@@ -355,34 +355,30 @@ impl<P: Platform> Svm<P> {
                 .register_notifier(NotifierId(start), start, end);
             let mut t = self.notifiers.write();
             let closed = self.is_closed();
-            return match (registered, t.find_mut(start)) {
+            let registered = match (registered, t.find_mut(start)) {
                 (Ok(h), Some(n)) if n.start == start && !closed => {
                     n.handle = Some(h);
-                    Ok(true)
+                    return Ok(true);
                 }
-                (Ok(h), _) => {
-                    // Closed meanwhile (close took the notifier out, or will find it without a
-                    // handle): undo the registration ourselves.
-                    let gone = if t.get(start).is_some_and(|n| n.handle.is_none()) {
-                        t.remove(start)
-                    } else {
-                        None
-                    };
-                    drop(t);
-                    drop(gone);
+                (r, _) => r,
+            };
+            // Closed meanwhile (close took the notifier out, or will find it without a handle),
+            // or the registration failed: take the unregistered notifier out, and free it once
+            // the lock is released.
+            let gone = if t.get(start).is_some_and(|n| n.handle.is_none()) {
+                t.remove(start)
+            } else {
+                None
+            };
+            drop(t);
+            drop(gone);
+            return match registered {
+                Ok(h) => {
+                    // Undo the registration ourselves.
                     self.platform.mm().unregister_notifier(h);
                     Err(Error::Closed)
                 }
-                (Err(e), _) => {
-                    let gone = if t.get(start).is_some_and(|n| n.handle.is_none()) {
-                        t.remove(start)
-                    } else {
-                        None
-                    };
-                    drop(t);
-                    drop(gone);
-                    Err(e)
-                }
+                Err(e) => Err(e),
             };
         }
     }

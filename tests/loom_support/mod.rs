@@ -295,29 +295,21 @@ impl Platform for LoomPlatform {
 /// collection that keeps meeting an invalidation in progress gives up (`Busy`) instead of
 /// spinning through an unbounded loom schedule.
 pub fn new_svm(max_attempts: u32) -> Svm<LoomPlatform> {
-    let mut cfg = SvmConfig::new(0, NOTIFIER_SIZE)
-        .with_chunk_sizes(&[END - BASE, PAGE_SIZE])
-        .unwrap_or_else(|e| panic!("chunk sizes: {e:?}"));
-    cfg.notifier_size = NOTIFIER_SIZE;
-    // No presence snapshot when choosing the chunk (keeps range creation trivial).
-    cfg.check_pages_threshold = 0;
-    cfg.retry.max_attempts = max_attempts;
-    let p = LoomPlatform {
-        mm: LoomMm::new(),
-        dma: LoomDma::default(),
-        pt: LoomPt::default(),
-        clock: std::sync::atomic::AtomicU64::new(0),
-    };
-    Svm::new(p, cfg).unwrap_or_else(|e| panic!("Svm::new: {e:?}"))
+    new_svm_sized(max_attempts, NOTIFIER_SIZE)
 }
 
 /// As [`new_svm`], with notifiers of one range each: 8 KiB notifiers, so the VMA's two 8 KiB
 /// ranges `[BASE, END)` and `[END, VMA_END)` lie in two notifiers (ids `BASE` and `END`).
 pub fn new_svm_two_notifiers(max_attempts: u32) -> Svm<LoomPlatform> {
+    new_svm_sized(max_attempts, END - BASE)
+}
+
+fn new_svm_sized(max_attempts: u32, notifier_size: u64) -> Svm<LoomPlatform> {
     let mut cfg = SvmConfig::new(0, NOTIFIER_SIZE)
         .with_chunk_sizes(&[END - BASE, PAGE_SIZE])
         .unwrap_or_else(|e| panic!("chunk sizes: {e:?}"));
-    cfg.notifier_size = END - BASE;
+    cfg.notifier_size = notifier_size;
+    // No presence snapshot when choosing the chunk (keeps range creation trivial).
     cfg.check_pages_threshold = 0;
     cfg.retry.max_attempts = max_attempts;
     let p = LoomPlatform {
